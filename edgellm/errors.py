@@ -1,0 +1,63 @@
+"""edgellm's exceptions. Each carries a one-line message and, where there is one, the next step.
+
+The CLI's error funnel (cli.py) turns these into `error: MESSAGE` + `hint: NEXT STEP` on stderr and
+the exception's exit code; anything else becomes a one-line 'unexpected error' unless
+EDGELLM_DEBUG=1 asks for the traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeLLMError(Exception):
+    """Base of every error a user can cause or fix."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class NotYetAvailableError(EdgeLLMError):
+    """A registered command whose implementation has not landed yet."""
+
+    exit_code = 2
+
+
+class UsageError(EdgeLLMError):
+    """Arguments that do not make sense together."""
+
+    exit_code = 2
+
+
+class RuntimeUnavailableError(EdgeLLMError):
+    """llama-cpp-python is missing, broken, or built in a way that would crash."""
+
+
+class ProfileError(EdgeLLMError):
+    """A device profile file that cannot be used (bad TOML, unknown key, wrong type)."""
+
+
+class ModelFileError(EdgeLLMError):
+    """A model file that is missing, unreadable, not GGUF, truncated or unsupported."""
+
+
+class PlanError(EdgeLLMError):
+    """The model does not fit the memory or thread budget."""
+
+
+class ContextOverflowError(EdgeLLMError):
+    """The prompt is longer than the context window."""
+
+
+class GenerationError(EdgeLLMError):
+    """llama.cpp failed while generating."""
+
+
+class ModelNotFoundError(EdgeLLMError):
+    """A model name that is neither a file, a catalog entry nor a Hugging Face repo."""
+
+
+class DownloadError(EdgeLLMError):
+    """A download that failed: network, repo, gated, missing quant, checksum, disk, offline."""
