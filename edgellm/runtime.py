@@ -6,13 +6,30 @@ import here is lazy: `edgellm --help`, `detect` and `profiles` never pay for it.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import ctypes
 import functools
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgellm.errors import EdgeLLMError, RuntimeUnavailableError
+from edgellm.errors import (
+    ContextOverflowError,
+    EdgeLLMError,
+    GenerationError,
+    ModelFileError,
+    RuntimeUnavailableError,
+)
+from edgellm.modelinfo import ModelInfo
+from edgellm.planner import Plan
+from edgellm.reasoning import ReasoningSplitter
 
 # llama.cpp's llama_ftype values for the quantizations edgellm makes (llama.h, enum llama_ftype).
 FTYPE_BY_QUANT: dict[str, int] = {
@@ -65,3 +82,350 @@ def quantize_model(source: Path, destination: Path, quant: str, threads: int = 0
     )
     if status != 0:
         raise EdgeLLMError(f"llama.cpp could not quantize {source} to {quant} (status {status})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and generation
+
+AMX_HINT = (
+    "this llama-cpp-python was built with Intel AMX kernels, which crash on batched prompts "
+    "(llama.cpp issue 20824); rebuild without them: "
+    'CMAKE_ARGS="-DCMAKE_C_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16 '
+    '-DCMAKE_CXX_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16" '
+    "pip install --force-reinstall --no-cache-dir llama-cpp-python"
+)
+
+
+def build_has_amx(info: str | None = None) -> bool:
+    """True when the installed llama.cpp carries the AMX kernels that segfault (llama.cpp #20824)."""
+    return "AMX_INT8 = 1" in (system_info() if info is None else info)
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float = 0.6  # DeepSeek's recommendation for the R1 distills
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    grammar: str | None = None  # GBNF text
+    json_schema: str | None = None  # JSON Schema text, turned into a grammar by llama.cpp
+    ignore_eos: bool = False  # benchmarks generate a fixed number of tokens
+
+
+@dataclass
+class TextEvent:
+    kind: str  # "reasoning" or "answer"
+    text: str
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    prompt_tokens_evaluated: int = 0  # fewer than prompt_tokens when the KV cache was reused
+    generated_tokens: int = 0
+    load_s: float = 0.0
+    ttft_s: float = 0.0
+    prompt_tps: float = 0.0
+    gen_tps: float = 0.0
+    peak_rss_bytes: int = 0
+    finish_reason: str = "stop"  # stop | length | interrupted
+    n_ctx: int = 0
+    context_used: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Event = TextEvent | GenerationStats
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(usage if sys.platform == "darwin" else usage * 1024)
+
+
+def current_rss_bytes() -> int:
+    try:
+        import psutil  # noqa: PLC0415
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return 0
+
+
+def pin_to_cores(cores: list[int]) -> list[int] | None:
+    """Restrict this process to `cores` before llama.cpp starts its threads (they inherit it).
+
+    Returns the cores actually applied, or None where the OS has no affinity API (macOS) or the
+    plan's cores are not a strict subset of what we may use.
+    """
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    wanted = set(cores) & allowed
+    if not wanted or wanted == allowed:
+        return None
+    os.sched_setaffinity(0, wanted)
+    return sorted(wanted)
+
+
+@contextlib.contextmanager
+def _without_extra_buffer_types(llama_cpp: ModuleType, enabled: bool) -> Iterator[None]:
+    """Load with use_extra_bufts=false, which keeps llama.cpp off its AMX buffer type.
+
+    llama-cpp-python's Llama() has no parameter for it, so its default-params function is wrapped
+    for the duration of the load. Only used when the build has AMX (it also drops ARM repacking).
+    """
+    if not enabled:
+        yield
+        return
+    module = llama_cpp.llama_cpp
+    original = module.llama_model_default_params
+
+    def patched() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = original
+
+
+GGML_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
+
+
+class Engine:
+    """A model loaded with a plan. `generate()` is the one streaming generator everything uses."""
+
+    def __init__(self, model: ModelInfo, plan: Plan) -> None:
+        if model.path is None:
+            raise ModelFileError("the model has no file to load")
+        llama_cpp = load_llama_cpp()
+        amx = build_has_amx()
+        self.model = model
+        self.plan = plan
+        self.pinned_cores = pin_to_cores(plan.cores)
+        started = time.perf_counter()
+        try:
+            with _without_extra_buffer_types(llama_cpp, amx):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(model.path),
+                    n_ctx=plan.n_ctx,
+                    n_batch=plan.n_batch,
+                    n_ubatch=plan.n_ubatch,
+                    n_threads=plan.threads,
+                    n_threads_batch=plan.threads_batch,
+                    type_k=GGML_TYPE_IDS[plan.kv_type],
+                    type_v=GGML_TYPE_IDS[plan.kv_type],
+                    flash_attn=plan.flash_attn,
+                    use_mmap=plan.use_mmap,
+                    use_mlock=plan.use_mlock,
+                    n_gpu_layers=0,
+                    verbose=bool(os.environ.get("EDGELLM_LLAMA_LOG")),
+                )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelFileError(f"{model.path}: llama.cpp could not load the model: {exc}") from None
+        self.load_s = time.perf_counter() - started
+        self._vocab = self.llm._model.vocab
+        self._llama_cpp = llama_cpp
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._formatter = self._make_formatter()
+
+    # --- prompt formatting -----------------------------------------------------------------------
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", "replace")
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        buffer = self._piece_buffer
+        n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        if n < 0:  # piece longer than the buffer: grow once and retry
+            self._piece_buffer = buffer = ctypes.create_string_buffer(-n + 1)
+            n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:n]
+
+    def _make_formatter(self) -> Any:
+        template = self.model.chat_template
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
+
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(self.llm.token_eos()),
+            bos_token=self._token_text(self.llm.token_bos()),
+            add_generation_prompt=True,
+        )
+
+    def format_messages(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied to `messages`, ending with the assistant's turn."""
+        if self._formatter is None:
+            # No template in the file: a plain transcript the model can continue.
+            lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+            return "\n".join(lines) + "\nAssistant:"
+        try:
+            return str(self._formatter(messages=messages).prompt)
+        except Exception as exc:  # jinja2 errors from a model's own template
+            raise GenerationError(f"the model's chat template failed: {exc}") from None
+
+    def tokenize(self, text: str) -> list[int]:
+        # The template already wrote the BOS token when the model wants one.
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=self._formatter is None, special=True))
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.llm.n_ctx())
+
+    @property
+    def tokens_in_context(self) -> int:
+        return int(self.llm.n_tokens)
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generate(self, messages: list[dict[str, str]], params: SamplingParams | None = None) -> Iterator[Event]:
+        """Stream TextEvents for `messages`, then one GenerationStats. Reuses the KV cache prefix."""
+        prompt = self.format_messages(messages)
+        yield from self.generate_from_prompt(prompt, params)
+
+    def generate_from_prompt(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Event]:
+        params = params or SamplingParams()
+        tokens = self.tokenize(prompt)
+        yield from self.generate_tokens(tokens, params, opened_by_template=_opens_think(prompt))
+
+    def generate_tokens(
+        self, tokens: list[int], params: SamplingParams, *, opened_by_template: bool = False
+    ) -> Iterator[Event]:
+        n_ctx = self.n_ctx
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but the context holds {n_ctx} (n_ctx)",
+                hint="shorten the input or raise --ctx (the planner checks it fits in memory)",
+            )
+        room = n_ctx - len(tokens)
+        max_tokens = min(params.max_tokens, room) if params.max_tokens else room
+        llm = self.llm
+        reused = _common_prefix(llm._input_ids[: llm.n_tokens], tokens) if llm.n_tokens else 0
+        if params.seed is not None:
+            llm.set_seed(params.seed)
+        grammar = self._grammar(params)
+        splitter = ReasoningSplitter(opened_by_template=opened_by_template, thinks=self.model.thinks)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        is_eog = self._llama_cpp.llama_vocab_is_eog
+        vocab = self._vocab
+        piece = self._piece
+        stats = GenerationStats(prompt_tokens=len(tokens), load_s=self.load_s, n_ctx=n_ctx)
+        stats.prompt_tokens_evaluated = len(tokens) - max(min(reused, len(tokens) - 1), 0)
+        finish = "length"
+        generated = 0
+        started = time.perf_counter()
+        first_at = started
+        stream = llm.generate(
+            tokens,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+            grammar=grammar,
+        )
+        try:
+            for token in stream:
+                if generated == 0:
+                    first_at = time.perf_counter()
+                if not params.ignore_eos and is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                generated += 1
+                text = decoder.decode(piece(token, False) if not self._is_think_tag(token) else self._token_bytes(token))
+                if text:
+                    for kind, chunk in splitter.feed(text):
+                        yield TextEvent(kind, chunk)
+                if generated >= max_tokens:
+                    break
+        except KeyboardInterrupt:
+            finish = "interrupted"
+            self._finish_stats(stats, started, first_at, generated, finish)
+            stream.close()
+            raise GenerationInterrupted(stats) from None
+        finally:
+            stream.close()
+        tail = decoder.decode(b"", final=True)
+        for kind, chunk in splitter.feed(tail) + splitter.finish():
+            yield TextEvent(kind, chunk)
+        if grammar is not None and finish == "length" and generated < max_tokens:
+            finish = "stop"
+        self._finish_stats(stats, started, first_at, generated, finish)
+        yield stats
+
+    def _finish_stats(self, stats: GenerationStats, started: float, first_at: float, generated: int, finish: str) -> None:
+        ended = time.perf_counter()
+        stats.generated_tokens = generated
+        stats.ttft_s = max(first_at - started, 0.0)
+        stats.prompt_tps = stats.prompt_tokens_evaluated / stats.ttft_s if stats.ttft_s > 0 else 0.0
+        # The first token comes with the prompt pass; the rest are pure generation.
+        stats.gen_tps = (generated - 1) / (ended - first_at) if generated > 1 and ended > first_at else 0.0
+        stats.peak_rss_bytes = peak_rss_bytes()
+        stats.finish_reason = finish
+        stats.context_used = int(self.llm.n_tokens)
+
+    def _grammar(self, params: SamplingParams) -> Any:
+        if not params.grammar and not params.json_schema:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
+
+        try:
+            if params.json_schema:
+                return LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
+            return LlamaGrammar.from_string(params.grammar or "", verbose=False)
+        except Exception as exc:
+            raise GenerationError(f"invalid grammar: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+
+    def _is_think_tag(self, token: int) -> bool:
+        return token in self._think_tokens
+
+    @functools.cached_property
+    def _think_tokens(self) -> frozenset[int]:
+        """Ids of <think> and </think> when they are single special tokens (R1's vocabulary)."""
+        found = set()
+        for tag in ("<think>", "</think>"):
+            ids = self.llm.tokenize(tag.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                found.add(ids[0])
+        return frozenset(found)
+
+    def _token_bytes(self, token: int) -> bytes:
+        return self._piece(token, True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.llm.close()
+
+
+class GenerationInterrupted(Exception):
+    """Ctrl-C during generation; carries the stats of what was generated so far."""
+
+    def __init__(self, stats: GenerationStats) -> None:
+        super().__init__("interrupted")
+        self.stats = stats
+
+
+def _opens_think(prompt: str) -> bool:
+    return prompt.rstrip().endswith("<think>")
+
+
+def _common_prefix(a: Any, b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

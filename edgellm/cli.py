@@ -1,0 +1,388 @@
+"""The `edgellm` command line: parse, call, render. The work happens in the other modules.
+
+Imports of llama_cpp happen only inside commands that load a model (through edgellm.runtime),
+so `edgellm --help`, `detect` and `profiles` stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from edgellm import __version__, ui
+from edgellm.errors import EdgeLLMError, NotYetAvailableError, UsageError
+from edgellm.units import parse_size
+
+app = typer.Typer(
+    name="edgellm",
+    help="Run quantized GGUF language models on edge hardware, with settings picked for the device.\n\n"
+    "Example: edgellm chat",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+profiles_app = typer.Typer(
+    help="List device profiles, or show one.\n\nExample: edgellm profiles show rk3588",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(profiles_app, name="profiles")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _debug() -> bool:
+    return os.environ.get("EDGELLM_DEBUG", "") not in ("", "0")
+
+
+def _quiet_stdout() -> None:
+    # After a closed pipe, point stdout at /dev/null so Python's exit flush cannot fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def error_funnel(command: F) -> F:
+    """Every failure becomes one line on stderr and an exit code; EDGELLM_DEBUG=1 shows tracebacks."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except EdgeLLMError as exc:
+            if _debug():
+                traceback.print_exc()
+            ui.error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise typer.Exit(0) from None
+        except KeyboardInterrupt:
+            if _debug():
+                traceback.print_exc()
+            sys.stderr.write("\n")
+            ui.info("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _debug():
+                traceback.print_exc()
+            ui.error(
+                f"unexpected {type(exc).__name__}: {exc}",
+                hint="run again with EDGELLM_DEBUG=1 to see the traceback, and report it",
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _size_option(value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+# Shared options -------------------------------------------------------------------------------------
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile name or .toml file (default: the one matching this device).")]
+MemBudgetOpt = Annotated[Optional[str], typer.Option("--mem-budget", help="Cap the memory budget, e.g. 1.5GiB or 900MB.")]
+CtxOpt = Annotated[Optional[int], typer.Option("--ctx", min=64, help="Context size in tokens (default: the profile's, shrunk to fit memory).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Generation threads (default: from the profile).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+SysrootOpt = Annotated[str, typer.Option("--sysroot", help="Read /proc and /sys below this directory (a capture of another device).")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"edgellm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Run quantized GGUF language models on edge hardware."""
+
+
+# detect ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+@error_funnel
+def detect(
+    json_output: JsonOpt = False,
+    sysroot: SysrootOpt = "/",
+    profile: ProfileOpt = None,
+) -> None:
+    """Show the hardware edgellm sees and the device profile that matches it.
+
+    Example: edgellm detect --json | jq .big_cores
+    """
+    from edgellm.hardware import detect as detect_device
+    from edgellm.profiles import select_profile
+    from edgellm.session import build_warnings, llama_build_info
+
+    device = detect_device(sysroot)
+    chosen, reason = select_profile(device, profile)
+    live = Path(sysroot).resolve() == Path("/")
+    build = llama_build_info() if live else None
+    warnings = build_warnings(device, build) if live else []
+    if json_output:
+        data = device.to_json()
+        data.update(profile=chosen.name, profile_reason=reason, llama_cpp_system_info=build, warnings=warnings)
+        ui.print_json(data)
+    else:
+        ui.render_device(device, chosen.name, reason, build if live else None, warnings)
+
+
+# profiles -------------------------------------------------------------------------------------------
+
+
+@profiles_app.callback()
+@error_funnel
+def profiles_list(
+    ctx: typer.Context,
+    json_output: JsonOpt = False,
+    sysroot: SysrootOpt = "/",
+) -> None:
+    """List device profiles; * marks the one matching this device."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgellm.hardware import detect as detect_device
+    from edgellm.profiles import load_profiles, select_profile
+
+    profiles = load_profiles()
+    matched, _ = select_profile(detect_device(sysroot), None, profiles)
+    if json_output:
+        ui.print_json([
+            {"name": p.name, "matches": p.name == matched.name, "description": p.description, "source": p.source}
+            for p in profiles
+        ])
+    else:
+        ui.render_profiles([(p.name, p.name == matched.name, p.description, p.source) for p in profiles])
+
+
+@profiles_app.command("show")
+@error_funnel
+def profiles_show(
+    name: Annotated[str, typer.Argument(help="Profile name or .toml file.")],
+    json_output: JsonOpt = False,
+) -> None:
+    """Print one profile's settings.
+
+    Example: edgellm profiles show raspberry-pi-5 --json
+    """
+    from edgellm.profiles import find_profile, load_profile_file, load_profiles
+
+    profile = load_profile_file(Path(name)) if name.endswith(".toml") else find_profile(name, load_profiles())
+    if json_output:
+        ui.print_json(profile.to_json())
+    else:
+        ui.render_profile(profile.to_json())
+
+
+# plan -----------------------------------------------------------------------------------------------
+
+
+@app.command()
+@error_funnel
+def plan(
+    model: Annotated[str, typer.Argument(help="A .gguf file.")],
+    ctx: CtxOpt = None,
+    mem_budget: MemBudgetOpt = None,
+    threads: ThreadsOpt = None,
+    profile: ProfileOpt = None,
+    sysroot: SysrootOpt = "/",
+    json_output: JsonOpt = False,
+) -> None:
+    """Decide how to run MODEL here (context, KV cache, cores, threads, memory) without loading it.
+
+    Example: edgellm plan model.gguf --mem-budget 1.5GiB --json
+    """
+    from edgellm.planner import REFUSAL_HINT
+    from edgellm.session import PlanOptions, prepare
+
+    options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, sysroot=sysroot)
+    prepared = prepare(model, options, require_fit=False)
+    result = prepared.plan
+    if json_output:
+        ui.print_json(result.to_json())
+    else:
+        ui.render_plan(result)
+    if not result.fits:
+        ui.error(result.refusal or "the model does not fit", REFUSAL_HINT)
+        raise typer.Exit(1)
+
+
+# run ------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@error_funnel
+def run(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; piped stdin is appended after it.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file.")] = "",
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")] = None,
+    temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable output.")] = None,
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    profile: ProfileOpt = None,
+    mem_budget: MemBudgetOpt = None,
+    think: Annotated[Optional[str], typer.Option("--think", help="Reasoning: hide, show (inline on stdout) or stderr. Default: stderr on a terminal, else hide.")] = None,
+    stats: Annotated[bool, typer.Option("--stats", help="Print a stats line to stderr.")] = False,
+    grammar: Annotated[Optional[Path], typer.Option("--grammar", help="Constrain output with a GBNF grammar file.")] = None,
+    schema: Annotated[Optional[Path], typer.Option("--schema", help="Constrain output to a JSON Schema file.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print {answer, reasoning, finish_reason, stats} as JSON.")] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Each stdin line is a prompt; print one JSON line per prompt.")] = False,
+) -> None:
+    """Generate a reply for a prompt and stream it to stdout (for shells and scripts).
+
+    Example: cat notes.txt | edgellm run -m model.gguf "Summarise:" > summary.md
+    """
+    from edgellm import runner
+    from edgellm.runtime import Engine, GenerationInterrupted, SamplingParams
+    from edgellm.session import PlanOptions, prepare
+
+    if not model:
+        raise UsageError("no model: pass -m FILE.gguf", hint="edgellm run -m ~/models/model.gguf \"Hello\"")
+    if json_output and jsonl:
+        raise UsageError("--json and --jsonl cannot be combined")
+    runner.resolve_think(think)
+    sampling = SamplingParams(
+        max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed,
+        grammar=_read_text_file(grammar, "--grammar"), json_schema=_read_text_file(schema, "--schema"),
+    )
+    piped, replaced = runner.read_stdin()
+    if replaced:
+        ui.warn("stdin is not valid UTF-8: undecodable bytes were replaced with U+FFFD")
+    request = runner.RunRequest(prompt=prompt, system=system, think=think, json_output=json_output,
+                                jsonl=jsonl, show_stats=stats, sampling=sampling)
+    text = None if jsonl else runner.build_prompt(prompt, piped)
+    if jsonl and not piped:
+        raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
+    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads))
+    engine = Engine(prepared.model, prepared.plan)
+    try:
+        if jsonl:
+            runner.run_jsonl(engine, request, piped or "")
+        else:
+            runner.run_one(engine, request, text or "")
+    except GenerationInterrupted as stopped:
+        sys.stdout.flush()
+        sys.stderr.write("\n")
+        ui.info(f"interrupted after {stopped.stats.generated_tokens} tokens")
+        raise typer.Exit(130) from None
+    finally:
+        engine.close()
+
+
+def _read_text_file(path: Optional[Path], option: str) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+# Commands that later work fills in -----------------------------------------------------------------
+
+
+def _not_yet(name: str) -> None:
+    raise NotYetAvailableError(f"`edgellm {name}` is not yet available in this version")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@error_funnel
+def chat() -> None:
+    """Chat with a model in the terminal.
+
+    Example: edgellm chat -m model.gguf
+    """
+    _not_yet("chat")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@error_funnel
+def bench() -> None:
+    """Measure prompt and generation speed, memory and heat.
+
+    Example: edgellm bench -m model.gguf --json
+    """
+    _not_yet("bench")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@error_funnel
+def pull() -> None:
+    """Download a model from Hugging Face.
+
+    Example: edgellm pull deepseek-r1-1.5b
+    """
+    _not_yet("pull")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@error_funnel
+def models() -> None:
+    """List the models edgellm knows, and whether they fit this device.
+
+    Example: edgellm models --json
+    """
+    _not_yet("models")
+
+
+@app.command(name="ls", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@error_funnel
+def list_downloaded() -> None:
+    """List downloaded models.
+
+    Example: edgellm ls
+    """
+    _not_yet("ls")
+
+
+@app.command(name="rm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@error_funnel
+def remove() -> None:
+    """Delete a downloaded model.
+
+    Example: edgellm rm deepseek-r1-1.5b:Q4_K_M
+    """
+    _not_yet("rm")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@error_funnel
+def serve() -> None:
+    """Serve a model over an OpenAI-compatible HTTP API.
+
+    Example: edgellm serve -m model.gguf --port 8080
+    """
+    _not_yet("serve")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C while parsing or importing, outside any command
+        sys.stderr.write("\n")
+        sys.exit(130)

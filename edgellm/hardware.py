@@ -1,0 +1,617 @@
+"""Hardware detection: pure parsers over a sysroot directory.
+
+Everything is read from files below `sysroot` (normally "/"), so tests and bug reports can feed
+captures of real devices. A missing or unreadable file degrades to "unknown"; nothing here raises
+for bad or absent data. macOS has no /proc: `detect_macos` reads `sysctl` output instead.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+UNKNOWN = "unknown"
+
+# ARM "CPU part" ids (implementer 0x41 = Arm) for the cores found on edge boards and phones,
+# ranked by single-core performance so clusters without cpu_capacity can still be ordered.
+ARM_PARTS: dict[str, tuple[str, int]] = {
+    "0xd03": ("Cortex-A53", 10),
+    "0xd04": ("Cortex-A35", 5),
+    "0xd05": ("Cortex-A55", 12),
+    "0xd46": ("Cortex-A510", 14),
+    "0xd80": ("Cortex-A520", 15),
+    "0xd07": ("Cortex-A57", 20),
+    "0xd08": ("Cortex-A72", 30),
+    "0xd09": ("Cortex-A73", 32),
+    "0xd0a": ("Cortex-A75", 35),
+    "0xd0b": ("Cortex-A76", 40),
+    "0xd0d": ("Cortex-A77", 45),
+    "0xd41": ("Cortex-A78", 50),
+    "0xd4b": ("Cortex-A78C", 50),
+    "0xd44": ("Cortex-X1", 60),
+    "0xd47": ("Cortex-A710", 55),
+    "0xd4d": ("Cortex-A715", 58),
+    "0xd81": ("Cortex-A720", 62),
+    "0xd48": ("Cortex-X2", 70),
+    "0xd4e": ("Cortex-X3", 75),
+    "0xd82": ("Cortex-X4", 80),
+    "0xd0c": ("Neoverse-N1", 42),
+    "0xd40": ("Neoverse-V1", 55),
+    "0xd49": ("Neoverse-N2", 58),
+    "0xd4f": ("Neoverse-V2", 70),
+}
+
+# ARM /proc/cpuinfo "Features" flags -> edgellm's feature names (the vocabulary of `detect --json`).
+ARM_FEATURES: dict[str, str] = {
+    "asimd": "neon",
+    "neon": "neon",
+    "asimddp": "dotprod",
+    "i8mm": "i8mm",
+    "bf16": "bf16",
+    "sve": "sve",
+    "sve2": "sve2",
+}
+
+# x86 kernel flags that change which llama.cpp kernels run.
+X86_FEATURES: tuple[str, ...] = (
+    "sse3", "ssse3", "avx", "avx2", "avx_vnni", "fma", "f16c", "bmi2",
+    "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512vbmi",
+    "amx_tile", "amx_int8", "amx_bf16",
+)
+
+# Substrings of device-tree "compatible" entries that name a SoC, most specific first.
+KNOWN_SOCS: tuple[tuple[str, str], ...] = (
+    ("rockchip,rk3588s", "RK3588S"),
+    ("rockchip,rk3588", "RK3588"),
+    ("rockchip,rk3576", "RK3576"),
+    ("rockchip,rk3568", "RK3568"),
+    ("rockchip,rk3566", "RK3566"),
+    ("brcm,bcm2712", "BCM2712"),
+    ("brcm,bcm2711", "BCM2711"),
+    ("brcm,bcm2837", "BCM2837"),
+)
+
+
+@dataclass
+class Cluster:
+    """CPUs of one micro-architecture (or one capacity/frequency class when the part is unknown)."""
+
+    cpus: list[int]
+    name: str
+    max_freq_khz: int | None = None
+    capacity: int | None = None
+    part: str | None = None
+    fastest: bool = False
+
+
+@dataclass
+class ThermalZone:
+    zone: str
+    type: str
+    celsius: float | None
+
+
+@dataclass
+class Device:
+    """What edgellm knows about the machine. `to_json()` is the `detect --json` schema."""
+
+    board: str = UNKNOWN
+    soc: str = UNKNOWN
+    arch: str = UNKNOWN
+    cpu_model: str = UNKNOWN
+    cpu_count: int = 0
+    cpus_possible: int = 0
+    clusters: list[Cluster] = field(default_factory=list)
+    big_cores: list[int] = field(default_factory=list)
+    little_cores: list[int] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    mem_total_bytes: int | None = None
+    mem_available_bytes: int | None = None
+    swap_total_bytes: int | None = None
+    swap_free_bytes: int | None = None
+    page_size_bytes: int | None = None
+    thermal: list[ThermalZone] = field(default_factory=list)
+    dt_compatible: list[str] = field(default_factory=list)
+    cpu_parts: dict[int, str] = field(default_factory=dict)
+    core_of_cpu: dict[int, str] = field(default_factory=dict)
+    system: str = "linux"
+    sysroot: str = "/"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cpu_parts"] = {str(cpu): part for cpu, part in self.cpu_parts.items()}
+        data["core_of_cpu"] = {str(cpu): core for cpu, core in self.core_of_cpu.items()}
+        return data
+
+    def physical_core_count(self, cpus: Iterable[int]) -> int:
+        """How many physical cores the CPU ids cover (SMT siblings count once)."""
+        ids = list(cpus)
+        return len({self.core_of_cpu.get(cpu, f"cpu{cpu}") for cpu in ids})
+
+    @property
+    def hottest_celsius(self) -> float | None:
+        temps = [zone.celsius for zone in self.thermal if zone.celsius is not None]
+        return max(temps) if temps else None
+
+
+# ---------------------------------------------------------------------------------------------
+# small readers
+
+
+def read_text(root: Path, relative: str) -> str | None:
+    """Text of root/relative, or None when it is missing or unreadable (never raises)."""
+    try:
+        return (root / relative.lstrip("/")).read_text(encoding="utf-8", errors="replace")
+    except (OSError, ValueError):
+        return None
+
+
+def read_int(root: Path, relative: str) -> int | None:
+    text = read_text(root, relative)
+    if text is None:
+        return None
+    try:
+        return int(text.strip().strip("\x00").split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def parse_cpu_list(text: str | None) -> list[int]:
+    """Parse the kernel's CPU lists ('0-3,6,8-9', or related_cpus' '0 1 2 3') into sorted ids; junk yields []."""
+    cpus: set[int] = set()
+    for part in (text or "").strip().strip("\x00").replace(",", " ").split():
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                low, high = part.split("-", 1)
+                cpus.update(range(int(low), int(high) + 1))
+            else:
+                cpus.add(int(part))
+        except ValueError:
+            return []
+    return sorted(cpus)
+
+
+def parse_cpuinfo(text: str | None) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Split /proc/cpuinfo into global fields (Hardware, Model, ...) and per-processor blocks."""
+    header: dict[str, str] = {}
+    processors: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for line in (text or "").splitlines():
+        if ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor" and value.isdigit():
+            current = {"processor": value}
+            processors.append(current)
+        elif current is not None and key not in ("Hardware", "Revision", "Serial", "Model"):
+            current[key] = value
+        else:
+            header[key] = value
+    return header, processors
+
+
+def parse_meminfo(text: str | None) -> dict[str, int]:
+    """/proc/meminfo values in bytes."""
+    values: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        match = re.match(r"^(\w+(?:\(\w+\))?):\s+(\d+)(?:\s+kB)?", line)
+        if match:
+            factor = 1024 if line.rstrip().endswith("kB") else 1
+            values[match.group(1)] = int(match.group(2)) * factor
+    return values
+
+
+def split_nul(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split("\x00") if item.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces of detection
+
+
+def _cpu_ids(root: Path, processors: list[dict[str, str]]) -> tuple[list[int], int]:
+    online = parse_cpu_list(read_text(root, "sys/devices/system/cpu/online"))
+    possible = parse_cpu_list(read_text(root, "sys/devices/system/cpu/possible"))
+    from_cpuinfo = sorted(int(p["processor"]) for p in processors)
+    cpus = online or from_cpuinfo
+    return cpus, max(len(possible), len(cpus))
+
+
+def _max_freq_khz(root: Path, cpu: int) -> int | None:
+    # sysfs cpuN/cpufreq is usually a symlink into cpufreq/policyN; when a capture lost the
+    # link, find the policy whose related_cpus lists this CPU.
+    value = read_int(root, f"sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq")
+    if value is not None:
+        return value
+    policies = root / "sys/devices/system/cpu/cpufreq"
+    try:
+        entries = sorted(policies.glob("policy*"))
+    except OSError:
+        return None
+    for policy in entries:
+        related = parse_cpu_list(read_text(policy, "related_cpus") or read_text(policy, "affected_cpus"))
+        if cpu in related:
+            return read_int(policy, "cpuinfo_max_freq")
+    return None
+
+
+def _x86_core_types(root: Path) -> dict[int, str]:
+    """Intel hybrid chips list P-cores and E-cores under /sys/devices/cpu_core and cpu_atom."""
+    kinds: dict[int, str] = {}
+    for directory, name in (("cpu_core", "P-core"), ("cpu_atom", "E-core")):
+        for cpu in parse_cpu_list(read_text(root, f"sys/devices/{directory}/cpus")):
+            kinds[cpu] = name
+    return kinds
+
+
+def build_clusters(
+    cpus: list[int],
+    parts: dict[int, str],
+    capacities: dict[int, int | None],
+    freqs: dict[int, int | None],
+    core_kinds: dict[int, str] | None = None,
+    *,
+    is_arm: bool = True,
+) -> list[Cluster]:
+    """Group CPUs into clusters, fastest first, and mark the fastest.
+
+    The micro-architecture decides the grouping when known: RK3588's two A76 pairs sit on separate
+    cpufreq policies and may differ by a few MHz, yet they are one cluster for scheduling work.
+    Without part ids: Intel's P/E core lists, then cpu_capacity, then (ARM only) a few distinct
+    maximum frequencies. x86 "preferred core" boost values differ per core and never split a chip.
+    """
+    core_kinds = core_kinds or {}
+    distinct_caps = {capacities[c] for c in cpus if capacities.get(c)}
+    distinct_freqs = {freqs[c] for c in cpus if freqs.get(c)}
+    key_of: Callable[[int], Any]
+    if cpus and all(cpu in parts for cpu in cpus):
+        key_of = parts.__getitem__
+    elif cpus and all(cpu in core_kinds for cpu in cpus):
+        key_of = core_kinds.__getitem__
+    elif len(distinct_caps) > 1:
+        key_of = capacities.get
+    elif is_arm and 1 < len(distinct_freqs) <= 3:
+        key_of = freqs.get
+    else:
+        key_of = lambda cpu: None  # noqa: E731  (one homogeneous cluster)
+
+    groups: dict[Any, list[int]] = {}
+    for cpu in cpus:
+        groups.setdefault(key_of(cpu), []).append(cpu)
+
+    clusters: list[Cluster] = []
+    for members in groups.values():
+        caps = [capacities[c] for c in members if capacities.get(c)]
+        mhz = [freqs[c] for c in members if freqs.get(c)]
+        part = parts.get(members[0])
+        if part:
+            name = ARM_PARTS.get(part, (f"part {part}", 0))[0]
+        else:
+            name = core_kinds.get(members[0], "cpu")
+        clusters.append(
+            Cluster(
+                cpus=sorted(members),
+                name=name,
+                max_freq_khz=max(mhz) if mhz else None,
+                capacity=max(caps) if caps else None,
+                part=part,
+            )
+        )
+
+    kind_rank = {"P-core": 2, "E-core": 1}
+
+    def speed(cluster: Cluster) -> tuple[int, int, int]:
+        # Measured facts (capacity, then clock) outrank the part table, which only knows Arm's own
+        # cores: Samsung's Exynos M1 (vendor 0x53) is a big core the table does not list.
+        rank = ARM_PARTS.get(cluster.part or "", ("", kind_rank.get(cluster.name, 0)))[1]
+        return (cluster.capacity or 0, cluster.max_freq_khz or 0, rank)
+
+    clusters.sort(key=speed, reverse=True)
+    if clusters:
+        clusters[0].fastest = True
+    return clusters
+
+
+def _features(arch: str, processors: list[dict[str, str]]) -> list[str]:
+    if not processors:
+        return []
+    first = processors[0]
+    if "flags" in first:
+        flags = set(first["flags"].split())
+        if "pni" in flags:  # the kernel's name for SSE3
+            flags.add("sse3")
+        return [name for name in X86_FEATURES if name in flags]
+    flags = set(first.get("Features", "").split())
+    found = {ARM_FEATURES[flag] for flag in flags if flag in ARM_FEATURES}
+    if {"fphp", "asimdhp"} <= flags:
+        found.add("fp16")
+    if arch == "aarch64" and flags:
+        found.add("neon")  # Advanced SIMD is mandatory on ARMv8-A
+    order = ["neon", "dotprod", "fp16", "i8mm", "bf16", "sve", "sve2"]
+    return [name for name in order if name in found]
+
+
+def _arch(root: Path, header: dict[str, str], processors: list[dict[str, str]]) -> str:
+    if str(root) == "/":
+        machine = platform.machine().lower()
+        return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine) or UNKNOWN
+    if not processors:
+        return UNKNOWN
+    first = processors[0]
+    if "flags" in first:
+        return "x86_64" if " lm " in f" {first['flags']} " else "i686"
+    architecture = first.get("CPU architecture", "")
+    if architecture.startswith("8") or "AArch64" in first.get("model name", ""):
+        return "aarch64"
+    if architecture.startswith("7"):
+        return "armv7l"
+    return UNKNOWN
+
+
+def _thermal(root: Path) -> list[ThermalZone]:
+    zones: list[ThermalZone] = []
+    base = root / "sys/class/thermal"
+    try:
+        entries = sorted(base.glob("thermal_zone*"), key=lambda p: int(p.name[12:] or 0))
+    except (OSError, ValueError):
+        return zones
+    for entry in entries:
+        millideg = read_int(entry, "temp")
+        kind = (read_text(entry, "type") or UNKNOWN).strip()
+        zones.append(
+            ThermalZone(
+                zone=entry.name,
+                type=kind,
+                celsius=round(millideg / 1000.0, 1) if millideg is not None else None,
+            )
+        )
+    return zones
+
+
+def _soc(root: Path, compatible: list[str], header: dict[str, str], parts: dict[int, str], board: str) -> str:
+    for entry in compatible:
+        for pattern, name in KNOWN_SOCS:
+            if entry.lower().startswith(pattern):
+                return name
+    counts = _part_counts(parts)
+    if counts == {"0xd05": 4, "0xd0b": 4}:
+        return "RK3588 (from CPU parts)"
+    if "Raspberry Pi 5" in board:
+        return "BCM2712"  # some Pi 5 kernels report 'Hardware : BCM2835'
+    if "Raspberry Pi 4" in board:
+        return "BCM2711"
+    soc_id = (read_text(root, "sys/devices/soc0/soc_id") or "").strip()
+    if soc_id and not soc_id.isdigit():  # Android kernels: e.g. EXYNOS8890 (Qualcomm gives a number)
+        return soc_id
+    hardware = header.get("Hardware")
+    if hardware and not hardware.upper().startswith("BCM2835"):
+        return hardware
+    if compatible:
+        return compatible[-1]
+    return UNKNOWN
+
+
+def _part_counts(parts: dict[int, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for part in parts.values():
+        counts[part] = counts.get(part, 0) + 1
+    return counts
+
+
+def _board(root: Path, header: dict[str, str]) -> str:
+    model = split_nul(read_text(root, "proc/device-tree/model"))
+    if model:
+        return model[0]
+    if header.get("Model"):
+        return header["Model"]
+    vendor = (read_text(root, "sys/class/dmi/id/sys_vendor") or "").strip()
+    product = (read_text(root, "sys/class/dmi/id/product_name") or "").strip()
+    if product and product.lower() not in ("to be filled by o.e.m.", "system product name"):
+        return product if product.lower().startswith(vendor.lower()) else f"{vendor} {product}".strip()
+    return UNKNOWN
+
+
+def _core_of_cpu(root: Path, cpus: list[int], by_id: dict[int, dict[str, str]]) -> dict[int, str]:
+    """Map each CPU to its physical core, so SMT siblings (x86 hyper-threads) count once."""
+    cores: dict[int, str] = {}
+    for cpu in cpus:
+        siblings = read_text(root, f"sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        info = by_id.get(cpu, {})
+        if siblings and siblings.strip():
+            cores[cpu] = siblings.strip()
+        elif "core id" in info:
+            cores[cpu] = f"{info.get('physical id', '0')}:{info['core id']}"
+    return cores
+
+
+def _page_size(root: Path) -> int | None:
+    if str(root) == "/":
+        try:
+            return os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    smaps = read_text(root, "proc/self/smaps") or ""
+    match = re.search(r"KernelPageSize:\s+(\d+) kB", smaps)
+    return int(match.group(1)) * 1024 if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+
+def detect(sysroot: Path | str = "/") -> Device:
+    """Detect the device whose /proc and /sys are below `sysroot` ("/" is this machine)."""
+    root = Path(sysroot)
+    if str(root) == "/" and platform.system() == "Darwin":
+        return detect_macos(_run_sysctl)
+    sysctl_capture = read_text(root, "sysctl.txt")
+    if sysctl_capture is not None and read_text(root, "proc/cpuinfo") is None:
+        # A captured `sysctl -a` from a Mac (bug reports, tests).
+        values = parse_sysctl_text(sysctl_capture)
+        return detect_macos(lambda keys: values, live=False)
+    header, processors = parse_cpuinfo(read_text(root, "proc/cpuinfo"))
+    cpus, possible = _cpu_ids(root, processors)
+    by_id = {int(p["processor"]): p for p in processors}
+    parts = {
+        cpu: by_id[cpu]["CPU part"].lower()
+        for cpu in cpus
+        if cpu in by_id and "CPU part" in by_id[cpu]
+    }
+    capacities = {cpu: read_int(root, f"sys/devices/system/cpu/cpu{cpu}/cpu_capacity") for cpu in cpus}
+    freqs = {cpu: _max_freq_khz(root, cpu) for cpu in cpus}
+    arch = _arch(root, header, processors)
+    clusters = build_clusters(
+        cpus, parts, capacities, freqs, _x86_core_types(root), is_arm=not arch.startswith(("x86", "i686"))
+    )
+    meminfo = parse_meminfo(read_text(root, "proc/meminfo"))
+    compatible = split_nul(read_text(root, "proc/device-tree/compatible"))
+    board = _board(root, header)
+    first = processors[0] if processors else {}
+    cpu_model = first.get("model name") or (clusters[0].name if clusters and clusters[0].part else UNKNOWN)
+    available = meminfo.get("MemAvailable")
+    if available is None and "MemFree" in meminfo:
+        available = meminfo["MemFree"] + meminfo.get("Cached", 0) + meminfo.get("Buffers", 0)
+    device = Device(
+        board=board,
+        soc=_soc(root, compatible, header, parts, board) if parts or compatible or header else UNKNOWN,
+        arch=arch,
+        cpu_model=cpu_model,
+        cpu_count=len(cpus),
+        cpus_possible=possible,
+        clusters=clusters,
+        features=_features(arch, processors),
+        mem_total_bytes=meminfo.get("MemTotal"),
+        mem_available_bytes=available,
+        swap_total_bytes=meminfo.get("SwapTotal"),
+        swap_free_bytes=meminfo.get("SwapFree"),
+        page_size_bytes=_page_size(root),
+        thermal=_thermal(root),
+        dt_compatible=compatible,
+        cpu_parts=parts,
+        core_of_cpu=_core_of_cpu(root, cpus, by_id),
+        system="linux",
+        sysroot=str(root),
+    )
+    _assign_big_little(device)
+    return device
+
+
+def _assign_big_little(device: Device) -> None:
+    if not device.clusters:
+        return
+    device.big_cores = list(device.clusters[0].cpus)
+    device.little_cores = list(device.clusters[-1].cpus) if len(device.clusters) > 1 else []
+
+
+# --- macOS --------------------------------------------------------------------------------------
+
+SysctlReader = Callable[[Iterable[str]], dict[str, str]]
+
+MACOS_KEYS = (
+    "hw.perflevel0.physicalcpu", "hw.perflevel1.physicalcpu", "hw.perflevel0.name",
+    "hw.perflevel1.name", "hw.perflevel0.cpusperl2", "hw.ncpu", "hw.logicalcpu", "hw.memsize",
+    "hw.pagesize", "machdep.cpu.brand_string", "hw.model", "hw.optional.arm.FEAT_DotProd",
+    "hw.optional.arm.FEAT_I8MM", "hw.optional.arm.FEAT_BF16", "hw.optional.arm.FEAT_FP16",
+    "hw.optional.neon", "hw.optional.AdvSIMD", "hw.optional.avx2_0", "hw.optional.avx512f",
+    "hw.optional.fma", "hw.cpufrequency_max", "hw.perflevel0.cpufrequency_max",
+)
+
+
+def _run_sysctl(keys: Iterable[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key in keys:
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", key], capture_output=True, text=True, timeout=2, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            values[key] = out.stdout.strip()
+    return values
+
+
+def parse_sysctl_text(text: str) -> dict[str, str]:
+    """Parse `sysctl -a` output ('name: value' lines) into a dict (for captures)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            values[key.strip()] = value.strip()
+    return values
+
+
+def detect_macos(read: SysctlReader, *, live: bool = True) -> Device:
+    """Detect an Apple machine from sysctl values (perflevel0 = performance cores, listed first)."""
+    values = read(MACOS_KEYS)
+
+    def number(key: str) -> int | None:
+        try:
+            return int(values[key])
+        except (KeyError, ValueError):
+            return None
+
+    perf = number("hw.perflevel0.physicalcpu")
+    eff = number("hw.perflevel1.physicalcpu") or 0
+    total = number("hw.ncpu") or number("hw.logicalcpu") or ((perf or 0) + eff)
+    clusters: list[Cluster] = []
+    if perf:
+        # macOS numbers efficiency cores first on Apple Silicon; the ids are only labels here
+        # because macOS offers no CPU affinity.
+        clusters.append(Cluster(cpus=list(range(eff, eff + perf)), name="performance", fastest=True))
+        if eff:
+            clusters.append(Cluster(cpus=list(range(eff)), name="efficiency"))
+    elif total:
+        clusters.append(Cluster(cpus=list(range(total)), name="cpu", fastest=True))
+    is_arm = values.get("hw.optional.arm.FEAT_DotProd") is not None or "Apple" in values.get(
+        "machdep.cpu.brand_string", ""
+    )
+    features: list[str] = []
+    if is_arm:
+        features.append("neon")
+        for key, name in (
+            ("hw.optional.arm.FEAT_DotProd", "dotprod"),
+            ("hw.optional.arm.FEAT_FP16", "fp16"),
+            ("hw.optional.arm.FEAT_I8MM", "i8mm"),
+            ("hw.optional.arm.FEAT_BF16", "bf16"),
+        ):
+            if values.get(key) == "1":
+                features.append(name)
+    else:
+        for key, name in (("hw.optional.fma", "fma"), ("hw.optional.avx2_0", "avx2"), ("hw.optional.avx512f", "avx512f")):
+            if values.get(key) == "1":
+                features.append(name)
+    available_bytes: int | None = None
+    if live:
+        try:
+            import psutil  # noqa: PLC0415  (only needed on a live Mac)
+
+            available_bytes = int(psutil.virtual_memory().available)
+        except Exception:
+            available_bytes = None
+    device = Device(
+        board=values.get("hw.model", UNKNOWN),
+        soc=values.get("machdep.cpu.brand_string", UNKNOWN),
+        arch="arm64" if is_arm else "x86_64",
+        cpu_model=values.get("machdep.cpu.brand_string", UNKNOWN),
+        cpu_count=total,
+        cpus_possible=total,
+        clusters=clusters,
+        features=features,
+        mem_total_bytes=number("hw.memsize"),
+        mem_available_bytes=available_bytes,
+        page_size_bytes=number("hw.pagesize"),
+        system="darwin",
+    )
+    _assign_big_little(device)
+    return device

@@ -1,0 +1,217 @@
+"""Decide how to run a model on a device before loading it. Pure: no I/O, no llama_cpp.
+
+Memory model (what `edgellm run` then really reaches in peak RSS):
+  weights (every tensor is touched on the first forward pass, mmap or not)
++ KV cache (n_ctx x layers x kv heads x (k dim + v dim) x bytes per element)
++ compute buffer (llama.cpp's scratch graph for one n_ubatch batch)
++ runtime overhead (Python, llama.cpp's code and the output buffers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgellm.hardware import Device
+from edgellm.modelinfo import ModelInfo
+from edgellm.profiles import Profile
+from edgellm.units import format_size
+
+MIN_CTX = 512
+CTX_STEP = 256
+# Python + numpy + llama.cpp's code and small buffers, measured as the RSS of `edgellm run`
+# before the model loads plus llama.cpp's fixed allocations (see scripts/check_plan_rss.py).
+RUNTIME_OVERHEAD_BYTES = 80 * 1024**2
+
+
+@dataclass
+class Plan:
+    profile: str
+    model: str
+    quant: str
+    fits: bool
+    n_ctx: int
+    kv_type: str
+    flash_attn: bool
+    cores: list[int]
+    threads: int
+    threads_batch: int
+    n_batch: int
+    n_ubatch: int
+    use_mmap: bool
+    use_mlock: bool
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    budget_bytes: int | None
+    predicted_tg_tps: float | None
+    reasons: dict[str, str] = field(default_factory=dict)
+    refusal: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_buffer_bytes(model: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """llama.cpp's CPU compute buffer for one n_ubatch batch (its graph reserves the worst case).
+
+    The largest live tensors are the attention scores (n_ctx x n_ubatch x heads, f32; flash
+    attention avoids materialising them), the FFN activations and the logits of the batch.
+    """
+    attention = 0 if flash_attn else n_ctx * n_ubatch * model.n_head * 4
+    ffn = n_ubatch * max(model.n_ff, model.n_embd) * 4 * 3
+    logits = n_ubatch * model.n_vocab * 4
+    return int(max(attention + ffn, logits) + n_ubatch * model.n_embd * 4 * 4)
+
+
+def select_cores(device: Device, profile: Profile) -> list[int]:
+    clusters = device.clusters
+    if profile.cores == "all" or not clusters:
+        return sorted(cpu for c in clusters for cpu in c.cpus) or list(range(device.cpu_count or 1))
+    if profile.cores == "performance" and len(clusters) > 1:
+        return sorted(cpu for c in clusters[:-1] for cpu in c.cpus)
+    return list(device.big_cores or clusters[0].cpus)
+
+
+def make_plan(
+    model: ModelInfo,
+    device: Device,
+    profile: Profile,
+    *,
+    ctx: int | None = None,
+    mem_budget: int | None = None,
+    threads: int | None = None,
+    threads_batch: int | None = None,
+) -> Plan:
+    """Choose context, KV type, cores, threads and batch so the model fits the memory budget."""
+    reasons: dict[str, str] = {}
+
+    # Budget: what is free now minus what the OS needs, capped by --mem-budget.
+    available = device.mem_available_bytes if device.mem_available_bytes is not None else device.mem_total_bytes
+    budget: int | None = None
+    if available is not None:
+        budget = max(available - profile.os_reserve_bytes, 0)
+        reasons["budget"] = f"{format_size(available)} available minus {format_size(profile.os_reserve_bytes)} reserved for the OS ({profile.name})"
+    if mem_budget is not None:
+        if budget is None or mem_budget < budget:
+            budget = mem_budget
+            reasons["budget"] = f"--mem-budget {format_size(mem_budget)}"
+    if budget is None:
+        reasons["budget"] = "memory size unknown: not checked"
+
+    # Context: what was asked (or the profile default), no more than the model was trained for.
+    wanted = ctx or profile.default_ctx
+    reasons["n_ctx"] = f"--ctx {ctx}" if ctx else f"profile default {profile.default_ctx}"
+    if not ctx and wanted > profile.max_ctx:
+        wanted = profile.max_ctx
+    if wanted > model.context_length:
+        wanted = model.context_length
+        reasons["n_ctx"] += f", capped at the model's trained context {model.context_length}"
+
+    n_ubatch = min(profile.n_batch, 512)
+    fixed = model.weights_bytes + RUNTIME_OVERHEAD_BYTES
+
+    def total_for(n_ctx: int, kv_type: str) -> tuple[int, int, int]:
+        flash = kv_type != "f16"
+        kv = int(model.kv_bytes_per_token(kv_type) * n_ctx)
+        compute = compute_buffer_bytes(model, n_ctx, min(n_ubatch, n_ctx), flash)
+        return fixed + kv + compute, kv, compute
+
+    def fits(n_ctx: int, kv_type: str) -> bool:
+        return budget is None or total_for(n_ctx, kv_type)[0] <= budget
+
+    # Prefer the full context with a smaller KV cache over a shorter context; shrink the
+    # context only when no KV type makes the wanted one fit.
+    kv_options = [profile.kv_type]
+    if profile.allow_kv_q8 and profile.kv_type == "f16":
+        kv_options.append("q8_0")
+    kv_type, n_ctx = profile.kv_type, wanted
+    reasons["kv_type"] = f"profile default {kv_type}"
+    chosen = next((kv for kv in kv_options if fits(wanted, kv)), None)
+    if chosen is not None and chosen != profile.kv_type:
+        kv_type = chosen
+        reasons["kv_type"] = f"q8_0 halves the KV cache so {wanted} tokens of context fit"
+    elif chosen is None:
+        for kv in kv_options:
+            largest = max(
+                (c for c in range(wanted // CTX_STEP * CTX_STEP, MIN_CTX - 1, -CTX_STEP) if fits(c, kv)),
+                default=None,
+            )
+            if largest is not None:
+                kv_type, n_ctx = kv, largest
+                reasons["n_ctx"] = f"{largest}: the largest context that fits (wanted {wanted})"
+                if kv != profile.kv_type:
+                    reasons["kv_type"] = "q8_0 to fit more context"
+                break
+        else:
+            n_ctx = min(wanted, MIN_CTX)
+
+    total, kv_bytes, compute = total_for(n_ctx, kv_type)
+    fits_budget = budget is None or total <= budget
+
+    cores = select_cores(device, profile)
+    physical = device.physical_core_count(cores) or len(cores) or 1
+    n_threads = threads or profile.threads or physical
+    n_threads_batch = threads_batch or profile.threads_batch or physical
+    n_threads = min(n_threads, max(len(cores), 1)) if not threads else n_threads
+    n_threads_batch = min(n_threads_batch, max(len(cores), 1)) if not threads_batch else n_threads_batch
+    cluster_names = ", ".join(f"{c.name} {c.cpus}" for c in device.clusters if set(c.cpus) & set(cores))
+    reasons["cores"] = f"profile cores={profile.cores}: {cluster_names or cores}"
+    reasons["threads"] = (
+        f"--threads {threads}" if threads else
+        f"profile sets {profile.threads}" if profile.threads else
+        f"one per physical core of the chosen cores ({physical})"
+    )
+    reasons["threads_batch"] = (
+        f"--threads-batch {threads_batch}" if threads_batch else
+        f"profile sets {profile.threads_batch}" if profile.threads_batch else
+        f"one per physical core ({physical})"
+    )
+
+    n_batch = min(profile.n_batch, n_ctx)
+    use_mlock = profile.mlock and fits_budget
+    predicted = None
+    if profile.mem_bandwidth_gbps:
+        # At depth 0 the KV cache adds nothing to the bytes read per token.
+        predicted = round(profile.mem_bandwidth_gbps * 1e9 / max(model.bytes_per_token, 1), 1)
+        reasons["predicted_tg_tps"] = (
+            f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
+        )
+
+    refusal = None
+    if not fits_budget and budget is not None:
+        refusal = (
+            f"{model.name or 'model'} {model.quant} needs {format_size(total)} "
+            f"(weights {format_size(model.weights_bytes)} + KV {format_size(kv_bytes)} at {n_ctx} tokens + "
+            f"{format_size(compute + RUNTIME_OVERHEAD_BYTES)} runtime) but the budget is {format_size(budget)}"
+        )
+    return Plan(
+        profile=profile.name,
+        model=str(model.path) if model.path else model.name,
+        quant=model.quant,
+        fits=fits_budget,
+        n_ctx=n_ctx,
+        kv_type=kv_type,
+        flash_attn=kv_type != "f16",
+        cores=cores,
+        threads=n_threads,
+        threads_batch=n_threads_batch,
+        n_batch=n_batch,
+        n_ubatch=min(n_ubatch, n_batch),
+        use_mmap=profile.mmap,
+        use_mlock=use_mlock,
+        weights_bytes=model.weights_bytes,
+        kv_bytes=kv_bytes,
+        compute_bytes=compute,
+        overhead_bytes=compute + RUNTIME_OVERHEAD_BYTES,
+        total_bytes=total,
+        budget_bytes=budget,
+        predicted_tg_tps=predicted,
+        reasons=reasons,
+        refusal=refusal,
+    )
+
+
+REFUSAL_HINT = "try a smaller quant (Q4_K_S), a smaller --ctx, or a larger --mem-budget"

@@ -1,0 +1,127 @@
+"""Split a reasoning model's streamed text into reasoning and answer. Pure; no I/O.
+
+R1 distills write one of three forms:
+  `<think>reasoning</think>answer`  - the model opens the tag itself;
+  `reasoning</think>answer`         - the chat template already opened it (newer templates end
+                                       the prompt with `<think>\\n`);
+  `answer`                          - no tags at all (the distills sometimes skip thinking).
+Tags may arrive split across tokens ('</', 'think', '>'), so a possible tag prefix is held back
+until the next chunk decides it. Only text that cannot be part of a tag is released.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+OPEN_TAG = "<think>"
+CLOSE_TAG = "</think>"
+
+REASONING = "reasoning"
+ANSWER = "answer"
+
+
+class _State(Enum):
+    UNDECIDED = 0  # reasoning model, no tag seen yet: the text's kind is not known
+    REASONING = 1
+    ANSWER = 2
+
+
+def _held_prefix_length(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0
+
+
+class ReasoningSplitter:
+    """Feed decoded text chunks; get back (kind, text) pieces in order.
+
+    `opened_by_template`: the prompt ended with `<think>`, so output starts as reasoning.
+    `thinks`: the model is a reasoning model; when False everything is answer, released at once.
+    For a reasoning model whose template did not open the tag, text before any tag is held until
+    `<think>` (it was reasoning), `</think>` (it was reasoning) or the end (it was the answer),
+    which is what makes all three forms exact.
+    """
+
+    def __init__(self, *, opened_by_template: bool = False, thinks: bool = True) -> None:
+        if opened_by_template:
+            self._state = _State.REASONING
+        elif thinks:
+            self._state = _State.UNDECIDED
+        else:
+            self._state = _State.ANSWER
+        self._buffer = ""
+        self._at_answer_start = False
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        self._buffer += text
+        out: list[tuple[str, str]] = []
+        while True:
+            if self._state is _State.ANSWER:
+                # Answer text after </think> starts with the model's blank line; drop it.
+                if self._at_answer_start:
+                    stripped = self._buffer.lstrip()
+                    if not stripped:
+                        self._buffer = ""
+                        return out
+                    self._buffer = stripped
+                    self._at_answer_start = False
+                if self._buffer:
+                    out.append((ANSWER, self._buffer))
+                    self._buffer = ""
+                return out
+            if self._state is _State.UNDECIDED:
+                stripped = self._buffer.lstrip()
+                if stripped.startswith(OPEN_TAG):
+                    self._buffer = stripped[len(OPEN_TAG):]
+                    self._state = _State.REASONING
+                    continue
+                if len(stripped) < len(OPEN_TAG) and OPEN_TAG.startswith(stripped):
+                    return out  # could still become <think>
+                index = self._buffer.find(CLOSE_TAG)
+                if index >= 0:
+                    reasoning = self._buffer[:index]
+                    if reasoning.strip():
+                        out.append((REASONING, reasoning))
+                    self._buffer = self._buffer[index + len(CLOSE_TAG):]
+                    self._state = _State.ANSWER
+                    self._at_answer_start = True
+                    continue
+                return out  # hold: the kind is decided by a later </think> or the end
+            # REASONING
+            index = self._buffer.find(CLOSE_TAG)
+            if index >= 0:
+                if self._buffer[:index]:
+                    out.append((REASONING, self._buffer[:index]))
+                self._buffer = self._buffer[index + len(CLOSE_TAG):]
+                self._state = _State.ANSWER
+                self._at_answer_start = True
+                continue
+            keep = _held_prefix_length(self._buffer, CLOSE_TAG)
+            release = self._buffer[: len(self._buffer) - keep]
+            if release:
+                out.append((REASONING, release))
+            self._buffer = self._buffer[len(self._buffer) - keep:]
+            return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        """Release what is held at the end of generation."""
+        rest, self._buffer = self._buffer, ""
+        if not rest:
+            return []
+        if self._state is _State.REASONING:
+            return [(REASONING, rest)]
+        if self._state is _State.UNDECIDED:
+            return [(ANSWER, rest)] if rest.strip() else []
+        rest = rest.lstrip() if self._at_answer_start else rest
+        return [(ANSWER, rest)] if rest else []
+
+
+def split_reasoning(text: str, *, opened_by_template: bool = False, thinks: bool = True) -> tuple[str, str]:
+    """Whole-text form: (reasoning, answer)."""
+    splitter = ReasoningSplitter(opened_by_template=opened_by_template, thinks=thinks)
+    pieces = splitter.feed(text) + splitter.finish()
+    reasoning = "".join(t for kind, t in pieces if kind == REASONING)
+    answer = "".join(t for kind, t in pieces if kind == ANSWER)
+    return reasoning, answer

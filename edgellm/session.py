@@ -1,0 +1,156 @@
+"""What every model command does before generating: detect, pick a profile, resolve, plan.
+
+Kept apart from the CLI so chat, bench and serve call the same steps, and apart from the
+planner so the planner stays pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import util as importlib_util
+from pathlib import Path
+
+from edgellm.errors import ModelNotFoundError, PlanError
+from edgellm.hardware import Device, detect
+from edgellm.modelinfo import ModelInfo, read_gguf
+from edgellm.planner import REFUSAL_HINT, Plan, make_plan
+from edgellm.profiles import Profile, edgellm_home, select_profile
+
+
+@dataclass
+class PlanOptions:
+    profile: str | None = None
+    ctx: int | None = None
+    mem_budget: int | None = None
+    threads: int | None = None
+    threads_batch: int | None = None
+    sysroot: str = "/"
+
+
+@dataclass
+class Prepared:
+    device: Device
+    profile: Profile
+    profile_reason: str
+    model: ModelInfo
+    plan: Plan
+
+
+def resolve_model(spec: str) -> ModelInfo:
+    """Turn `-m` into a model. Today: a local .gguf path."""
+    path = Path(spec).expanduser()
+    if path.exists() or spec.endswith(".gguf") or os.sep in spec:
+        return read_gguf(path)
+    raise ModelNotFoundError(
+        f"'{spec}' is not a model file",
+        hint="pass the path of a .gguf file, e.g. -m ~/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf",
+    )
+
+
+def prepare(spec: str, options: PlanOptions, *, require_fit: bool = True) -> Prepared:
+    device = detect(options.sysroot)
+    profile, reason = select_profile(device, options.profile)
+    model = resolve_model(spec)
+    plan = make_plan(
+        model,
+        device,
+        profile,
+        ctx=options.ctx,
+        mem_budget=options.mem_budget,
+        threads=options.threads,
+        threads_batch=options.threads_batch,
+    )
+    if require_fit and not plan.fits:
+        raise PlanError(plan.refusal or "the model does not fit", hint=REFUSAL_HINT)
+    return Prepared(device, profile, reason, model, plan)
+
+
+# --- llama.cpp build facts, without importing llama_cpp in this process ------------------------
+
+
+def _library_fingerprint() -> str | None:
+    spec = importlib_util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(next(iter(spec.submodule_search_locations)))
+    stamps = []
+    for lib in sorted((package / "lib").glob("*")):
+        try:
+            stat = lib.stat()
+        except OSError:
+            continue
+        stamps.append(f"{lib.name}:{stat.st_size}:{int(stat.st_mtime)}")
+    return hashlib.sha256("|".join(stamps).encode()).hexdigest()[:16] if stamps else None
+
+
+def llama_build_info() -> str | None:
+    """llama.cpp's system-info line for the installed build, cached per library file.
+
+    `detect` must stay fast and must not load the native library (shell scripts call it in
+    loops), so the first call asks a child process and later calls read the cache.
+    """
+    fingerprint = _library_fingerprint()
+    if fingerprint is None:
+        return None
+    cache = edgellm_home() / "cache" / "llama-build.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("fingerprint") == fingerprint:
+            return str(cached["system_info"])
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "from edgellm.runtime import system_info; print(system_info())"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    info = result.stdout.strip()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"fingerprint": fingerprint, "system_info": info}))
+    except OSError:
+        pass
+    return info
+
+
+# Features llama.cpp needs compiled in to use what the CPU offers: device feature -> build flag.
+BUILD_FLAGS = {
+    "dotprod": "DOTPROD", "i8mm": "MATMUL_INT8", "sve": "SVE", "fp16": "FP16_VA",
+    "avx2": "AVX2", "avx512f": "AVX512", "fma": "FMA", "f16c": "F16C", "avx_vnni": "AVX_VNNI",
+}
+BUILD_WHY = {
+    "dotprod": "prompt processing runs about 2x slower without it",
+    "i8mm": "int8 matrix multiply speeds up prompt processing",
+    "avx2": "most x86 kernels need it",
+}
+
+
+def build_warnings(device: Device, info: str | None) -> list[str]:
+    """Where the CPU has a feature the installed llama.cpp was not compiled with, or AMX is on."""
+    if not info:
+        return []
+    warnings = []
+    for feature in device.features:
+        flag = BUILD_FLAGS.get(feature)
+        if flag and f"{flag} = 1" not in info:
+            why = BUILD_WHY.get(feature, "llama.cpp's faster kernels for it are not used")
+            warnings.append(
+                f"the CPU has {feature} but llama.cpp was built without {flag}: {why}; "
+                "rebuild with: pip install --force-reinstall --no-cache-dir llama-cpp-python"
+            )
+    if "AMX_INT8 = 1" in info:
+        warnings.append(
+            "this llama.cpp build has Intel AMX kernels, which crash on prompts (llama.cpp issue 20824); "
+            "edgellm loads models without them, but rebuild: CMAKE_ARGS=\"-DCMAKE_C_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16 "
+            "-DCMAKE_CXX_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16\" pip install --force-reinstall --no-cache-dir llama-cpp-python"
+        )
+    return warnings

@@ -1,0 +1,178 @@
+"""All terminal rendering. The only module that uses Rich.
+
+Convention (as in Simon Willison's `llm`): the answer goes to stdout; everything else (tables
+meant for people are the exception: they are the answer of `detect`, `profiles`, `plan`),
+progress, warnings, stats and errors go to stderr. `--json` output is written with plain
+`print` so nothing decorates it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from edgellm.units import format_size
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str, hint: str | None = None) -> None:
+    stderr.print(Text("error: ", style="bold red") + Text(message))
+    if hint:
+        stderr.print(Text("hint: ", style="yellow") + Text(hint))
+
+
+def warn(message: str) -> None:
+    stderr.print(Text("warning: ", style="yellow") + Text(message))
+
+
+def info(message: str) -> None:
+    stderr.print(Text(message, style="dim"))
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+# --- detect ---------------------------------------------------------------------------------------
+
+
+def _freq(khz: int | None) -> str:
+    return f"{khz / 1e6:.2f} GHz" if khz else "-"
+
+
+def render_device(device: Any, profile_name: str, reason: str, build: str | None, warnings: list[str]) -> None:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("board", device.board)
+    table.add_row("SoC", device.soc)
+    table.add_row("arch", device.arch)
+    table.add_row("CPU", f"{device.cpu_model}, {device.cpu_count} online" + (f" of {device.cpus_possible}" if device.cpus_possible > device.cpu_count else ""))
+    for cluster in device.clusters:
+        mark = "  [green]<- fastest[/green]" if cluster.fastest else ""
+        cap = f", capacity {cluster.capacity}" if cluster.capacity else ""
+        table.add_row("cluster", f"{cluster.name}: cpus {_cpus(cluster.cpus)}, {_freq(cluster.max_freq_khz)}{cap}{mark}")
+    table.add_row("features", " ".join(device.features) or "-")
+    table.add_row("RAM", f"{format_size(device.mem_total_bytes)} total, {format_size(device.mem_available_bytes)} available")
+    if device.swap_total_bytes is not None:
+        table.add_row("swap", f"{format_size(device.swap_total_bytes)} total, {format_size(device.swap_free_bytes)} free")
+    table.add_row("page size", format_size(device.page_size_bytes) if device.page_size_bytes else "unknown")
+    if device.thermal:
+        temps = ", ".join(f"{z.type} {z.celsius:.1f} C" if z.celsius is not None else f"{z.type} ?" for z in device.thermal)
+        table.add_row("thermal", temps)
+    else:
+        table.add_row("thermal", "no sensors")
+    if build is not None:
+        table.add_row("llama.cpp build", build or "unknown")
+    table.add_row("profile", f"[bold cyan]{profile_name}[/bold cyan] ({reason})")
+    stdout.print(table)
+    for message in warnings:
+        warn(message)
+
+
+def _cpus(cpus: list[int]) -> str:
+    if cpus and cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 2:
+        return f"{cpus[0]}-{cpus[-1]}"
+    return ",".join(map(str, cpus))
+
+
+# --- profiles -------------------------------------------------------------------------------------
+
+
+def render_profiles(rows: list[tuple[str, bool, str, str]]) -> None:
+    table = Table(title=None)
+    table.add_column("")
+    table.add_column("profile", style="bold")
+    table.add_column("description")
+    table.add_column("source", style="dim")
+    for name, matched, description, source in rows:
+        table.add_row("*" if matched else "", name, description, source)
+    stdout.print(table)
+    stdout.print(Text("* matches this device", style="dim"))
+
+
+def render_profile(data: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in data.items():
+        if key == "os_reserve_bytes":
+            value = format_size(value)
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    stdout.print(table)
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+
+def render_plan(plan: Any, console: Console | None = None) -> None:
+    console = console or stdout
+    table = Table(show_header=True, box=None, padding=(0, 2))
+    table.add_column("choice", style="bold")
+    table.add_column("value")
+    table.add_column("why", style="dim")
+    r = plan.reasons
+    table.add_row("model", f"{plan.model} ({plan.quant})", "")
+    table.add_row("profile", plan.profile, "")
+    table.add_row("context", str(plan.n_ctx), r.get("n_ctx", ""))
+    table.add_row("KV cache", plan.kv_type, r.get("kv_type", ""))
+    table.add_row("cores", _cpus(plan.cores), r.get("cores", ""))
+    table.add_row("threads", f"{plan.threads} generation, {plan.threads_batch} prompt", r.get("threads", ""))
+    table.add_row("batch", str(plan.n_batch), "")
+    table.add_row("memory", f"{format_size(plan.total_bytes)} of {format_size(plan.budget_bytes)}",
+                  f"weights {format_size(plan.weights_bytes)} + KV {format_size(plan.kv_bytes)} + runtime {format_size(plan.overhead_bytes)}; budget: {r.get('budget', '')}")
+    if plan.predicted_tg_tps:
+        table.add_row("predicted", f"~{plan.predicted_tg_tps:g} tokens/s generation", r.get("predicted_tg_tps", ""))
+    verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
+    table.add_row("verdict", verdict, "")
+    console.print(table)
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+
+def write_reasoning(text: str) -> None:
+    """Reasoning shown on stderr, dimmed when it is a terminal."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\x1b[2m{text}\x1b[0m")
+    else:
+        sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def stats_line(stats: Any, temperature: float | None = None) -> str:
+    parts = [
+        f"{stats.generated_tokens} tokens",
+        f"{stats.gen_tps:.1f} tok/s",
+        f"prompt {stats.prompt_tokens_evaluated} tok at {stats.prompt_tps:.1f} tok/s",
+        f"first token {stats.ttft_s:.2f}s",
+        f"load {stats.load_s:.2f}s",
+        f"context {stats.context_used}/{stats.n_ctx}",
+        f"RSS {format_size(stats.peak_rss_bytes)}",
+    ]
+    if temperature is not None:
+        parts.append(f"{temperature:.0f} C")
+    if stats.finish_reason != "stop":
+        parts.append(stats.finish_reason)
+    return " | ".join(parts)
+
+
+def print_stats(stats: Any, temperature: float | None = None) -> None:
+    stderr.print(Text(stats_line(stats, temperature), style="dim"))
+
+
+def no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))

@@ -1,0 +1,165 @@
+"""Detection against real captures from real devices (tests/data/*/SOURCE.md says where from)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import CAPTURES, run_cli
+from edgellm.hardware import build_clusters, detect, parse_cpu_list, parse_cpuinfo, parse_sysctl_text, detect_macos
+from edgellm.profiles import select_profile
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=[c.name for c in CAPTURES])
+def test_detect_matches_what_the_capture_says(capture: Path) -> None:
+    expected = json.loads((capture / "expected.json").read_text())
+    device = detect(capture)
+    profile, reason = select_profile(device)
+    assert profile.name == expected["profile"], reason
+    assert device.arch == expected["arch"]
+    assert device.cpu_count == expected["cpu_count"]
+    if expected.get("big_cores") is not None:
+        assert device.big_cores == expected["big_cores"]
+        assert device.little_cores == expected["little_cores"]
+    if expected.get("big_core_count") is not None:
+        assert len(device.big_cores) == expected["big_core_count"]
+        assert len(device.little_cores) == expected["little_core_count"]
+    assert len(device.clusters) == expected["clusters"]
+    assert set(expected["features_include"]) <= set(device.features)
+    assert not set(expected["features_exclude"]) & set(device.features)
+    if expected.get("mem_total_bytes") is not None:
+        assert device.mem_total_bytes == expected["mem_total_bytes"]
+    if expected.get("soc_contains"):
+        assert expected["soc_contains"].lower() in device.soc.lower()
+    if expected.get("board_contains"):
+        assert expected["board_contains"] in device.board
+    if expected.get("cpus_possible"):
+        assert device.cpus_possible == expected["cpus_possible"]
+
+
+def test_pi5_that_says_bcm2835_is_not_reported_as_bcm2835() -> None:
+    device = detect(Path(__file__).parent / "data" / "raspberry-pi-5-bcm2835")
+    assert "2835" not in device.soc
+    assert device.soc == "BCM2712"
+
+
+def test_phone_profile_runs_on_all_but_the_efficiency_cluster() -> None:
+    from edgellm.planner import select_cores
+
+    capture = Path(__file__).parent / "data" / "android-phone"
+    expected = json.loads((capture / "expected.json").read_text())
+    device = detect(capture)
+    profile, _ = select_profile(device)
+    assert select_cores(device, profile) == expected["performance_cores"]
+
+
+def test_empty_sysroot_degrades_to_unknown(tmp_path: Path) -> None:
+    device = detect(tmp_path)
+    assert device.board == "unknown" and device.soc == "unknown" and device.arch == "unknown"
+    assert device.cpu_count == 0 and device.mem_total_bytes is None and device.thermal == []
+    profile, reason = select_profile(device)
+    assert profile.name == "generic" and "no profile" in reason
+
+
+def test_garbage_files_do_not_crash(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_bytes(b"\xff\xfe garbage : : :\nprocessor : x\n")
+    (tmp_path / "proc/meminfo").write_text("MemTotal: lots kB\n")
+    cpu = tmp_path / "sys/devices/system/cpu"
+    cpu.mkdir(parents=True)
+    (cpu / "online").write_text("zero-three\n")
+    zone = tmp_path / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("hot\n")
+    device = detect(tmp_path)
+    assert device.mem_total_bytes is None
+    assert device.thermal[0].celsius is None and device.thermal[0].type == "unknown"
+
+
+def test_cpufreq_symlink_layout_is_followed(tmp_path: Path) -> None:
+    cpu = tmp_path / "sys/devices/system/cpu"
+    (cpu / "cpufreq/policy0").mkdir(parents=True)
+    (cpu / "cpufreq/policy4").mkdir(parents=True)
+    (cpu / "cpufreq/policy0/cpuinfo_max_freq").write_text("1800000\n")
+    (cpu / "cpufreq/policy4/cpuinfo_max_freq").write_text("2400000\n")
+    for n in range(8):
+        (cpu / f"cpu{n}").mkdir()
+        os.symlink(f"../cpufreq/policy{0 if n < 4 else 4}", cpu / f"cpu{n}/cpufreq")
+    (cpu / "online").write_text("0-7\n")
+    device = detect(tmp_path)
+    assert device.big_cores == [4, 5, 6, 7]
+    assert device.clusters[0].max_freq_khz == 2400000
+
+
+def test_policy_dirs_without_symlinks_use_related_cpus(tmp_path: Path) -> None:
+    cpu = tmp_path / "sys/devices/system/cpu"
+    for name, cpus, freq in (("policy0", "0-3", "1800000"), ("policy4", "4-5", "2256000"), ("policy6", "6-7", "2304000")):
+        (cpu / "cpufreq" / name).mkdir(parents=True)
+        (cpu / "cpufreq" / name / "related_cpus").write_text(_expand(cpus))  # space-separated, as the kernel writes it
+        (cpu / "cpufreq" / name / "cpuinfo_max_freq").write_text(freq)
+    (cpu / "online").write_text("0-7")
+    device = detect(tmp_path)
+    # Without part ids, three frequency classes are three clusters; the fastest is 6-7.
+    assert device.big_cores == [6, 7] and device.little_cores == [0, 1, 2, 3]
+
+
+def _expand(cpus: str) -> str:
+    low, high = cpus.split("-")
+    return " ".join(str(n) for n in range(int(low), int(high) + 1))
+
+
+def test_rk3588_a76_pairs_on_different_clocks_stay_one_cluster() -> None:
+    parts = {n: ("0xd05" if n < 4 else "0xd0b") for n in range(8)}
+    freqs = {0: 1800000, 1: 1800000, 2: 1800000, 3: 1800000, 4: 2256000, 5: 2256000, 6: 2304000, 7: 2304000}
+    clusters = build_clusters(list(range(8)), parts, {}, freqs)
+    assert [c.cpus for c in clusters] == [[4, 5, 6, 7], [0, 1, 2, 3]]
+    assert clusters[0].name == "Cortex-A76" and clusters[0].fastest
+
+
+def test_x86_preferred_core_boost_clocks_do_not_split_the_chip() -> None:
+    freqs = {0: 5100000, 1: 4900000, 2: 4700000, 3: 5000000}
+    clusters = build_clusters([0, 1, 2, 3], {}, {}, freqs, is_arm=False)
+    assert len(clusters) == 1 and clusters[0].cpus == [0, 1, 2, 3]
+
+
+def test_parse_cpu_list() -> None:
+    assert parse_cpu_list("0-3,6,8-9\n") == [0, 1, 2, 3, 6, 8, 9]
+    assert parse_cpu_list("4 5 6 7\n") == [4, 5, 6, 7]
+    assert parse_cpu_list("") == [] and parse_cpu_list(None) == [] and parse_cpu_list("a-b") == []
+
+
+def test_parse_cpuinfo_keeps_global_fields_apart() -> None:
+    header, procs = parse_cpuinfo("processor : 0\nCPU part : 0xd0b\n\nHardware : BCM2835\nModel : Raspberry Pi 5 Model B Rev 1.0\n")
+    assert header == {"Hardware": "BCM2835", "Model": "Raspberry Pi 5 Model B Rev 1.0"}
+    assert procs == [{"processor": "0", "CPU part": "0xd0b"}]
+
+
+def test_macos_sysctl_reader_behind_the_same_interface() -> None:
+    text = (Path(__file__).parent / "data/macos-apple-m3-max/sysctl.txt").read_text()
+    values = parse_sysctl_text(text)
+    device = detect_macos(lambda keys: values, live=False)
+    assert device.arch == "arm64" and device.system == "darwin"
+    assert device.mem_total_bytes == int(values["hw.memsize"])
+    assert len(device.big_cores) == int(values["hw.perflevel0.physicalcpu"])
+
+
+def test_detect_json_schema_from_the_cli() -> None:
+    capture = Path(__file__).parent / "data" / "rk3588"
+    result = run_cli("detect", "--sysroot", str(capture), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("board", "soc", "arch", "cpu_count", "clusters", "big_cores", "little_cores", "features",
+                "mem_total_bytes", "mem_available_bytes", "thermal", "profile", "profile_reason"):
+        assert key in data
+    assert data["profile"] == "rk3588" and data["big_cores"] == [4, 5, 6, 7]
+    assert {"cpus", "name", "max_freq_khz", "capacity"} <= set(data["clusters"][0])
+    assert result.stderr == b""
+
+
+def test_detect_human_output_on_this_machine() -> None:
+    result = run_cli("detect")
+    assert result.returncode == 0, result.stderr
+    assert b"profile" in result.stdout and b"features" in result.stdout
