@@ -4,7 +4,7 @@
 Builds a synthetic model (random bytes written directly in llama.cpp's per-tensor quantized types)
 into a cache directory and, with --reference, a model of the same shape quantized by llama.cpp itself
 from random F16 weights. Prints both file sizes and, with --bench, generation tokens/s of both with
-the same thread count (alternating runs, best of --repeat).
+the same thread count (alternating runs, best and median of --repeat).
 
     python scripts/check_synthetic.py                      # size only, 1.5B Q4_K_M
     python scripts/check_synthetic.py --reference --bench  # the full check (minutes on 2 cores)
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", action="store_true", help="measure generation tokens/s")
     parser.add_argument("--threads", type=int, default=2, help="threads for quantizing and generating")
     parser.add_argument("--tokens", type=int, default=48, help="tokens generated per speed run")
-    parser.add_argument("--repeat", type=int, default=2, help="speed runs per model (best is kept)")
+    parser.add_argument("--repeat", type=int, default=4, help="speed runs per model")
     parser.add_argument("--n-ctx", type=int, default=512, help="context size for speed runs")
     parser.add_argument("--force", action="store_true", help="rebuild files already in the cache")
     args = parser.parse_args(argv)
@@ -111,17 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         models["reference"] = ref
 
     if args.bench:
-        best: dict[str, float] = {}
+        runs: dict[str, list[float]] = {label: [] for label in models}
         for run in range(args.repeat):
-            for label, path in models.items():  # alternate, so drift affects both alike
+            # Alternate models and flip their order each round, so drift and "ran second" affect both.
+            order = list(models.items())[:: 1 if run % 2 == 0 else -1]
+            for label, path in order:
                 tps = tokens_per_second(path, args.threads, args.tokens, args.n_ctx)
-                best[label] = max(best.get(label, 0.0), tps)
+                runs[label].append(tps)
                 print(f"run {run + 1} {label:<10} {tps:6.2f} tokens/s ({args.threads} threads)")
-        for label, tps in best.items():
-            print(f"best {label:<10} {tps:6.2f} tokens/s")
-        if "reference" in best:
-            diff = (best["synthetic"] - best["reference"]) / best["reference"]
-            print(f"speed difference: {diff:+.2%} ({'OK' if abs(diff) < 0.05 else 'MORE THAN 5%'})")
+        for label, values in runs.items():
+            print(f"{label:<10} best {max(values):6.2f}  median {statistics.median(values):6.2f} tokens/s")
+        if "reference" in runs:
+            for stat, fn in (("best", max), ("median", statistics.median)):
+                diff = fn(runs["synthetic"]) / fn(runs["reference"]) - 1
+                print(f"speed difference ({stat}): {diff:+.2%} ({'OK' if abs(diff) < 0.05 else 'MORE THAN 5%'})")
     return 0
 
 

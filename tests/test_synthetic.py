@@ -33,6 +33,8 @@ DEEP = ModelShape(n_layers=28, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vo
 ODD = ModelShape(
     n_layers=9, n_embd=320, n_head=5, n_head_kv=1, n_ff=200, n_vocab=TINY.n_vocab, tied_embeddings=True
 )
+# The other supported arch: no attention biases.
+LLAMA = ModelShape(arch="llama", n_layers=8, n_embd=256, n_head=4, n_head_kv=4, n_ff=512, n_vocab=TINY.n_vocab)
 # Tiny widths with the real Qwen2 vocabulary size: special tokens land on their real ids.
 BIG_VOCAB = ModelShape(n_layers=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=151936)
 
@@ -182,7 +184,9 @@ def test_tiny_model_quantizes_loads_and_generates(
 
 
 @pytest.mark.parametrize("quant", ["Q4_K_M", "Q4_K_S", "Q4_0", "Q8_0", "Q5_K_M", "Q6_K"])
-@pytest.mark.parametrize(("shape", "dtype"), [(DEEP, "F16"), (ODD, "F32")], ids=["deep28", "odd"])
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [(DEEP, "F16"), (ODD, "F32"), (LLAMA, "F16")], ids=["deep28", "odd", "llama"]
+)
 def test_quant_types_and_synthetic_layout_match_llama_cpp(
     tmp_path: Path, llama_cpp: ModuleType, shape: ModelShape, dtype: str, quant: str
 ) -> None:
