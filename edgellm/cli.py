@@ -309,14 +309,51 @@ def _not_yet(name: str) -> None:
     raise NotYetAvailableError(f"`edgellm {name}` is not yet available in this version")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 @error_funnel
-def chat() -> None:
-    """Chat with a model in the terminal.
+def chat(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A .gguf file or model name (default: the device profile's model).")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (change it later with /system).")] = None,
+    load: Annotated[Optional[Path], typer.Option("--load", help="Continue a conversation saved with /save.")] = None,
+    think: Annotated[Optional[str], typer.Option("--think", help="show (dimmed, on stderr) or hide the model's reasoning. Default: show on a terminal, hide otherwise.")] = None,
+    temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Longest reply, in tokens.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable replies.")] = None,
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    profile: ProfileOpt = None,
+    mem_budget: MemBudgetOpt = None,
+) -> None:
+    """Chat with a model in the terminal: streaming replies, history, slash commands (/help).
 
-    Example: edgellm chat -m model.gguf
+    On a terminal it has line editing and input history; with piped stdin each line is one turn and replies are plain text on stdout.
+
+    Example: edgellm chat -m ~/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf --system "Be brief."
     """
-    _not_yet("chat")
+    from edgellm import chat as repl
+    from edgellm.runtime import Engine, SamplingParams
+    from edgellm.session import PlanOptions
+
+    if think is not None and think not in repl.THINK_CHOICES:
+        raise UsageError(f"--think must be show or hide, not '{think}'", hint="edgellm chat --think hide")
+    interactive = sys.stdin.isatty()
+    conversation = repl.load_transcript(load) if load is not None else repl.Conversation()
+    if system:
+        conversation.system = system
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed)
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
+    prepared = repl.prepare_model(model, plan_options, announce=interactive)
+    engine = Engine(prepared.model, prepared.plan)
+    try:
+        options = repl.ChatOptions(
+            show_thinking=(think == "show") if think else interactive,
+            interactive=interactive,
+            history_file=repl.default_history_file(),
+        )
+        repl.run_chat(engine, conversation, sampling, options)
+    finally:
+        engine.close()
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

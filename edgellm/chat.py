@@ -1,0 +1,626 @@
+"""`edgellm chat`: the interactive REPL.
+
+On a terminal, input goes through prompt_toolkit (line editing, arrow-key history, bracketed
+paste); otherwise one line is one turn and replies are plain text, so scripts and tests can drive
+it. Answers go to stdout; reasoning, status lines and command output go to stderr.
+
+The engine keeps the KV cache of the previous turn, so each turn only evaluates the tokens after
+the longest common prefix (llama-cpp-python's prefix matching); this module just has to keep the
+history's text stable from turn to turn (it never rewrites earlier messages).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from edgellm import ui
+from edgellm.errors import EdgeLLMError, UsageError
+from edgellm.hardware import Device, _thermal
+from edgellm.reasoning import ANSWER, REASONING
+from edgellm.runtime import GenerationInterrupted  # runtime imports llama_cpp only when a model loads
+
+PROMPT = ">>> "
+CONTINUATION_PROMPT = "... "
+BLOCK_QUOTE = '"""'
+TRANSCRIPT_FORMAT = "edgellm-chat"
+TRANSCRIPT_VERSION = 1
+THINK_CHOICES = ("show", "hide")
+NO_LIMIT_WORDS = ("none", "off", "default", "random")
+
+COMMAND_HELP: dict[str, str] = {
+    "/help": "show this help",
+    "/system [TEXT]": "set the system prompt (alone: show it)",
+    "/clear": "forget the conversation (the system prompt stays)",
+    "/save FILE": "write the conversation to a JSON transcript",
+    "/load FILE": "replace the conversation with a saved transcript",
+    "/stats": "details of the last reply, the context and the settings",
+    "/think [show|hide]": "show or hide the model's reasoning",
+    "/set temp|top_p|max_tokens|seed VALUE": "change sampling (alone: show the values)",
+    "/exit": "leave (also /bye, Ctrl-D)",
+}
+COMMAND_NAMES = [usage.split()[0] for usage in COMMAND_HELP]
+ALIASES = {"/?": "/help", "/bye": "/exit", "/quit": "/exit", "/q": "/exit"}
+
+
+class TranscriptError(EdgeLLMError):
+    """A chat transcript file that cannot be read or is not in the expected shape."""
+
+
+# --- conversation --------------------------------------------------------------------------------
+
+
+@dataclass
+class Conversation:
+    """The system prompt and the user/assistant messages, as the chat template will see them.
+
+    Assistant messages may carry a "reasoning" key: saved in transcripts, never sent back to the
+    model (R1's template drops earlier reasoning too) and never mixed into "content".
+    """
+
+    system: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def for_model(self, user_text: str | None = None) -> list[dict[str, str]]:
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        out.extend({"role": m["role"], "content": m["content"]} for m in self.messages)
+        if user_text is not None:
+            out.append({"role": "user", "content": user_text})
+        return out
+
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m["role"] == "user")
+
+    def drop_oldest_turn(self) -> bool:
+        """Remove the first user message and everything up to the next one."""
+        if not self.messages:
+            return False
+        end = 1
+        while end < len(self.messages) and self.messages[end]["role"] != "user":
+            end += 1
+        del self.messages[:end]
+        return True
+
+    def to_json(self, model_name: str = "") -> dict[str, Any]:
+        return {
+            "format": TRANSCRIPT_FORMAT,
+            "version": TRANSCRIPT_VERSION,
+            "model": model_name,
+            "system": self.system,
+            "messages": self.messages,
+        }
+
+
+def conversation_from_json(data: Any, source: str) -> Conversation:
+    """An edgellm transcript, or a bare OpenAI-style list of {role, content} messages."""
+    if isinstance(data, dict):
+        if data.get("format", TRANSCRIPT_FORMAT) != TRANSCRIPT_FORMAT:
+            raise TranscriptError(f"{source}: not an edgellm chat transcript (format {data.get('format')!r})")
+        system = data.get("system")
+        raw_messages = data.get("messages")
+    else:
+        system, raw_messages = None, data
+    if system is not None and not isinstance(system, str):
+        raise TranscriptError(f"{source}: 'system' must be text")
+    if not isinstance(raw_messages, list):
+        raise TranscriptError(f"{source}: expected a 'messages' list", hint="save one with /save FILE inside edgellm chat")
+    messages: list[dict[str, str]] = []
+    for index, raw in enumerate(raw_messages):
+        role = raw.get("role") if isinstance(raw, dict) else None
+        content = raw.get("content") if isinstance(raw, dict) else None
+        if role == "system" and index == 0 and isinstance(content, str) and system is None:
+            system = content
+            continue
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            raise TranscriptError(f"{source}: message {index + 1} needs a role of user or assistant and text content")
+        message = {"role": role, "content": content}
+        reasoning = raw.get("reasoning")
+        if role == "assistant" and isinstance(reasoning, str) and reasoning:
+            message["reasoning"] = reasoning
+        messages.append(message)
+    return Conversation(system=system or None, messages=messages)
+
+
+def load_transcript(path: Path) -> Conversation:
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TranscriptError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TranscriptError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    return conversation_from_json(data, str(path))
+
+
+def save_transcript(conversation: Conversation, path: Path, model_name: str) -> None:
+    target = path.expanduser()
+    try:
+        target.write_text(json.dumps(conversation.to_json(model_name), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise TranscriptError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def fit_to_context(
+    conversation: Conversation, user_text: str, count_tokens: Callable[[list[dict[str, str]]], int], limit: int
+) -> tuple[int, int]:
+    """Drop the oldest turns until the prompt with `user_text` is at most `limit` tokens.
+
+    Returns (turns dropped, prompt tokens). Leaves `conversation` untouched and raises when even
+    the system prompt plus the new message alone are too long.
+    """
+    trial = Conversation(conversation.system, list(conversation.messages))
+    dropped = 0
+    while True:
+        tokens = count_tokens(trial.for_model(user_text))
+        if tokens <= limit:
+            break
+        if not trial.drop_oldest_turn():
+            raise UsageError(
+                f"this message is too long: with the system prompt it takes {tokens} tokens, and the context "
+                f"leaves {limit} after room for the reply",
+                hint="send a shorter message, or restart with a larger --ctx (or /set max_tokens lower)",
+            )
+        dropped += 1
+    conversation.messages[:] = trial.messages
+    return dropped, tokens
+
+
+def reply_room(n_ctx: int, max_tokens: int | None) -> int:
+    """Tokens kept free for the reply when deciding whether history must be dropped."""
+    if max_tokens:
+        return min(max_tokens, n_ctx // 2)
+    return n_ctx // 4
+
+
+# --- input ---------------------------------------------------------------------------------------
+
+
+class LineReader(Protocol):
+    def read(self, continuation: bool = False) -> str:
+        """One line without its newline; EOFError at the end, KeyboardInterrupt on Ctrl-C."""
+        ...
+
+
+class PlainReader:
+    """stdin line by line: for pipes, files and terminals without prompt_toolkit."""
+
+    def __init__(self, stream: IO[str], show_prompt: bool) -> None:
+        self.stream = stream
+        self.show_prompt = show_prompt
+
+    def read(self, continuation: bool = False) -> str:
+        if self.show_prompt:
+            sys.stderr.write(CONTINUATION_PROMPT if continuation else PROMPT)
+            sys.stderr.flush()
+        line = self.stream.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+
+
+class TerminalReader:
+    """prompt_toolkit input: editing keys, arrow-key history kept across sessions, pasted blocks."""
+
+    def __init__(self, history_file: Path | None) -> None:
+        from prompt_toolkit import PromptSession  # noqa: PLC0415  (only on a terminal)
+        from prompt_toolkit.history import FileHistory, History, InMemoryHistory  # noqa: PLC0415
+        from prompt_toolkit.key_binding import KeyBindings  # noqa: PLC0415
+
+        history: History = InMemoryHistory()
+        if history_file is not None:
+            try:
+                history_file.parent.mkdir(parents=True, exist_ok=True)
+                history_file.touch(exist_ok=True)
+                history = FileHistory(str(history_file))
+            except OSError:
+                pass
+        bindings = KeyBindings()
+
+        @bindings.add("c-c")
+        def _interrupt(event: Any) -> None:
+            # Ctrl-C with text clears the line (as in Ollama); on an empty line it means "leave".
+            buffer = event.current_buffer
+            if buffer.text:
+                buffer.reset()
+            else:
+                event.app.exit(exception=KeyboardInterrupt())
+
+        self.session: Any = PromptSession(history=history, key_bindings=bindings, enable_suspend=True)
+
+    def read(self, continuation: bool = False) -> str:
+        return str(self.session.prompt(CONTINUATION_PROMPT if continuation else PROMPT))
+
+
+def read_message(reader: LineReader) -> str:
+    """One message: a line, or a `\"\"\"` block up to the line that ends with `\"\"\"`."""
+    first = reader.read()
+    stripped = first.strip()
+    if not stripped.startswith(BLOCK_QUOTE):
+        return first
+    body = stripped[len(BLOCK_QUOTE):]
+    if body.endswith(BLOCK_QUOTE) and body:
+        return body[: -len(BLOCK_QUOTE)]
+    lines = [body] if body else []
+    while True:
+        try:
+            line = reader.read(continuation=True)
+        except EOFError:
+            break  # Ctrl-D / end of input ends the block: send what was typed
+        if line.rstrip().endswith(BLOCK_QUOTE):
+            last = line.rstrip()[: -len(BLOCK_QUOTE)]
+            if last:
+                lines.append(last)
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --- temperature ---------------------------------------------------------------------------------
+
+
+def cpu_temperature(sysroot: str = "/") -> float | None:
+    """The hottest thermal zone, reading only /sys/class/thermal (not a full detection)."""
+    return Device(thermal=_thermal(Path(sysroot))).hottest_celsius
+
+
+# --- the REPL ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatOptions:
+    show_thinking: bool
+    interactive: bool  # a person at a terminal: Ctrl-C stops a reply and the session goes on
+    sysroot: str = "/"
+    history_file: Path | None = None
+
+
+@dataclass
+class SessionTotals:
+    replies: int = 0
+    generated_tokens: int = 0
+
+
+class ChatSession:
+    """The loop: read a message or a command, generate, render, keep the history."""
+
+    def __init__(self, engine: Any, conversation: Conversation, sampling: Any, options: ChatOptions, out: IO[str]) -> None:
+        self.engine = engine
+        self.conversation = conversation
+        self.sampling = sampling
+        self.options = options
+        self.out = out
+        self.last_stats: Any = None
+        self.totals = SessionTotals()
+        self.model_name = engine.model.name or (engine.model.path.name if engine.model.path else "model")
+
+    # loop --------------------------------------------------------------------------------------
+
+    def run(self, reader: LineReader) -> None:
+        interrupt_armed = False
+        while True:
+            try:
+                text = read_message(reader)
+            except EOFError:
+                if self.options.interactive:
+                    sys.stderr.write("\n")
+                return
+            except KeyboardInterrupt:
+                if not self.options.interactive or interrupt_armed:
+                    return
+                # Asked once: a second Ctrl-C meant for a reply that just ended should not end the session.
+                ui.info("(press Ctrl-C again to exit, or Ctrl-D, or /exit)")
+                interrupt_armed = True
+                continue
+            interrupt_armed = False
+            if not text.strip():
+                continue
+            if text.lstrip().startswith("/"):
+                if not self.command(text.strip()):
+                    return
+                continue
+            self.turn(text)
+
+    # commands ----------------------------------------------------------------------------------
+
+    def command(self, line: str) -> bool:
+        """Run a slash command; False means leave."""
+        name, _, argument = line.partition(" ")
+        name = ALIASES.get(name.lower(), name.lower())
+        argument = argument.strip()
+        try:
+            if name == "/exit":
+                return False
+            if name == "/help":
+                ui.chat_help(COMMAND_HELP)
+            elif name == "/system":
+                self._system(argument)
+            elif name == "/clear":
+                self.conversation.messages.clear()
+                ui.info("conversation cleared" + (" (the system prompt stays)" if self.conversation.system else ""))
+            elif name == "/save":
+                self._save(argument)
+            elif name == "/load":
+                self._load(argument)
+            elif name == "/stats":
+                self._stats()
+            elif name == "/think":
+                self._think(argument)
+            elif name == "/set":
+                self._set(argument)
+            else:
+                ui.error(f"unknown command {name}; the commands are: {' '.join(COMMAND_NAMES)}", hint="/help")
+        except EdgeLLMError as exc:
+            ui.error(exc.message, exc.hint)
+        return True
+
+    def _system(self, text: str) -> None:
+        if not text:
+            ui.info(f"system prompt: {self.conversation.system}" if self.conversation.system else "no system prompt; set one with /system TEXT")
+            return
+        self.conversation.system = text
+        ui.info("system prompt set")
+
+    def _save(self, argument: str) -> None:
+        if not argument:
+            raise UsageError("/save needs a file name", hint="/save chat.json")
+        save_transcript(self.conversation, Path(argument), self.model_name)
+        ui.info(f"saved {len(self.conversation.messages)} messages to {argument}")
+
+    def _load(self, argument: str) -> None:
+        if not argument:
+            raise UsageError("/load needs a file name", hint="/load chat.json")
+        loaded = load_transcript(Path(argument))
+        self.conversation.system = loaded.system
+        self.conversation.messages[:] = loaded.messages
+        ui.info(f"loaded {len(loaded.messages)} messages ({loaded.turns} turns) from {argument}")
+
+    def _think(self, argument: str) -> None:
+        choice = argument.lower()
+        if not choice:
+            ui.info(f"reasoning is {'shown' if self.options.show_thinking else 'hidden'}; change it with /think show|hide")
+            return
+        if choice not in THINK_CHOICES:
+            raise UsageError(f"/think takes show or hide, not '{argument}'")
+        self.options.show_thinking = choice == "show"
+        ui.info(f"reasoning will be {'shown' if self.options.show_thinking else 'hidden'}")
+
+    def _set(self, argument: str) -> None:
+        key, _, value = argument.partition(" ")
+        key, value = key.lower().replace("-", "_"), value.strip()
+        if not key:
+            ui.info(self._sampling_summary())
+            return
+        if not value:
+            raise UsageError(f"/set {key} needs a value", hint="/set temp 0.7")
+        if key in ("temp", "temperature"):
+            self.sampling.temperature = _number(value, key, float, 0.0, None)
+        elif key == "top_p":
+            self.sampling.top_p = _number(value, key, float, 0.0, 1.0)
+        elif key == "max_tokens":
+            self.sampling.max_tokens = None if value.lower() in NO_LIMIT_WORDS else _number(value, key, int, 1, None)
+        elif key == "seed":
+            self.sampling.seed = None if value.lower() in NO_LIMIT_WORDS else _number(value, key, int, None, None)
+        else:
+            raise UsageError(f"/set cannot change '{key}'; it changes: temp, top_p, max_tokens, seed")
+        ui.info(self._sampling_summary())
+
+    def _sampling_summary(self) -> str:
+        s = self.sampling
+        return (f"temp {s.temperature:g}, top_p {s.top_p:g}, max_tokens {s.max_tokens or 'none'}, "
+                f"seed {s.seed if s.seed is not None else 'random'}")
+
+    def _stats(self) -> None:
+        engine, plan = self.engine, self.engine.plan
+        rows = [
+            ("model", f"{self.model_name} ({engine.model.quant})" + (f", {engine.model.path}" if engine.model.path else "")),
+            ("context", f"{engine.tokens_in_context} / {engine.n_ctx} tokens in the KV cache ({plan.kv_type})"),
+            ("history", f"{self.conversation.turns} turns, {len(self.conversation.messages)} messages, "
+                        f"system prompt {'set' if self.conversation.system else 'none'}"),
+            ("threads", f"{plan.threads} generation, {plan.threads_batch} prompt, cores {_cores(plan.cores)}"),
+            ("sampling", self._sampling_summary()),
+            ("reasoning", "shown" if self.options.show_thinking else "hidden"),
+            ("session", f"{self.totals.replies} replies, {self.totals.generated_tokens} tokens generated, "
+                        f"model load {engine.load_s:.2f}s"),
+        ]
+        if self.last_stats is not None:
+            rows.insert(2, ("last reply", ui.chat_status_line(self.last_stats, cpu_temperature(self.options.sysroot))))
+        ui.chat_table(rows)
+
+    # a turn ------------------------------------------------------------------------------------
+
+    def turn(self, user_text: str) -> None:
+        engine = self.engine
+        try:
+            limit = engine.n_ctx - reply_room(engine.n_ctx, self.sampling.max_tokens)
+            before = self.conversation.turns
+            dropped, _ = fit_to_context(self.conversation, user_text, self._count_tokens, limit)
+            if dropped:
+                ui.info(f"context full: dropped the oldest {_plural(dropped, 'turn')} of {before} "
+                        f"(the system prompt stays)")
+            self.conversation.messages.append({"role": "user", "content": user_text})
+            events = engine.generate(self.conversation.for_model(), self.sampling)
+            reply = self._stream(events)
+        except EdgeLLMError as exc:
+            ui.error(exc.message, exc.hint)
+            return
+        self._remember(reply)
+
+    def _count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self.engine.tokenize(self.engine.format_messages(messages)))
+
+    def _stream(self, events: Iterator[Any]) -> StreamedReply:
+        reply = StreamedReply()
+        render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
+        try:
+            for event in events:
+                kind = getattr(event, "kind", None)
+                if kind == ANSWER:
+                    reply.answer.append(event.text)
+                    render.answer(event.text)
+                elif kind == REASONING:
+                    reply.reasoning.append(event.text)
+                    render.reasoning(event.text)
+                else:
+                    reply.stats = event
+        except GenerationInterrupted as stopped:
+            reply.stats = stopped.stats
+            reply.interrupted = True
+        except KeyboardInterrupt:
+            # Ctrl-C landed here, between tokens, rather than inside the engine: no stats then.
+            reply.interrupted = True
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+        render.finish()
+        return reply
+
+    def _remember(self, reply: StreamedReply) -> None:
+        message = {"role": "assistant", "content": "".join(reply.answer)}
+        reasoning = "".join(reply.reasoning)
+        if reasoning:
+            message["reasoning"] = reasoning
+        # Kept even when interrupted: what was said stays in the history, as in a real conversation.
+        self.conversation.messages.append(message)
+        if reply.stats is not None:
+            self.last_stats = reply.stats
+            self.totals.replies += 1
+            self.totals.generated_tokens += reply.stats.generated_tokens
+        if reply.interrupted and not self.options.interactive:
+            raise KeyboardInterrupt  # a script's Ctrl-C stops the script (the CLI exits 130)
+        if reply.interrupted:
+            ui.info("interrupted; the partial reply stays in the history")
+        if reply.stats is not None:
+            ui.chat_status(reply.stats, cpu_temperature(self.options.sysroot))
+
+
+@dataclass
+class StreamedReply:
+    answer: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    stats: Any = None
+    interrupted: bool = False
+
+
+class ReplyRenderer:
+    """Writes a streaming reply: answer to `out`, reasoning dimmed on stderr (or a placeholder)."""
+
+    def __init__(self, out: IO[str], show_thinking: bool, terminal: bool) -> None:
+        self.out = out
+        self.show_thinking = show_thinking
+        self.terminal = terminal
+        self.in_reasoning = False
+        self.placeholder = False
+        self.answer_started = False
+        self.last_char = "\n"
+        self.last_stream: IO[str] | None = None
+
+    def reasoning(self, text: str) -> None:
+        self.in_reasoning = True
+        if self.show_thinking:
+            ui.write_reasoning(text)
+            self.last_stream, self.last_char = sys.stderr, text[-1]
+        elif self.terminal and not self.placeholder:
+            # Hidden reasoning can take minutes on a Pi: say that something is happening.
+            ui.thinking_placeholder()
+            self.placeholder = True
+
+    def answer(self, text: str) -> None:
+        if not self.answer_started:
+            self.answer_started = True
+            if self.placeholder:
+                ui.clear_thinking_placeholder()
+                self.placeholder = False
+            elif self.in_reasoning and self.show_thinking:
+                sys.stderr.write("\n\n" if self.last_char != "\n" else "\n")
+                sys.stderr.flush()
+            text = text.lstrip("\n") if self.in_reasoning else text
+            if not text:
+                return
+        self.out.write(text)
+        self.out.flush()
+        self.last_stream, self.last_char = self.out, text[-1]
+
+    def finish(self) -> None:
+        if self.placeholder:
+            ui.clear_thinking_placeholder()
+        if self.last_stream is not None and self.last_char != "\n":
+            self.last_stream.write("\n")
+            self.last_stream.flush()
+        if not self.answer_started:
+            # Plain-text mode keeps one output line per turn, even for an empty answer.
+            if not self.terminal:
+                self.out.write("\n")
+                self.out.flush()
+        elif self.last_stream is not self.out:
+            self.out.flush()
+
+
+def _number(value: str, key: str, kind: type, low: float | None, high: float | None) -> Any:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise UsageError(f"/set {key}: '{value}' is not {'an integer' if kind is int else 'a number'}") from None
+    if low is not None and (number < low or (high is not None and number > high)):
+        bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise UsageError(f"/set {key} must be {bounds}")
+    return number
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _cores(cores: list[int]) -> str:
+    return ",".join(map(str, cores)) if cores else "all"
+
+
+def default_history_file() -> Path:
+    from edgellm.profiles import edgellm_home  # noqa: PLC0415
+
+    return edgellm_home() / "history" / "chat"
+
+
+def run_chat(engine: Any, conversation: Conversation, sampling: Any, options: ChatOptions) -> None:
+    """Run the REPL until /exit, Ctrl-D or end of input."""
+    session = ChatSession(engine, conversation, sampling, options, sys.stdout)
+    reader: LineReader
+    if options.interactive and sys.stdout.isatty():
+        reader = TerminalReader(options.history_file)
+    else:
+        reader = PlainReader(sys.stdin, show_prompt=options.interactive)
+    if options.interactive:
+        ui.chat_banner(session.model_name, engine.model.quant, engine.n_ctx, engine.plan.threads,
+                       _cores(engine.plan.cores), engine.plan.profile, conversation.turns)
+    session.run(reader)
+
+
+def prepare_model(spec: str | None, options: Any, *, announce: bool) -> Any:
+    """session.prepare for `-m`, or for the matched profile's default model when there is none."""
+    from edgellm.errors import ModelNotFoundError  # noqa: PLC0415
+    from edgellm.hardware import detect  # noqa: PLC0415
+    from edgellm.profiles import select_profile  # noqa: PLC0415
+    from edgellm.session import prepare  # noqa: PLC0415
+
+    if spec:
+        if announce:
+            ui.info(f"loading {spec}")
+        return prepare(spec, options)
+    profile, _ = select_profile(detect(options.sysroot), options.profile)
+    name = profile.default_model
+    if announce:
+        ui.info(f"no -m given: using the {profile.name} profile's model, {name}")
+    try:
+        return prepare(name, options)
+    except ModelNotFoundError as exc:
+        hint = exc.hint or f"edgellm pull {name}"
+        if "-m" not in hint:
+            hint += "; or pass a file: edgellm chat -m ~/models/model.gguf"
+        raise ModelNotFoundError(
+            f"no -m given, and the {profile.name} profile's model {name} is not available: {exc.message}", hint=hint
+        ) from None
