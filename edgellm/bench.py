@@ -1,0 +1,963 @@
+"""`edgellm bench`: prompt and generation speed measured the way llama.cpp's llama-bench does it,
+plus what edge users need: heat and throttling, memory, the profile's choice against alternatives,
+long soaks, and full-size synthetic models that answer "how fast would it be here?" before a download.
+
+Measurement (as llama-bench): per test one warm-up, then `reps` repetitions, each on an empty KV
+cache (after `depth` untimed tokens when asked), timing pp (a batch of random tokens) and tg (random
+tokens decoded one at a time, end-of-sequence ignored). t/s per repetition, then mean and sample
+standard deviation. The decoding itself is edgellm.runtime.BenchContext; this module plans the tests,
+samples heat, and writes the report (JSON is the source; table, CSV and markdown are views of it).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgellm import __version__
+from edgellm.errors import EdgeLLMError, ModelNotFoundError, PlanError, UsageError
+
+DEFAULT_PROMPT = 512
+DEFAULT_GEN = 128
+DEFAULT_REPS = 5
+SOAK_WINDOW_S = 10.0  # one t/s and temperature sample per window during a soak
+SOAK_CHUNK = 32  # tokens decoded between clock checks during a soak
+HEAT_INTERVAL_S = 0.5
+COOL_TO_TIMEOUT_S = 600.0
+SCHEMA = "edgellm-bench/1"
+
+# --------------------------------------------------------------------------------------------------
+# Argument parsing helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_int_list(text: str, option: str, *, minimum: int = 0) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; also accepts llama-bench's 'first-last+step' ranges ('1-8+1')."""
+    values: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+)(?:\+(\d+))?)?", part)
+        if not match:
+            raise UsageError(f"{option} {text!r}: expected numbers separated by commas, e.g. {option} 1,2,4")
+        first, last, step = int(match.group(1)), match.group(2), match.group(3)
+        values.extend(range(first, int(last) + 1, int(step or 1)) if last else [first])
+    if not values or min(values) < minimum:
+        raise UsageError(f"{option} {text!r}: every value must be at least {minimum}")
+    return list(dict.fromkeys(values))
+
+
+def parse_duration(text: str) -> float:
+    """'30m' -> 1800.0; '90s', '1h', '1h30m' and plain seconds ('45') also work."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+            raise UsageError(f"--duration {text!r}: expected e.g. 30m, 90s, 1h or 1h30m")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise UsageError("--duration must be positive")
+    return seconds
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'4-7' or '0,2,4' -> CPU ids."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise UsageError(f"--cores {text!r}: expected big, all, or CPU ids like 4-7 or 0,2")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        cpus.extend(range(first, last + 1))
+    return sorted(set(cpus))
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic models
+# --------------------------------------------------------------------------------------------------
+
+
+def _builtin_shapes() -> dict[str, Any]:
+    from edgellm import synthetic  # noqa: PLC0415  (numpy and gguf: only when asked for)
+
+    # Until edgellm.catalog knows the shapes; catalog names are the source of truth once it does.
+    return {
+        "deepseek-r1-1.5b": synthetic.QWEN2_1_5B,
+        "deepseek-r1-7b": synthetic.QWEN2_7B,
+        "tiny": synthetic.TINY,
+    }
+
+
+def _catalog_shape(name: str) -> Any:
+    """The catalog's ModelShape for `name`, when edgellm.catalog exists and offers `shape_for`."""
+    try:
+        from edgellm import catalog  # type: ignore[attr-defined]  # noqa: PLC0415
+    except ImportError:
+        return None
+    shape_for = getattr(catalog, "shape_for", None)
+    if not callable(shape_for):
+        return None
+    try:
+        return shape_for(name)
+    except EdgeLLMError:
+        return None
+
+
+def synthetic_spec(spec: str) -> tuple[str, str, Any]:
+    """'deepseek-r1-7b:Q4_K_M' -> (name, quant, ModelShape); the quant defaults to Q4_K_M."""
+    from edgellm import synthetic  # noqa: PLC0415
+
+    name, _, quant = spec.partition(":")
+    name, quant = name.strip().lower(), (quant.strip() or "Q4_K_M").upper()
+    shapes = _builtin_shapes()
+    shape = _catalog_shape(name) or shapes.get(name)
+    if shape is None:
+        raise ModelNotFoundError(
+            f"no synthetic shape for '{name}'",
+            hint="edgellm bench --synthetic " + " or ".join(sorted(n for n in shapes if n != "tiny")),
+        )
+    try:
+        synthetic.quant_types(shape, quant)
+    except ValueError as exc:
+        raise UsageError(f"--synthetic {spec}: {exc}", hint=f"edgellm bench --synthetic {name}:Q4_K_M") from None
+    return name, quant, shape
+
+
+def synthetic_model_path(spec: str, *, cache_dir: Path | None = None, announce: Callable[[str], None] | None = None) -> Path:
+    """Build (once) and return the cached synthetic GGUF for `spec`, e.g. 'deepseek-r1-1.5b:Q4_K_S'."""
+    from edgellm import synthetic  # noqa: PLC0415
+    from edgellm.profiles import edgellm_home  # noqa: PLC0415
+
+    name, quant, shape = synthetic_spec(spec)
+    directory = cache_dir or edgellm_home() / "synthetic"
+    path = directory / f"{name}-{quant}-synthetic.gguf"
+    label = f"{name} (synthetic)"
+    expected = synthetic.expected_file_size(shape, quant, name=label)
+    if path.is_file() and path.stat().st_size == expected:
+        return path
+    free = shutil.disk_usage(directory if directory.exists() else directory.anchor or "/").free
+    if free < expected:
+        from edgellm.units import format_size  # noqa: PLC0415
+
+        raise EdgeLLMError(
+            f"a synthetic {name} {quant} needs {format_size(expected)} on disk but {directory} has {format_size(free)} free",
+            hint="free some space, or point EDGELLM_HOME at a larger disk",
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    if announce:
+        announce(f"building synthetic {name} {quant} ({expected / 1e9:.2f} GB, once) in {path}")
+    partial = path.with_suffix(".partial")
+    try:
+        synthetic.write_synthetic_model(partial, shape, quant, name=label)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Heat: thermal zones, CPU frequency, Raspberry Pi throttling
+# --------------------------------------------------------------------------------------------------
+
+# Bits of the Raspberry Pi firmware's get_throttled word (vcgencmd get_throttled).
+THROTTLE_BITS = {
+    0: "under-voltage",
+    1: "arm frequency capped",
+    2: "throttled",
+    3: "soft temperature limit",
+    16: "under-voltage has occurred",
+    17: "arm frequency capping has occurred",
+    18: "throttling has occurred",
+    19: "soft temperature limit has occurred",
+}
+
+
+def decode_throttled(value: int) -> list[str]:
+    return [text for bit, text in THROTTLE_BITS.items() if value & (1 << bit)]
+
+
+class HeatProbe:
+    """Reads temperatures, CPU frequencies and Pi throttling from /sys (below `sysroot`)."""
+
+    def __init__(self, sysroot: str | Path = "/", cpus: Sequence[int] | None = None) -> None:
+        root = Path(sysroot)
+        self.sysroot = root
+        self._temp_files = sorted((root / "sys/class/thermal").glob("thermal_zone*/temp"))
+        cpufreq = root / "sys/devices/system/cpu"
+        wanted = set(cpus) if cpus else None
+        self._freq_files = [
+            path for path in sorted(cpufreq.glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))
+            if wanted is None or int(path.parent.parent.name[3:]) in wanted
+        ]
+        self._throttled_file = root / "sys/devices/platform/soc/soc:firmware/get_throttled"
+        self._vcgencmd = shutil.which("vcgencmd") if root.resolve() == Path("/") else None
+
+    @property
+    def has_temperature(self) -> bool:
+        return bool(self._temp_files)
+
+    def celsius(self) -> float | None:
+        """The hottest zone now (a CPU under load is the hottest thing on these boards)."""
+        temps = [v / 1000.0 for v in (_read_int(p) for p in self._temp_files) if v is not None and v > -50_000]
+        return round(max(temps), 1) if temps else None
+
+    def mean_freq_khz(self) -> float | None:
+        values = [v for v in (_read_int(p) for p in self._freq_files) if v]
+        return sum(values) / len(values) if values else None
+
+    def throttled(self) -> int | None:
+        """The firmware's throttle word, from sysfs (newer Pi kernels) or `vcgencmd get_throttled`."""
+        value = _read_text(self._throttled_file)
+        if value is None and self._vcgencmd:
+            try:
+                out = subprocess.run([self._vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=5, check=False).stdout
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            value = out.partition("=")[2] or None
+        try:
+            return int(value.strip(), 16) if value else None
+        except ValueError:
+            return None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read_text(path)
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class HeatRecord:
+    """Heat over one test: temperature before/after/max, frequency at start vs lowest, throttling."""
+
+    temp_before_c: float | None = None
+    temp_after_c: float | None = None
+    temp_max_c: float | None = None
+    freq_start_mhz: float | None = None
+    freq_min_mhz: float | None = None
+    freq_drop_pct: float | None = None
+    throttled: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class HeatSampler:
+    """Samples the probe on a background thread while a test runs (a file read every half second;
+    llama.cpp releases the GIL while it decodes, so this costs the benchmark nothing measurable)."""
+
+    def __init__(self, probe: HeatProbe, interval_s: float = HEAT_INTERVAL_S) -> None:
+        self.probe = probe
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._temps: list[float] = []
+        self._freqs: list[float] = []
+        self.record = HeatRecord()
+
+    def _sample(self) -> None:
+        temp = self.probe.celsius()
+        if temp is not None:
+            self._temps.append(temp)
+        freq = self.probe.mean_freq_khz()
+        if freq is not None:
+            self._freqs.append(freq / 1000.0)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> HeatSampler:
+        self.record.temp_before_c = self.probe.celsius()
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, name="edgellm-heat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._sample()
+        record = self.record
+        record.temp_after_c = self.probe.celsius()
+        record.temp_max_c = max(self._temps) if self._temps else None
+        if self._freqs:
+            record.freq_start_mhz = round(self._freqs[0], 1)
+            record.freq_min_mhz = round(min(self._freqs), 1)
+            record.freq_drop_pct = round(100.0 * (1 - min(self._freqs) / self._freqs[0]), 1) if self._freqs[0] else None
+        throttled = self.probe.throttled()
+        record.throttled = decode_throttled(throttled) if throttled else []
+
+
+# --------------------------------------------------------------------------------------------------
+# Tests and measurement
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    n_prompt: int
+    n_gen: int
+    depth: int
+    threads: int
+
+    @property
+    def name(self) -> str:
+        base = f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+        return f"{base} @ d{self.depth}" if self.depth else base  # llama-bench's names
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prompt + self.n_gen
+
+    @property
+    def context_needed(self) -> int:
+        return self.depth + self.n_prompt + self.n_gen
+
+
+@dataclass
+class BenchConfig:
+    """Everything one `edgellm bench` run needs; JSON-serialisable so a cores sweep can hand it to
+    a child process (llama.cpp's threads keep the CPU affinity they were created with)."""
+
+    model: str | None = None
+    synthetic: str | None = None
+    prompts: list[int] = field(default_factory=lambda: [DEFAULT_PROMPT])
+    gens: list[int] = field(default_factory=lambda: [DEFAULT_GEN])
+    threads: list[int] | None = None  # None: the plan's (threads_batch for pp, threads for tg)
+    depths: list[int] = field(default_factory=lambda: [0])
+    reps: int = DEFAULT_REPS
+    cores: str | None = None  # None: the profile's; "big", "all" or a CPU list
+    cooldown_s: float = 0.0
+    cool_to_c: float | None = None
+    duration_s: float | None = None  # a soak instead of the tests
+    profile: str | None = None
+    mem_budget: int | None = None
+    sysroot: str = "/"
+
+    def tests(self, plan_threads: int, plan_threads_batch: int) -> list[TestSpec]:
+        """In llama-bench's order: for each thread count and depth, the pp tests then the tg tests."""
+        specs: list[TestSpec] = []
+        for threads in self.threads or [0]:
+            for depth in self.depths:
+                specs += [TestSpec(p, 0, depth, threads or plan_threads_batch) for p in self.prompts if p > 0]
+                specs += [TestSpec(0, n, depth, threads or plan_threads) for n in self.gens if n > 0]
+        return specs
+
+
+@dataclass
+class TestResult:
+    spec: TestSpec
+    cores: list[int]
+    samples_ns: list[int]
+    heat: HeatRecord
+    predicted_tps: float | None = None
+
+    @property
+    def samples_tps(self) -> list[float]:
+        return [1e9 * self.spec.n_tokens / ns for ns in self.samples_ns]
+
+    def to_json(self) -> dict[str, Any]:
+        tps = self.samples_tps
+        return {
+            "test": self.spec.name,
+            "threads": self.spec.threads,
+            "cores": self.cores,
+            "n_prompt": self.spec.n_prompt,
+            "n_gen": self.spec.n_gen,
+            "depth": self.spec.depth,
+            "reps": len(self.samples_ns),
+            "tps_mean": round(statistics.fmean(tps), 3),
+            "tps_std": round(statistics.stdev(tps), 3) if len(tps) > 1 else 0.0,
+            "avg_ns": int(statistics.fmean(self.samples_ns)),
+            "samples_tps": [round(x, 3) for x in tps],
+            "predicted_tps": self.predicted_tps,
+            "thermal": self.heat.to_json(),
+        }
+
+
+ProgressFn = Callable[[str, int, int], None]  # (label, done, total)
+
+
+def measure_test(bench_ctx: Any, spec: TestSpec, reps: int) -> list[int]:
+    """llama-bench's loop for one test: warm-up, then `reps` timed repetitions on an empty cache."""
+    bench_ctx.set_threads(spec.threads)
+    bench_ctx.clear()
+    if spec.n_prompt:
+        bench_ctx.prompt(spec.n_prompt)
+    if spec.n_gen:
+        bench_ctx.generate(1)
+    samples: list[int] = []
+    for _ in range(reps):
+        bench_ctx.clear()
+        if spec.depth:
+            bench_ctx.prompt(spec.depth)  # the context already there: untimed
+        started = time.perf_counter_ns()
+        if spec.n_prompt:
+            bench_ctx.prompt(spec.n_prompt)
+        if spec.n_gen:
+            bench_ctx.generate(spec.n_gen)
+        samples.append(time.perf_counter_ns() - started)
+    return samples
+
+
+def cool_down(probe: HeatProbe, seconds: float, target_c: float | None, say: Callable[[str], None]) -> None:
+    """Sleep `seconds`, then (if asked) until the hottest zone is below `target_c` (at most 10 min)."""
+    if seconds > 0:
+        time.sleep(seconds)
+    if target_c is None:
+        return
+    now = probe.celsius()
+    if now is None:
+        return
+    deadline = time.monotonic() + COOL_TO_TIMEOUT_S
+    if now >= target_c:
+        say(f"cooling down: {now:.1f} C, waiting for {target_c:.0f} C")
+    while now is not None and now >= target_c:
+        if time.monotonic() > deadline:
+            say(f"still {now:.1f} C after {COOL_TO_TIMEOUT_S / 60:.0f} minutes; going on")
+            return
+        time.sleep(2)
+        now = probe.celsius()
+
+
+def soak(bench_ctx: Any, threads: int, duration_s: float, probe: HeatProbe,
+         progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Generate continuously for `duration_s`; a t/s, temperature and frequency sample per window.
+
+    The context is emptied every `n_ctx / 2` tokens so depth stays small and the windows compare.
+    """
+    bench_ctx.set_threads(threads)
+    bench_ctx.clear()
+    bench_ctx.generate(1)
+    restart_every = max(bench_ctx.engine.n_ctx // 2, SOAK_CHUNK)
+    samples: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    window_start, window_tokens, in_context, total_tokens = started, 0, 0, 0
+    while True:
+        if in_context + SOAK_CHUNK > restart_every:
+            bench_ctx.clear()  # the clear is outside the window's timed tokens but inside its time:
+            in_context = 0     # a cost generation pays too, tiny next to SOAK_WINDOW_S
+        bench_ctx.generate(SOAK_CHUNK)
+        in_context += SOAK_CHUNK
+        window_tokens += SOAK_CHUNK
+        now = time.perf_counter()
+        if now - window_start >= SOAK_WINDOW_S or now - started >= duration_s:
+            freq = probe.mean_freq_khz()
+            samples.append({
+                "t_s": round(now - started, 1),
+                "tps": round(window_tokens / (now - window_start), 3),
+                "tokens": window_tokens,
+                "temp_c": probe.celsius(),
+                "freq_mhz": round(freq / 1000.0, 1) if freq else None,
+            })
+            total_tokens += window_tokens
+            window_start, window_tokens = now, 0
+            if progress:
+                progress("soak", int(min(now - started, duration_s)), int(duration_s))
+        if now - started >= duration_s:
+            break
+    return summarize_soak(samples, duration_s, total_tokens)
+
+
+def summarize_soak(samples: list[dict[str, Any]], duration_s: float, total_tokens: int) -> dict[str, Any]:
+    """First-minute vs sustained t/s (sustained: the last quarter of the run, at most 5 minutes)."""
+
+    def rate(chosen: list[dict[str, Any]]) -> float | None:
+        if not chosen:
+            return None
+        seconds = sum(s["tokens"] / s["tps"] for s in chosen if s["tps"] > 0)
+        return round(sum(s["tokens"] for s in chosen) / seconds, 3) if seconds else None
+
+    elapsed = samples[-1]["t_s"] if samples else 0.0
+    first = [s for s in samples if s["t_s"] <= 60.0] or samples[:1]
+    tail_s = min(300.0, elapsed / 4)
+    sustained = [s for s in samples if s["t_s"] > elapsed - tail_s] or samples[-1:]
+    first_tps, sustained_tps = rate(first), rate(sustained)
+    temps = [s["temp_c"] for s in samples if s["temp_c"] is not None]
+    return {
+        "duration_s": round(duration_s, 1),
+        "tokens": total_tokens,
+        "first_minute_tps": first_tps,
+        "sustained_tps": sustained_tps,
+        "sustained_window_s": round(tail_s, 1),
+        "change_pct": round(100.0 * (sustained_tps / first_tps - 1), 1) if first_tps and sustained_tps else None,
+        "temp_max_c": max(temps) if temps else None,
+        "samples": samples,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+def _device_json(device: Any) -> dict[str, Any]:
+    return {
+        "board": device.board,
+        "soc": device.soc,
+        "arch": device.arch,
+        "cpu_model": device.cpu_model,
+        "cpu_count": device.cpu_count,
+        "big_cores": device.big_cores,
+        "mem_total_bytes": device.mem_total_bytes,
+        "clusters": [{"name": c.name, "cpus": c.cpus, "max_freq_khz": c.max_freq_khz} for c in device.clusters],
+    }
+
+
+def resolve_cores(choice: str | None, device: Any, plan_cores: list[int]) -> tuple[list[int], str]:
+    """The CPUs to pin to ([] = no pinning) and how to describe them."""
+    if choice is None:
+        return plan_cores, "profile"
+    if choice == "all":
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        return [], f"all ({len(allowed) or device.cpu_count} CPUs, llama.cpp's default)"
+    if choice == "big":
+        return list(device.big_cores or plan_cores), "big"
+    cpus = parse_cpu_list(choice)
+    online = set(range(device.cpu_count)) | {c for cl in device.clusters for c in cl.cpus}
+    missing = [c for c in cpus if online and c not in online]
+    if missing:
+        raise UsageError(f"--cores {choice}: CPU {missing[0]} is not online here", hint="edgellm detect")
+    return cpus, choice
+
+
+def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Load the model once, run every test (or the soak) and return the JSON report."""
+    from edgellm import runtime  # noqa: PLC0415
+    from edgellm.session import PlanOptions, prepare  # noqa: PLC0415
+
+    if bool(config.model) == bool(config.synthetic):
+        raise UsageError("pass either -m FILE.gguf or --synthetic NAME", hint="edgellm bench --synthetic deepseek-r1-1.5b")
+    model_spec = config.model or str(synthetic_model_path(config.synthetic or "", announce=say))
+    provisional = config.tests(1, 1)  # thread counts do not change the context needed
+    soak_ctx = 2048 if config.duration_s else 0
+    needed = max([t.context_needed for t in provisional] + [soak_ctx, 64])
+    n_ctx = -(-needed // 256) * 256  # llama.cpp pads the KV cache to 256 cells anyway
+    options = PlanOptions(profile=config.profile, ctx=n_ctx, mem_budget=config.mem_budget,
+                          threads=None, sysroot=config.sysroot)
+    prepared = prepare(model_spec, options)
+    plan = prepared.plan
+    if plan.n_ctx < needed:
+        raise PlanError(
+            f"the tests need {needed} tokens of context but only {plan.n_ctx} fit",
+            hint="use smaller -p/-n/--depth values or a larger --mem-budget",
+        )
+    cores, cores_label = resolve_cores(config.cores, prepared.device, plan.cores)
+    biggest_batch = max([t.n_prompt for t in provisional] + [t.depth for t in provisional] + [1])
+    plan = dataclasses.replace(
+        plan, cores=cores, n_batch=max(plan.n_batch, min(biggest_batch, 2048, plan.n_ctx)),
+    )
+    engine = runtime.Engine(prepared.model, plan)
+    try:
+        bench_ctx = runtime.BenchContext(engine)
+        pinned = engine.pinned_cores or (cores if cores else [])
+        probe = HeatProbe(config.sysroot, pinned or None)
+        tests = config.tests(plan.threads, plan.threads_batch)
+        results: list[TestResult] = []
+        soak_report = None
+        thermal_start = probe.celsius()
+        throttled_start = probe.throttled()
+        if config.duration_s:
+            threads = (config.threads or [plan.threads])[0]
+            with HeatSampler(probe) as sampler:
+                soak_report = soak(bench_ctx, threads, config.duration_s, probe, progress)
+            soak_result = TestResult(TestSpec(0, soak_report["tokens"], 0, threads), pinned, [], sampler.record,
+                                     plan.predicted_tg_tps)
+            results.append(soak_result)
+        else:
+            total = len(tests) * config.reps
+            done = 0
+            for index, spec in enumerate(tests):
+                if index and (config.cooldown_s or config.cool_to_c is not None):
+                    cool_down(probe, config.cooldown_s, config.cool_to_c, say)
+                if progress:
+                    progress(spec.name + f" t{spec.threads}", done, total)
+                with HeatSampler(probe) as sampler:
+                    samples_ns = measure_test(bench_ctx, spec, config.reps)
+                predicted = plan.predicted_tg_tps if spec.n_gen and not spec.n_prompt and not spec.depth else None
+                results.append(TestResult(spec, pinned, samples_ns, sampler.record, predicted))
+                done += config.reps
+                if progress:
+                    progress(spec.name + f" t{spec.threads}", done, total)
+        ttft_s = _time_to_first_token(engine, bench_ctx, config.prompts[0] if config.prompts[0] > 0 else 32)
+        info = runtime.system_info()
+        report: dict[str, Any] = {
+            "schema": SCHEMA,
+            "edgellm_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "synthetic": bool(config.synthetic),
+            "model": prepared.model.name or Path(model_spec).name,
+            "model_path": str(prepared.model.path),
+            "model_size_bytes": prepared.model.file_size,
+            "quant": prepared.model.quant,
+            "device": _device_json(prepared.device),
+            "profile": prepared.profile.name,
+            "cores_choice": cores_label,
+            "cores": pinned,
+            "n_ctx": engine.n_ctx,
+            "n_batch": bench_ctx.n_batch,
+            "n_ubatch": bench_ctx.n_ubatch,
+            "kv_type": plan.kv_type,
+            "flash_attn": plan.flash_attn,
+            "plan_threads": plan.threads,
+            "plan_threads_batch": plan.threads_batch,
+            "predicted_tg_tps": plan.predicted_tg_tps,
+            "llama_cpp_system_info": info,
+            "load_s": round(engine.load_s, 3),
+            "ttft_s": round(ttft_s, 4) if ttft_s is not None else None,
+            "peak_rss_bytes": runtime.peak_rss_bytes(),
+            "results": (
+                [r.to_json() for r in results] if soak_report is None
+                else [_soak_result_json(results[0], [s["tps"] for s in soak_report["samples"]])]
+            ),
+            "thermal": _thermal_summary(probe, thermal_start, throttled_start, results),
+        }
+        if soak_report is not None:
+            report["soak"] = soak_report
+        return report
+    finally:
+        engine.close()
+
+
+def _soak_result_json(result: TestResult, window_tps: list[float]) -> dict[str, Any]:
+    return {
+        "test": f"tg-soak {result.spec.n_gen}",
+        "threads": result.spec.threads,
+        "cores": result.cores,
+        "n_prompt": 0,
+        "n_gen": result.spec.n_gen,
+        "depth": 0,
+        "reps": len(window_tps),
+        "tps_mean": round(statistics.fmean(window_tps), 3) if window_tps else 0.0,
+        "tps_std": round(statistics.stdev(window_tps), 3) if len(window_tps) > 1 else 0.0,
+        "samples_tps": window_tps,
+        "predicted_tps": result.predicted_tps,
+        "thermal": result.heat.to_json(),
+    }
+
+
+def _time_to_first_token(engine: Any, bench_ctx: Any, n_prompt: int) -> float | None:
+    """A real request's first token: a prompt of n_prompt tokens through Engine.generate_tokens."""
+    from edgellm.runtime import GenerationStats, SamplingParams  # noqa: PLC0415
+
+    n_prompt = min(n_prompt, engine.n_ctx - 2)
+    if n_prompt < 1:
+        return None
+    bench_ctx.clear()
+    import numpy as np  # noqa: PLC0415
+
+    tokens = np.random.default_rng(1).integers(0, bench_ctx.n_vocab, n_prompt).tolist()
+    if bench_ctx.bos is not None:
+        tokens[0] = bench_ctx.bos
+    stats = None
+    for event in engine.generate_tokens(tokens, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)):
+        if isinstance(event, GenerationStats):
+            stats = event
+    bench_ctx.clear()
+    return stats.ttft_s if stats else None
+
+
+def _thermal_summary(probe: HeatProbe, start_c: float | None, throttled_start: int | None, results: list[TestResult]) -> dict[str, Any]:
+    maxima = [r.heat.temp_max_c for r in results if r.heat.temp_max_c is not None]
+    drops = [r.heat.freq_drop_pct for r in results if r.heat.freq_drop_pct is not None]
+    throttled_end = probe.throttled()
+    return {
+        "sensors": probe.has_temperature,
+        "temp_start_c": start_c,
+        "temp_end_c": probe.celsius(),
+        "temp_max_c": max(maxima) if maxima else None,
+        "freq_drop_max_pct": max(drops) if drops else None,
+        "throttled_start": decode_throttled(throttled_start) if throttled_start is not None else None,
+        "throttled_end": decode_throttled(throttled_end) if throttled_end is not None else None,
+    }
+
+
+def run_cores_sweep(config: BenchConfig, choices: list[str], say: Callable[[str], None]) -> dict[str, Any]:
+    """One child process per cores choice (llama.cpp's worker threads keep the affinity they were
+    born with, so a second pinning in one process would not take), merged into one report."""
+    reports: list[dict[str, Any]] = []
+    for choice in choices:
+        say(f"cores {choice}: running in a child process")
+        child = dataclasses.replace(config, cores=choice)
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgellm.bench"],
+            input=json.dumps(dataclasses.asdict(child)), capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgeLLMError(f"the benchmark on cores {choice} failed: {last}")
+        reports.append(json.loads(proc.stdout))
+    merged = dict(reports[0])
+    merged["results"] = [dict(row, cores_choice=r["cores_choice"]) for r in reports for row in r["results"]]
+    merged["cores_choice"] = ", ".join(r["cores_choice"] for r in reports)
+    merged["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in reports)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------------
+# Views of the report: CSV, markdown, merge of several reports
+# --------------------------------------------------------------------------------------------------
+
+CSV_FIELDS = ("model", "quant", "synthetic", "device", "test", "threads", "cores", "n_prompt", "n_gen", "depth",
+              "reps", "tps_mean", "tps_std", "predicted_tps", "temp_before_c", "temp_after_c", "temp_max_c",
+              "freq_drop_pct", "throttled")
+
+
+def device_label(device: dict[str, Any]) -> str:
+    board, soc = device.get("board", "unknown"), device.get("soc", "unknown")
+    if board not in ("", "unknown"):
+        return board
+    return soc if soc not in ("", "unknown") else str(device.get("cpu_model", "unknown"))
+
+
+def model_label(report: dict[str, Any]) -> str:
+    name = str(report.get("model", "?"))
+    if report.get("synthetic") and "synthetic" not in name.lower():
+        name += " (synthetic)"
+    return f"{name} {report.get('quant', '')}".strip()
+
+
+def _cores_text(cores: list[int]) -> str:
+    if not cores:
+        return "all"
+    if len(cores) > 2 and cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(map(str, cores))
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in report["results"]:
+        heat = row.get("thermal") or {}
+        writer.writerow({
+            "model": report["model"], "quant": report["quant"], "synthetic": str(report["synthetic"]).lower(),
+            "device": device_label(report["device"]), "test": row["test"], "threads": row["threads"],
+            "cores": _cores_text(row["cores"]), "n_prompt": row["n_prompt"], "n_gen": row["n_gen"],
+            "depth": row.get("depth", 0), "reps": row["reps"], "tps_mean": row["tps_mean"], "tps_std": row["tps_std"],
+            "predicted_tps": row.get("predicted_tps") if row.get("predicted_tps") is not None else "",
+            **{k: ("" if heat.get(k) is None else heat.get(k)) for k in ("temp_before_c", "temp_after_c", "temp_max_c", "freq_drop_pct")},
+            "throttled": "; ".join(heat.get("throttled") or []),
+        })
+    return buffer.getvalue()
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _temp_text(heat: dict[str, Any]) -> str:
+    if heat.get("temp_max_c") is None:
+        return "-"
+    return f"{heat.get('temp_before_c')}→{heat.get('temp_after_c')} (max {heat['temp_max_c']})"
+
+
+def result_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The cells of the per-test table shared by the terminal table and markdown."""
+    rows = []
+    for row in report["results"]:
+        heat = row.get("thermal") or {}
+        predicted = row.get("predicted_tps")
+        rows.append([
+            row["test"], str(row["threads"]), row.get("cores_choice") or _cores_text(row["cores"]),
+            f"{row['tps_mean']:.2f} ± {row['tps_std']:.2f}",
+            f"{predicted:g}" if predicted else "-",
+            _temp_text(heat),
+            f"{heat['freq_drop_pct']:.0f}%" if heat.get("freq_drop_pct") is not None else "-",
+            ", ".join(heat.get("throttled") or []) or "-",
+        ])
+    return rows
+
+
+RESULT_HEADERS = ["test", "threads", "cores", "t/s", "predicted t/s", "temp °C", "freq drop", "throttled"]
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    from edgellm.units import format_size  # noqa: PLC0415
+
+    lines = [
+        f"model: {model_label(report)}, {format_size(report.get('model_size_bytes'))}"
+        + (" — SYNTHETIC: random weights, real shapes and quant types; speed is the real model's, text is noise" if report.get("synthetic") else ""),
+        f"device: {device_label(report['device'])} ({report['device'].get('cpu_model')}, {report['device'].get('cpu_count')} CPUs),"
+        f" profile {report['profile']}, cores {report.get('cores_choice')}",
+        f"load {report['load_s']:.2f} s, first token {report['ttft_s'] if report['ttft_s'] is not None else '-'} s,"
+        f" peak RSS {format_size(report['peak_rss_bytes'])}, n_ctx {report['n_ctx']}, batch {report['n_batch']}/{report['n_ubatch']},"
+        f" KV {report['kv_type']}{', flash attention' if report['flash_attn'] else ''}",
+    ]
+    thermal = report.get("thermal") or {}
+    if not thermal.get("sensors"):
+        lines.append("thermal: no temperature sensors found")
+    soak_report = report.get("soak")
+    if soak_report:
+        lines.append(
+            f"soak {soak_report['duration_s']:.0f} s: first minute {soak_report['first_minute_tps']} t/s,"
+            f" sustained (last {soak_report['sustained_window_s']:.0f} s) {soak_report['sustained_tps']} t/s"
+            f" ({soak_report['change_pct']:+}%)" if soak_report.get("change_pct") is not None else
+            f"soak {soak_report['duration_s']:.0f} s: {soak_report['first_minute_tps']} t/s"
+        )
+    lines.append(f"llama.cpp: {report.get('llama_cpp_system_info', '')}")
+    return lines
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    out = [f"**edgellm bench** {report['edgellm_version']}" + (" — synthetic model" if report.get("synthetic") else ""), ""]
+    out += [f"- {line}" for line in summary_lines(report)]
+    out += ["", _md_row(RESULT_HEADERS), _md_row(["---"] * len(RESULT_HEADERS))]
+    out += [_md_row(cells) for cells in result_rows(report)]
+    return "\n".join(out) + "\n"
+
+
+# --- bench report FILE... -------------------------------------------------------------------------
+
+
+def load_reports(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    reports = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise UsageError(f"{path}: not JSON ({exc})", hint="make it with: edgellm bench -m MODEL --json > FILE") from None
+        if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "device" not in data:
+            raise UsageError(f"{path}: not an `edgellm bench --json` result", hint="make it with: edgellm bench -m MODEL --json > FILE")
+        reports.append(data)
+    if not reports:
+        raise UsageError("no result files given", hint="edgellm bench report pi5.json rk3588.json")
+    return reports
+
+
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One row per device, model and thread count; one column per test (mean ± std t/s)."""
+    tests: list[str] = []
+    rows: dict[tuple[str, str, str, str], dict[str, str]] = {}
+    maxima: dict[tuple[str, str, str, str], float] = {}
+    for report in reports:
+        device = device_label(report["device"])
+        model = model_label(report)
+        for row in report["results"]:
+            if row["test"] not in tests:
+                tests.append(row["test"])
+            key = (device, model, str(row["threads"]), row.get("cores_choice") or _cores_text(row.get("cores") or []))
+            rows.setdefault(key, {})[row["test"]] = f"{row['tps_mean']:.2f} ± {row['tps_std']:.2f}"
+            temp = (row.get("thermal") or {}).get("temp_max_c")
+            if temp is not None:
+                maxima[key] = max(maxima.get(key, temp), temp)
+    headers = ["device", "model", "threads", "cores", *tests, "max °C"]
+    table = [
+        [*key, *(cells.get(t, "-") for t in tests), f"{maxima[key]:.0f}" if key in maxima else "-"]
+        for key, cells in rows.items()
+    ]
+    return {"headers": headers, "rows": table}
+
+
+def merged_markdown(merged: dict[str, Any]) -> str:
+    lines = [_md_row(merged["headers"]), _md_row(["---"] * len(merged["headers"]))]
+    lines += [_md_row(row) for row in merged["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Terminal rendering. Rich is imported lazily here because ui.py (the Rich module) is shared and
+# outside this change; these three functions are meant to move there as they are.
+# --------------------------------------------------------------------------------------------------
+
+
+def render_report(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    title = "edgellm bench" + (" — SYNTHETIC model (random weights)" if report.get("synthetic") else "")
+    table = Table(title=title, title_justify="left")
+    for header in RESULT_HEADERS:
+        table.add_column(header, justify="right" if header in ("threads", "t/s", "predicted t/s") else "left")
+    for cells in result_rows(report):
+        table.add_row(*cells)
+    console.print(table)
+    for line in summary_lines(report):
+        console.print(line, style="dim", markup=False)
+
+
+def render_merged(merged: dict[str, Any], console: Any) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table()
+    for header in merged["headers"]:
+        table.add_column(header)
+    for row in merged["rows"]:
+        table.add_row(*row)
+    console.print(table)
+
+
+class ProgressBar:
+    """A transient progress bar on stderr while the tests run (nothing when stderr is not a terminal)."""
+
+    def __init__(self, console: Any, enabled: bool) -> None:
+        self._console = console
+        self._enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressBar:
+        if self._enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                      TimeElapsedColumn(), console=self._console, transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("loading", total=None)
+        return self
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=label, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Child-process entry point for cores sweeps: BenchConfig JSON on stdin, report JSON on stdout
+# --------------------------------------------------------------------------------------------------
+
+
+def _child_main() -> int:
+    config = BenchConfig(**json.loads(sys.stdin.read()))
+    try:
+        report = run(config)
+    except EdgeLLMError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        return 1
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
