@@ -356,14 +356,110 @@ def chat(
         engine.close()
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@error_funnel
-def bench() -> None:
-    """Measure prompt and generation speed, memory and heat.
+bench_app = typer.Typer(
+    help="Measure prompt and generation speed, memory and heat, as llama.cpp's llama-bench does.\n\n"
+    "Example: edgellm bench -m model.gguf --json",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(bench_app, name="bench")
 
-    Example: edgellm bench -m model.gguf --json
+
+@bench_app.callback()
+@error_funnel
+def bench(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A .gguf file.")] = None,
+    synthetic: Annotated[Optional[str], typer.Option("--synthetic", help="Benchmark a synthetic model of this shape, built once and cached, e.g. deepseek-r1-7b:Q4_K_M (random weights: the speed is the real model's, the text is noise).")] = None,
+    n_prompt: Annotated[str, typer.Option("--n-prompt", "-p", help="Prompt sizes to test (pp), comma-separated; 0 skips.")] = "512",
+    n_gen: Annotated[str, typer.Option("--n-gen", "-n", help="Generation lengths to test (tg), comma-separated; 0 skips.")] = "128",
+    threads: Annotated[Optional[str], typer.Option("--threads", "-t", help="Thread counts, comma-separated, e.g. 1,2,4 (default: the profile's).")] = None,
+    reps: Annotated[int, typer.Option("--repetitions", "-r", min=1, help="Timed repetitions per test, after one warm-up.")] = 5,
+    depth: Annotated[str, typer.Option("--depth", "-d", help="Tokens already in the context before each test, comma-separated.")] = "0",
+    cores: Annotated[Optional[list[str]], typer.Option("--cores", help="big, all (llama.cpp's default: no pinning) or CPU ids like 4-7; repeat to compare (default: the profile's).")] = None,
+    cooldown: Annotated[float, typer.Option("--cooldown", min=0.0, help="Seconds to rest between tests.")] = 0.0,
+    cool_to: Annotated[Optional[float], typer.Option("--cool-to", help="Between tests, wait until the CPU is below this many °C (at most 10 minutes).")] = None,
+    duration: Annotated[Optional[str], typer.Option("--duration", help="Soak: generate continuously this long (e.g. 30m) and compare sustained with first-minute t/s.")] = None,
+    profile: ProfileOpt = None,
+    mem_budget: MemBudgetOpt = None,
+    json_output: JsonOpt = False,
+    csv_output: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table on stdout (for pasting into issues).")] = False,
+) -> None:
+    """Measure prompt (pp) and generation (tg) tokens/s, load time, first-token latency, memory and heat.
+
+    Numbers are measured as llama.cpp's llama-bench measures them (random tokens, one warm-up,
+    -r repetitions, mean ± standard deviation). `edgellm bench report FILE...` merges --json results
+    from several devices into one table.
+
+    Example: edgellm bench --synthetic deepseek-r1-1.5b -t 1,2,4 --markdown
     """
-    _not_yet("bench")
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgellm import bench as benchmark
+
+    if sum((json_output, csv_output, markdown)) > 1:
+        raise UsageError("choose one of --json, --csv and --markdown")
+    if not model and not synthetic:
+        raise UsageError("no model: pass -m FILE.gguf or --synthetic NAME", hint="edgellm bench --synthetic deepseek-r1-1.5b")
+    if model and synthetic:
+        raise UsageError("-m and --synthetic cannot be combined")
+    config = benchmark.BenchConfig(
+        model=model,
+        synthetic=synthetic,
+        prompts=benchmark.parse_int_list(n_prompt, "-p"),
+        gens=benchmark.parse_int_list(n_gen, "-n"),
+        threads=benchmark.parse_int_list(threads, "-t", minimum=1) if threads else None,
+        depths=benchmark.parse_int_list(depth, "--depth"),
+        reps=reps,
+        cooldown_s=cooldown,
+        cool_to_c=cool_to,
+        duration_s=benchmark.parse_duration(duration) if duration else None,
+        profile=profile,
+        mem_budget=_size_option(mem_budget),
+    )
+    if not config.duration_s and not any(config.prompts + config.gens):
+        raise UsageError("nothing to measure: -p and -n are both 0")
+    choices = list(dict.fromkeys(cores or []))
+    for choice in choices:
+        if choice not in ("big", "all"):
+            benchmark.parse_cpu_list(choice)
+    if len(choices) > 1:
+        report = benchmark.run_cores_sweep(config, choices, say=ui.info)
+    else:
+        config.cores = choices[0] if choices else None
+        with benchmark.ProgressBar(ui.stderr, ui.stderr_is_terminal()) as bar:
+            report = benchmark.run(config, progress=bar.update, say=ui.info)
+    if json_output:
+        ui.print_json(report)
+    elif csv_output:
+        sys.stdout.write(benchmark.to_csv(report))
+    elif markdown:
+        sys.stdout.write(benchmark.to_markdown(report))
+    else:
+        benchmark.render_report(report, ui.stdout)
+
+
+@bench_app.command("report")
+@error_funnel
+def bench_report(
+    files: Annotated[list[Path], typer.Argument(help="JSON files written by `edgellm bench --json`.")],
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table (for READMEs and issues).")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Merge `edgellm bench --json` results from several devices into one comparison table.
+
+    Example: edgellm bench report pi5.json rk3588.json --markdown
+    """
+    from edgellm import bench as benchmark
+
+    merged = benchmark.merge_reports(benchmark.load_reports(files))
+    if json_output:
+        ui.print_json(merged)
+    elif markdown:
+        sys.stdout.write(benchmark.merged_markdown(merged))
+    else:
+        benchmark.render_merged(merged, ui.stdout)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -429,3 +429,82 @@ def _common_prefix(a: Any, b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark primitives (edgellm bench). They do what llama.cpp's llama-bench does (test_prompt,
+# test_gen in tools/llama-bench): decode random tokens straight through llama_decode, no sampling,
+# end-of-sequence ignored, so the numbers compare with llama-bench's. A separate class over an Engine,
+# so the Engine class stays as it is.
+
+
+class BenchContext:
+    """An Engine's llama.cpp context set up for benchmark decoding: one reusable token buffer, one
+    single-token batch, and a numpy view to fill prompt batches without a Python loop per token."""
+
+    def __init__(self, engine: Engine) -> None:
+        import numpy as np  # noqa: PLC0415
+
+        llama_cpp = load_llama_cpp()
+        self.engine = engine
+        self._llama_cpp = llama_cpp
+        self.ctx = engine.llm._ctx.ctx
+        vocab = llama_cpp.llama_model_get_vocab(llama_cpp.llama_get_model(self.ctx))
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self.bos: int | None = int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
+        self.n_batch = int(llama_cpp.llama_n_batch(self.ctx))
+        self.n_ubatch = int(llama_cpp.llama_n_ubatch(self.ctx))
+        self._tokens = (llama_cpp.llama_token * self.n_batch)()
+        self._token_view = np.ctypeslib.as_array(self._tokens)
+        self._one = (llama_cpp.llama_token * 1)()
+        self._one_batch = llama_cpp.llama_batch_get_one(self._one, 1)
+        self._rng = np.random.default_rng(0)
+
+    def clear(self) -> None:
+        """Empty the KV cache (llama-bench's llama_memory_clear before each repetition)."""
+        self._llama_cpp.llama_memory_clear(self._llama_cpp.llama_get_memory(self.ctx), False)
+        self.engine.llm.reset()  # so llama-cpp-python's own prefix matching does not trust the old tokens
+
+    def set_threads(self, threads: int) -> None:
+        self._llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+
+    def prompt(self, n_prompt: int) -> None:
+        """Decode n_prompt random tokens in n_batch chunks (BOS first when the model adds one)."""
+        llama_cpp = self._llama_cpp
+        done = 0
+        while done < n_prompt:
+            n = min(n_prompt - done, self.n_batch)
+            self._token_view[:n] = self._rng.integers(0, self.n_vocab, n, dtype=self._token_view.dtype)
+            if done == 0 and self.bos is not None:
+                self._tokens[0] = self.bos
+            status = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(self._tokens, n))
+            if status != 0:
+                raise GenerationError(f"llama_decode failed on a {n}-token prompt batch (status {status})")
+            done += n
+        llama_cpp.llama_synchronize(self.ctx)
+
+    def generate(self, n_gen: int) -> None:
+        """Decode n_gen tokens one at a time, each with its logits computed, as generation does."""
+        llama_cpp = self._llama_cpp
+        decode, synchronize, ctx, batch, one = llama_cpp.llama_decode, llama_cpp.llama_synchronize, self.ctx, self._one_batch, self._one
+        upcoming = self._rng.integers(0, self.n_vocab, n_gen).tolist()
+        one[0] = self.bos if self.bos is not None else upcoming[0]
+        for i in range(n_gen):
+            status = decode(ctx, batch)
+            if status != 0:
+                raise GenerationError(f"llama_decode failed on generated token {i} (status {status})")
+            synchronize(ctx)
+            one[0] = upcoming[i]
+
+    @property
+    def tokens_in_context(self) -> int:
+        llama_cpp = self._llama_cpp
+        return int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self.ctx), 0)) + 1
+
+
+def json_grammar() -> str:
+    """llama.cpp's GBNF grammar for a JSON object (what response_format json_object asks for)."""
+    load_llama_cpp()
+    from llama_cpp.llama_grammar import JSON_GBNF  # noqa: PLC0415
+
+    return str(JSON_GBNF)
