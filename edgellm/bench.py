@@ -104,17 +104,25 @@ def _builtin_shapes() -> dict[str, Any]:
 
 
 def _catalog_shape(name: str) -> Any:
-    """The catalog's ModelShape for `name`, when edgellm.catalog exists and offers `shape_for`."""
+    """The catalog entry's architecture as a synthetic.ModelShape, when edgellm.catalog knows `name`."""
+    from edgellm import synthetic  # noqa: PLC0415
+
     try:
-        from edgellm import catalog  # type: ignore[attr-defined]  # noqa: PLC0415
+        from edgellm import catalog  # noqa: PLC0415
     except ImportError:
         return None
-    shape_for = getattr(catalog, "shape_for", None)
-    if not callable(shape_for):
+    find_entry = getattr(catalog, "find_entry", None)
+    entry = find_entry(name) if callable(find_entry) else None
+    shape = getattr(entry, "shape", None)
+    if shape is None:
         return None
     try:
-        return shape_for(name)
-    except EdgeLLMError:
+        return synthetic.ModelShape(
+            n_layers=shape.layers, n_embd=shape.hidden, n_head=shape.heads, n_head_kv=shape.kv_heads,
+            n_ff=shape.ffn, n_vocab=shape.vocab, arch=shape.arch, context_length=shape.context,
+            tied_embeddings=shape.tied_embeddings,
+        )
+    except (AttributeError, ValueError):  # an architecture the synthetic builder does not write
         return None
 
 
