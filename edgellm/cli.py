@@ -502,14 +502,53 @@ def remove() -> None:
     _not_yet("rm")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 @error_funnel
-def serve() -> None:
-    """Serve a model over an OpenAI-compatible HTTP API.
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file.")] = "",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key or --insecure.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8080,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")] = False,
+    alias: Annotated[Optional[str], typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
+    queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while one generates; more get 503.")] = 8,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    profile: ProfileOpt = None,
+    mem_budget: MemBudgetOpt = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
+
+    Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health.
+    Reasoning goes to `reasoning_content`; one request generates at a time, others queue.
 
     Example: edgellm serve -m model.gguf --port 8080
     """
-    _not_yet("serve")
+    from edgellm import serve as server
+    from edgellm.runtime import Engine
+    from edgellm.session import PlanOptions, prepare
+
+    if not model:
+        raise UsageError("no model: pass -m FILE.gguf", hint="edgellm serve -m ~/models/model.gguf")
+    server.check_bind(host, api_key, insecure)
+    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads))
+    plan_ = prepared.plan
+    if max_tokens is not None and max_tokens > plan_.n_ctx:
+        raise UsageError(f"--max-tokens {max_tokens} is larger than the context ({plan_.n_ctx} tokens)", hint="raise --ctx, or lower --max-tokens")
+    sock = server.listen(host, port)
+    model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
+    ui.info(f"loading {model_id}: context {plan_.n_ctx}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
+    engine = Engine(prepared.model, plan_)
+    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=max_tokens or plan_.n_ctx, queue_size=queue)
+    url = server.url_of(sock)
+    ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
+    try:
+        server.serve(engine, config, sock)
+    finally:
+        engine.close()
+        sock.close()
+    ui.info("stopped")
 
 
 def main() -> None:
