@@ -251,6 +251,7 @@ def run(
     schema: Annotated[Optional[Path], typer.Option("--schema", help="Constrain output to a JSON Schema file.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print {answer, reasoning, finish_reason, stats} as JSON.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Each stdin line is a prompt; print one JSON line per prompt.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Download a model that is not here yet without asking.")] = False,
 ) -> None:
     """Generate a reply for a prompt and stream it to stdout (for shells and scripts).
 
@@ -277,7 +278,7 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads))
+    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), yes=yes)
     engine = Engine(prepared.model, prepared.plan)
     try:
         if jsonl:
@@ -462,44 +463,122 @@ def bench_report(
         benchmark.render_merged(merged, ui.stdout)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 @error_funnel
-def pull() -> None:
-    """Download a model from Hugging Face.
+def pull(
+    model: Annotated[str, typer.Argument(help="A catalog name[:QUANT] (see `edgellm models`), owner/repo[:QUANT] or owner/repo/file.gguf.")],
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: the catalog's pin, else main).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before downloads over 1 GB.")] = False,
+    profile: ProfileOpt = None,
+    mem_budget: MemBudgetOpt = None,
+    ctx: CtxOpt = None,
+    sysroot: SysrootOpt = "/",
+    json_output: JsonOpt = False,
+) -> None:
+    """Download a model from Hugging Face into its cache, resuming and verifying it (sha256).
+
+    Without :QUANT the planner picks the best quant that fits this device. Prints the file's path.
 
     Example: edgellm pull deepseek-r1-1.5b
     """
-    _not_yet("pull")
+    from edgellm import models as store
+    from edgellm.hardware import detect as detect_device
+    from edgellm.profiles import select_profile
+
+    parsed = store.parse_spec(model, revision)
+    if isinstance(parsed, Path):
+        raise UsageError(f"{model} is a local path; pull takes a model name or a Hugging Face repo",
+                         hint="edgellm pull deepseek-r1-1.5b  (see `edgellm models`)")
+    device = detect_device(sysroot)
+    chosen_profile, _ = select_profile(device, profile)
+    located = store.locate(parsed, device, chosen_profile, ctx=ctx, mem_budget=_size_option(mem_budget), for_pull=True)
+    already = located.path is not None
+    if already:
+        ui.info(f"{located.name} is already downloaded")
+    path = store.fetch(located, yes=yes)
+    if json_output:
+        ui.print_json({"name": located.name, "repo": parsed.repo, "revision": parsed.revision, "quant": located.quant,
+                       "file": located.filename, "size": path.stat().st_size, "path": str(path),
+                       "sha256": located.remote.sha256 if located.remote else None, "reason": located.reason,
+                       "already_downloaded": already})
+    else:
+        print(path)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 @error_funnel
-def models() -> None:
-    """List the models edgellm knows, and whether they fit this device.
+def models(
+    profile: ProfileOpt = None,
+    mem_budget: MemBudgetOpt = None,
+    ctx: CtxOpt = None,
+    sysroot: SysrootOpt = "/",
+    json_output: JsonOpt = False,
+) -> None:
+    """List the models edgellm knows: size per quant, downloaded or not, and whether it fits this device.
 
     Example: edgellm models --json
     """
-    _not_yet("models")
+    from edgellm import models as store
+    from edgellm.hardware import detect as detect_device
+    from edgellm.profiles import select_profile
+
+    device = detect_device(sysroot)
+    chosen_profile, _ = select_profile(device, profile)
+    rows = store.catalog_rows(device, chosen_profile, ctx=ctx, mem_budget=_size_option(mem_budget))
+    if json_output:
+        ui.print_json(rows)
+    else:
+        sys.stdout.write(store.render_catalog(rows, chosen_profile))
 
 
-@app.command(name="ls", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(name="ls")
 @error_funnel
-def list_downloaded() -> None:
-    """List downloaded models.
+def list_downloaded(json_output: JsonOpt = False) -> None:
+    """List downloaded models (GGUF files in the Hugging Face cache) with size, quant and path.
 
-    Example: edgellm ls
+    Example: edgellm ls --json | jq -r '.[].path'
     """
-    _not_yet("ls")
+    from edgellm import models as store
+
+    items = store.list_downloaded()
+    if json_output:
+        ui.print_json([item.to_json() for item in items])
+    elif not items:
+        ui.info("no models downloaded yet: try `edgellm pull deepseek-r1-1.5b` (or see `edgellm models`)")
+    else:
+        sys.stdout.write(store.render_downloaded(items))
 
 
-@app.command(name="rm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(name="rm")
 @error_funnel
-def remove() -> None:
-    """Delete a downloaded model.
+def remove(
+    model: Annotated[str, typer.Argument(help="NAME (every quant), NAME:QUANT, owner/repo[:QUANT] or owner/repo/file.gguf, as `edgellm ls` shows.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Delete a downloaded model from the Hugging Face cache.
 
     Example: edgellm rm deepseek-r1-1.5b:Q4_K_M
     """
-    _not_yet("rm")
+    from edgellm import models as store
+    from edgellm.errors import ModelNotFoundError
+    from edgellm.units import format_size
+
+    items = store.match_downloaded(model)
+    if not items:
+        raise ModelNotFoundError(f"{model} is not downloaded", hint="see `edgellm ls` for downloaded models")
+    described = ", ".join(f"{item.name} ({format_size(item.size)})" for item in items)
+    if not yes:
+        if not store.interactive():
+            raise UsageError(f"rm needs confirmation to delete {described}", hint=f"edgellm rm {model} -y")
+        if not store.confirm(f"Delete {described}?"):
+            ui.info("nothing deleted")
+            raise typer.Exit(1)
+    freed = store.remove(items)
+    if json_output:
+        ui.print_json({"removed": [item.to_json() for item in items], "freed_bytes": freed})
+    else:
+        ui.info(f"deleted {described}; {format_size(freed)} freed")
 
 
 @app.command()

@@ -41,21 +41,37 @@ class Prepared:
     plan: Plan
 
 
-def resolve_model(spec: str) -> ModelInfo:
-    """Turn `-m` into a model. Today: a local .gguf path."""
-    path = Path(spec).expanduser()
-    if path.exists() or spec.endswith(".gguf") or os.sep in spec:
-        return read_gguf(path)
-    raise ModelNotFoundError(
-        f"'{spec}' is not a model file",
-        hint="pass the path of a .gguf file, e.g. -m ~/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf",
-    )
+def resolve_model(
+    spec: str,
+    *,
+    yes: bool = False,
+    fetch: bool = True,
+    device: Device | None = None,
+    profile: Profile | None = None,
+    ctx: int | None = None,
+    mem_budget: int | None = None,
+) -> ModelInfo:
+    """Turn `-m` into a model: a local .gguf path, a catalog name (`deepseek-r1-1.5b[:Q4_K_S]`),
+    `owner/repo[:QUANT]` or `owner/repo/file.gguf` (edgellm.models.parse_spec).
+
+    A hub model not downloaded yet is pulled (asking on a terminal above 1 GB unless `yes`); with
+    fetch=False it is described from the catalog's shape instead, so plans work before downloads.
+    Without a quant, the planner picks the one that fits `device` under `profile`.
+    """
+    from edgellm import models
+
+    if device is None:
+        device = detect("/")
+    if profile is None:
+        profile, _ = select_profile(device, None)
+    return models.resolve(spec, device, profile, yes=yes, fetch_missing=fetch, ctx=ctx, mem_budget=mem_budget)
 
 
-def prepare(spec: str, options: PlanOptions, *, require_fit: bool = True) -> Prepared:
+def prepare(spec: str, options: PlanOptions, *, require_fit: bool = True, yes: bool = False) -> Prepared:
     device = detect(options.sysroot)
     profile, reason = select_profile(device, options.profile)
-    model = resolve_model(spec)
+    # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
+    model = resolve_model(spec, yes=yes, fetch=require_fit, device=device, profile=profile, ctx=options.ctx, mem_budget=options.mem_budget)
     plan = make_plan(
         model,
         device,
