@@ -602,7 +602,7 @@ def run_chat(engine: Any, conversation: Conversation, sampling: Any, options: Ch
 
 def prepare_model(spec: str | None, options: Any, *, announce: bool) -> Any:
     """session.prepare for `-m`, or for the matched profile's default model when there is none."""
-    from edgellm.errors import ModelNotFoundError  # noqa: PLC0415
+    from edgellm.errors import DownloadError, ModelNotFoundError  # noqa: PLC0415
     from edgellm.hardware import detect  # noqa: PLC0415
     from edgellm.profiles import select_profile  # noqa: PLC0415
     from edgellm.session import prepare  # noqa: PLC0415
@@ -617,10 +617,10 @@ def prepare_model(spec: str | None, options: Any, *, announce: bool) -> Any:
         ui.info(f"no -m given: using the {profile.name} profile's model, {name}")
     try:
         return prepare(name, options)
-    except ModelNotFoundError as exc:
+    except (ModelNotFoundError, DownloadError) as exc:
         hint = exc.hint or f"edgellm pull {name}"
         if "-m" not in hint:
             hint += "; or pass a file: edgellm chat -m ~/models/model.gguf"
-        raise ModelNotFoundError(
-            f"no -m given, and the {profile.name} profile's model {name} is not available: {exc.message}", hint=hint
+        raise type(exc)(
+            f"no -m given, so chat wants the {profile.name} profile's model {name}: {exc.message}", hint=hint
         ) from None

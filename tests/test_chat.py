@@ -1,0 +1,317 @@
+"""`edgellm chat`: driven through a real pseudo-terminal (pexpect) and through pipes, with tiny real
+GGUF models loaded by llama-cpp-python; plus unit tests of the history logic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from edgellm import chat, synthetic
+from edgellm.errors import UsageError
+from conftest import cli_env, run_cli
+
+STATUS = re.compile(
+    r"(\d+) tokens · [\d.]+ tok/s · first token [\d.]+s · prompt (\d+) new \+ (\d+) cached · context (\d+)/(\d+)"
+)
+PROMPT = ">>>"  # prompt_toolkit draws the trailing space as a cursor move
+
+
+@pytest.fixture(scope="module")
+def long_context_model(models_dir: Path) -> Path:
+    """The tiny model with room for a reply long enough to interrupt on any machine."""
+    shape = dataclasses.replace(synthetic.TINY, context_length=16384)
+    return synthetic.write_tiny_model(models_dir / "tiny-16k-F32.gguf", shape=shape)
+
+
+def spawn_chat(*args: str, cwd: Path) -> pexpect.spawn:
+    env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm-256color")
+    child = pexpect.spawn(
+        sys.executable, ["-m", "edgellm", "chat", *args], cwd=str(cwd), env=env,
+        dimensions=(50, 250), encoding="utf-8", codec_errors="replace", timeout=60,
+    )
+    child.expect_exact("Ctrl-D exits")
+    child.expect_exact(PROMPT)
+    return child
+
+
+def send_turn(child: pexpect.spawn, text: str) -> re.Match[str]:
+    child.sendline(text)
+    child.expect(STATUS)
+    match = child.match
+    child.expect_exact(PROMPT)
+    return match
+
+
+def finish(child: pexpect.spawn) -> int:
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    return int(child.exitstatus if child.exitstatus is not None else -1)
+
+
+def read_transcript(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- through a real terminal ----------------------------------------------------------------------
+
+
+def test_terminal_turns_reuse_cache_commands_save_and_exit(tiny_f32: Path, tmp_path: Path) -> None:
+    child = spawn_chat("-m", str(tiny_f32), "--seed", "3", "-n", "24", "--system", "You are terse.", cwd=tmp_path)
+    first = send_turn(child, "Hello there, how are you?")
+    assert int(first.group(1)) > 0
+    assert int(first.group(3)) == 0  # nothing cached before the first turn
+    second = send_turn(child, "What is a token?")
+    # The next turn evaluates only what follows the shared prefix (system prompt, first turn).
+    assert int(second.group(3)) > 0
+    assert int(second.group(4)) <= int(second.group(5))
+
+    child.sendline("/set temp 0")
+    child.expect_exact("temp 0, top_p 0.95, max_tokens 24, seed 3")
+    child.sendline("/nope")
+    child.expect_exact("unknown command /nope; the commands are: /help /system /clear /save /load /stats /think /set /exit")
+    child.sendline("/help")
+    child.expect_exact("/save FILE")
+    child.sendline("/save chat.json")
+    child.expect_exact("saved 4 messages to chat.json")
+    child.expect_exact(PROMPT)
+    assert finish(child) == 0
+
+    saved = read_transcript(tmp_path / "chat.json")
+    assert saved["format"] == "edgellm-chat"
+    assert saved["system"] == "You are terse."
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert [m["content"] for m in saved["messages"][::2]] == ["Hello there, how are you?", "What is a token?"]
+    for message in saved["messages"][1::2]:
+        assert "<think>" not in message["content"] and "</think>" not in message["content"]
+
+
+def test_ctrl_c_mid_reply_keeps_partial_reply_and_session_goes_on(long_context_model: Path, tmp_path: Path) -> None:
+    child = spawn_chat("-m", str(long_context_model), "--ctx", "16384", "--seed", "11", cwd=tmp_path)
+    child.sendline("Tell me a very long story")
+    child.expect_exact("\x1b[2m")  # the first reasoning text, dimmed: the reply is streaming
+    child.sendintr()
+    child.expect_exact("interrupted; the partial reply stays in the history")
+    interrupted = child.expect(STATUS) == 0 and child.match
+    assert interrupted and int(interrupted.group(1)) < 16384
+    child.expect_exact(PROMPT)
+
+    child.sendline("/save partial.json")
+    child.expect_exact("saved 2 messages")
+    child.expect_exact(PROMPT)
+    saved = read_transcript(tmp_path / "partial.json")
+    assert saved["messages"][1]["role"] == "assistant"
+    assert saved["messages"][1].get("reasoning", "") + saved["messages"][1]["content"]
+
+    child.sendline("/set max_tokens 8")
+    child.expect_exact("max_tokens 8")
+    after = send_turn(child, "And then?")
+    assert int(after.group(1)) <= 8
+
+    child.sendintr()  # at an empty prompt: asks once
+    child.expect_exact("press Ctrl-C again to exit")
+    child.expect_exact(PROMPT)
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_load_at_start_slash_load_clear_and_multiline(tiny_f32: Path, tmp_path: Path) -> None:
+    history = {"format": "edgellm-chat", "version": 1, "system": "Be kind.", "messages": [
+        {"role": "user", "content": "The first question about the weather and the sea"},
+        {"role": "assistant", "content": "The first answer, about the sea and the weather."},
+        {"role": "user", "content": "A second question"},
+        {"role": "assistant", "content": "A second answer."},
+    ]}
+    (tmp_path / "start.json").write_text(json.dumps(history), encoding="utf-8")
+    (tmp_path / "other.json").write_text(json.dumps([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]), encoding="utf-8")
+
+    child = spawn_chat("-m", str(tiny_f32), "--load", "start.json", "--seed", "5", "-n", "8", cwd=tmp_path)
+    with_history = send_turn(child, "Hi")
+    child.sendline("/clear")
+    child.expect_exact("conversation cleared (the system prompt stays)")
+    without_history = send_turn(child, "Hi")
+    # The loaded turns reached the model: the same message made a longer prompt with them.
+    prompt_with = int(with_history.group(2)) + int(with_history.group(3))
+    prompt_without = int(without_history.group(2)) + int(without_history.group(3))
+    assert prompt_with > prompt_without
+
+    child.sendline("/load other.json")
+    child.expect_exact("loaded 2 messages (1 turns) from other.json")
+    child.sendline("/load missing.json")
+    child.expect_exact("missing.json: cannot read")
+    child.sendline('"""')
+    child.expect_exact("...")
+    child.sendline("line one")
+    child.sendline('line two"""')
+    child.expect(STATUS)
+    child.expect_exact(PROMPT)
+    child.sendline("/save out.json")
+    child.expect_exact("saved 4 messages")
+    child.expect_exact(PROMPT)
+    assert finish(child) == 0
+
+    saved = read_transcript(tmp_path / "out.json")
+    assert saved["system"] is None  # other.json had none, and /load replaces the conversation
+    assert [m["content"] for m in saved["messages"][::2]] == ["u", "line one\nline two"]
+
+
+# --- through pipes (plain line mode) --------------------------------------------------------------
+
+
+def _expected_stdout(messages: list[dict]) -> str:
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    return "".join(a if a.endswith("\n") else a + "\n" for a in answers)
+
+
+def test_piped_stdin_one_turn_per_line_plain_text(tiny_no_prefill: Path, tmp_path: Path) -> None:
+    script = f"Hello there\n/set temp 0\n\nWhat is a token?\n/save {tmp_path / 'piped.json'}\n"
+    result = run_cli("chat", "-m", str(tiny_no_prefill), "--seed", "2", "-n", "16", input=script.encode())
+    assert result.returncode == 0, result.stderr.decode()
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    assert len(STATUS.findall(stderr)) == 2
+    assert "\x1b[" not in result.stdout.decode()  # plain text, no terminal codes
+    saved = read_transcript(tmp_path / "piped.json")
+    assert [m["content"] for m in saved["messages"] if m["role"] == "user"] == ["Hello there", "What is a token?"]
+    # stdout holds exactly the answers, one block per turn; reasoning is hidden when piped.
+    assert result.stdout.decode() == _expected_stdout(saved["messages"])
+
+
+def test_piped_reasoning_goes_to_stderr_never_stdout(tiny_f32: Path, tmp_path: Path) -> None:
+    script = f"Hello\n/save {tmp_path / 't.json'}\n"
+    result = run_cli("chat", "-m", str(tiny_f32), "--seed", "4", "-n", "12", "--think", "show", input=script.encode())
+    assert result.returncode == 0, result.stderr.decode()
+    saved = read_transcript(tmp_path / "t.json")
+    reasoning = saved["messages"][1].get("reasoning", "")
+    assert reasoning  # this template opens <think>, so the tiny model's text starts as reasoning
+    assert reasoning.strip()[:8] in result.stderr.decode()
+    assert result.stdout.decode() == _expected_stdout(saved["messages"])
+
+
+def test_context_overflow_drops_oldest_turns_keeps_system(tiny_f32: Path, tmp_path: Path) -> None:
+    long_line = "Tell me about the weather and the sea and the tokens of the model. " * 3
+    script = "".join(f"{long_line}{i}\n" for i in range(6)) + f"/save {tmp_path / 'o.json'}\n"
+    result = run_cli("chat", "-m", str(tiny_f32), "--ctx", "256", "-n", "16", "--seed", "1",
+                     "--system", "Stay on topic.", input=script.encode())
+    assert result.returncode == 0, result.stderr.decode()
+    stderr = result.stderr.decode()
+    assert "context full: dropped the oldest" in stderr
+    saved = read_transcript(tmp_path / "o.json")
+    assert saved["system"] == "Stay on topic."
+    users = [m["content"] for m in saved["messages"] if m["role"] == "user"]
+    assert 0 < len(users) < 6 and users[-1].endswith("5")
+    for context_used, n_ctx in (m.groups()[3:] for m in STATUS.finditer(stderr)):
+        assert int(context_used) <= int(n_ctx)
+
+
+def test_message_longer_than_context_is_refused_and_session_continues(tiny_f32: Path) -> None:
+    huge = "weather and the sea " * 200
+    result = run_cli("chat", "-m", str(tiny_f32), "--ctx", "128", "-n", "8", input=f"{huge}\nHi\n".encode())
+    assert result.returncode == 0
+    stderr = result.stderr.decode()
+    assert "this message is too long" in stderr and "Traceback" not in stderr
+    assert len(STATUS.findall(stderr)) == 1  # the next line was still answered
+
+
+def test_bad_arguments_are_one_line_errors(tiny_f32: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text('{"messages": [{"role": "robot", "content": "x"}]}', encoding="utf-8")
+    for args, expected in (
+        (("--load", str(tmp_path / "bad.json")), "message 1 needs a role of user or assistant"),
+        (("--load", str(tmp_path / "absent.json")), "cannot read"),
+        (("--think", "loud"), "--think must be show or hide"),
+    ):
+        result = run_cli("chat", "-m", str(tiny_f32), *args, input=b"")
+        stderr = result.stderr.decode()
+        assert result.returncode != 0
+        assert expected in stderr and "Traceback" not in stderr
+        assert stderr.startswith("error: ")
+
+
+def test_without_model_names_the_profile_model_it_wants() -> None:
+    result = run_cli("chat", input=b"Hi\n")
+    stderr = result.stderr.decode()
+    assert result.returncode != 0
+    assert "deepseek-r1" in stderr and "Traceback" not in stderr
+    assert "-m" in stderr  # says how to pass a file instead
+
+
+# --- logic ---------------------------------------------------------------------------------------
+
+
+def _words(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"].split()) for m in messages)
+
+
+def test_fit_to_context_drops_whole_oldest_turns_and_keeps_system() -> None:
+    conversation = chat.Conversation(system="sys prompt", messages=[
+        {"role": "user", "content": "a a a"}, {"role": "assistant", "content": "b b b"},
+        {"role": "user", "content": "c c c"}, {"role": "assistant", "content": "d d d"},
+    ])
+    dropped, tokens = chat.fit_to_context(conversation, "e e", _words, limit=10)
+    assert dropped == 1 and tokens == 10
+    assert [m["content"] for m in conversation.messages] == ["c c c", "d d d"]
+    assert conversation.for_model()[0] == {"role": "system", "content": "sys prompt"}
+    assert chat.fit_to_context(conversation, "e e", _words, limit=10) == (0, 10)
+
+
+def test_fit_to_context_refuses_without_touching_history() -> None:
+    conversation = chat.Conversation(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    with pytest.raises(UsageError, match="too long"):
+        chat.fit_to_context(conversation, "x " * 20, _words, limit=5)
+    assert len(conversation.messages) == 2
+
+
+def test_transcript_accepts_openai_style_list_with_leading_system() -> None:
+    loaded = chat.conversation_from_json(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+         {"role": "assistant", "content": "A", "reasoning": "R"}], "x")
+    assert loaded.system == "S"
+    assert loaded.for_model() == [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+                                  {"role": "assistant", "content": "A"}]  # reasoning never goes back to the model
+    with pytest.raises(chat.TranscriptError):
+        chat.conversation_from_json({"format": "other", "messages": []}, "x")
+
+
+class _Lines:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines: Iterator[str] = iter(lines)
+
+    def read(self, continuation: bool = False) -> str:
+        try:
+            return next(self.lines)
+        except StopIteration:
+            raise EOFError from None
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (["plain"], "plain"),
+    (['"""', "a", "b", '"""'], "a\nb"),
+    (['"""first', 'second"""'], "first\nsecond"),
+    (['"""one line"""'], "one line"),
+    (['"""', "unterminated"], "unterminated"),
+])
+def test_read_message_blocks(lines: list[str], message: str) -> None:
+    assert chat.read_message(_Lines(lines)) == message
+
+
+def test_cpu_temperature_reads_thermal_zones_of_a_capture(tmp_path: Path) -> None:
+    zone = tmp_path / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("61250\n")
+    (zone / "type").write_text("cpu-thermal\n")
+    assert chat.cpu_temperature(str(tmp_path)) == pytest.approx(61.2, abs=0.1)
+    assert chat.cpu_temperature(str(tmp_path / "nothing")) is None
+
+
+def test_help_has_an_example() -> None:
+    result = run_cli("chat", "--help")
+    assert result.returncode == 0 and b"Example: edgellm chat" in result.stdout
