@@ -904,7 +904,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     title = "edgellm bench" + (" — SYNTHETIC model (random weights)" if report.get("synthetic") else "")
     table = Table(title=title, title_justify="left")
     for header in RESULT_HEADERS:
-        table.add_column(header, justify="right" if header in ("threads", "t/s", "predicted t/s") else "left")
+        numeric = header in ("threads", "t/s", "predicted t/s")
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=header in ("test", "t/s"))
     for cells in result_rows(report):
         table.add_row(*cells)
     console.print(table)

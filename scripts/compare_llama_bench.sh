@@ -88,10 +88,10 @@ for round in $(seq 1 "$ROUNDS"); do
     say "round $round/$ROUNDS: edgellm bench"
     "${EDGELLM[@]}" > "$OUT/edgellm-$round.json" 2> "$OUT/edgellm-$round.err" \
         || { cat "$OUT/edgellm-$round.err" >&2; die "edgellm bench failed"; }
-    # llama-bench with edgellm's threads and flash-attention setting, its other defaults as they are.
-    read -r T FA < <("$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["results"][0]["threads"], int(d["flash_attn"]))' "$OUT/edgellm-$round.json")
-    say "round $round/$ROUNDS: llama-bench -t $T -fa $FA"
-    "$BIN" -m "$MODEL" -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" -t "$T" -fa "$FA" -o json \
+    # llama-bench with edgellm's threads, batch sizes, KV type and flash-attention setting.
+    read -r T B UB KV FA < <("$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["results"][0]["threads"], d["n_batch"], d["n_ubatch"], d["kv_type"], int(d["flash_attn"]))' "$OUT/edgellm-$round.json")
+    say "round $round/$ROUNDS: llama-bench -t $T -b $B -ub $UB -ctk $KV -ctv $KV -fa $FA"
+    "$BIN" -m "$MODEL" -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" -t "$T" -b "$B" -ub "$UB" -ctk "$KV" -ctv "$KV" -fa "$FA" -o json \
         > "$OUT/llama-$round.json" 2> "$OUT/llama-$round.err" \
         || { cat "$OUT/llama-$round.err" >&2; die "llama-bench failed"; }
 done
