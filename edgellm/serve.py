@@ -605,7 +605,6 @@ class StopFilter:
 
     def __init__(self, stops: list[str]) -> None:
         self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
         self.buffer = ""
         self.stopped = False
 
@@ -617,13 +616,21 @@ class StopFilter:
         if cut >= 0:
             out, self.buffer, self.stopped = self.buffer[:cut], "", True
             return out
-        keep = min(self.hold, len(self.buffer))
+        keep = max(_prefix_at_end(self.buffer, stop) for stop in self.stops)
         out, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
         return out
 
     def flush(self) -> str:
         out, self.buffer = self.buffer, ""
         return out
+
+
+def _prefix_at_end(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that begins `stop` (it may complete in the next token)."""
+    for length in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:length]):
+            return length
+    return 0
 
 
 class Reply:
