@@ -59,8 +59,8 @@ def error_funnel(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except typer.Exit:
-            raise
+        except (typer.Exit, typer.BadParameter):
+            raise  # Typer reports these itself (usage errors exit 2)
         except EdgeLLMError as exc:
             if _debug():
                 traceback.print_exc()
@@ -278,7 +278,7 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), yes=yes)
+    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True, yes=yes)
     engine = Engine(prepared.model, prepared.plan)
     try:
         if jsonl:

@@ -55,15 +55,18 @@ class Plan:
 
 
 def compute_buffer_bytes(model: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
-    """llama.cpp's CPU compute buffer for one n_ubatch batch (its graph reserves the worst case).
+    """The part of llama.cpp's CPU compute buffer that a full prompt batch really touches.
 
-    The largest live tensors are the attention scores (n_ctx x n_ubatch x heads, f32; flash
-    attention avoids materialising them), the FFN activations and the logits of the batch.
+    llama.cpp reserves logits for n_ubatch outputs, but generation asks for one, so those pages
+    are never touched. What is touched: the attention scores (n_ctx x n_ubatch x heads, f32; flash
+    attention never materialises them) or, when larger, the FFN activations, as the graph
+    allocator reuses memory between the two; plus a few hidden-state sized scratch tensors.
+    Checked against peak RSS by tests/test_plan_rss.py and scripts/check_plan_rss.py.
     """
     attention = 0 if flash_attn else n_ctx * n_ubatch * model.n_head * 4
-    ffn = n_ubatch * max(model.n_ff, model.n_embd) * 4 * 3
-    logits = n_ubatch * model.n_vocab * 4
-    return int(max(attention + ffn, logits) + n_ubatch * model.n_embd * 4 * 4)
+    ffn = n_ubatch * max(model.n_ff, model.n_embd) * 4 * 2
+    scratch = n_ubatch * model.n_embd * 4 * 4 + model.n_vocab * 4
+    return int(max(attention, ffn) + scratch)
 
 
 def select_cores(device: Device, profile: Profile) -> list[int]:
@@ -84,8 +87,12 @@ def make_plan(
     mem_budget: int | None = None,
     threads: int | None = None,
     threads_batch: int | None = None,
+    build_repacks: bool = False,
 ) -> Plan:
-    """Choose context, KV type, cores, threads and batch so the model fits the memory budget."""
+    """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
+
+    `build_repacks`: the installed llama.cpp repacks weights at load (system info `REPACK = 1`).
+    """
     reasons: dict[str, str] = {}
 
     # Budget: what is free now minus what the OS needs, capped by --mem-budget.
@@ -109,6 +116,8 @@ def make_plan(
     if wanted > model.context_length:
         wanted = model.context_length
         reasons["n_ctx"] += f", capped at the model's trained context {model.context_length}"
+    if wanted % CTX_STEP:
+        wanted = -(-wanted // CTX_STEP) * CTX_STEP  # llama.cpp pads the context to a multiple of 256
 
     n_ubatch = min(profile.n_batch, 512)
     fixed = model.weights_bytes + RUNTIME_OVERHEAD_BYTES
@@ -172,6 +181,12 @@ def make_plan(
 
     n_batch = min(profile.n_batch, n_ctx)
     use_mlock = profile.mlock and fits_budget
+    use_mmap = profile.mmap and not build_repacks
+    if profile.mmap and build_repacks:
+        # A mapped file keeps its pages resident next to the repacked copy of the same tensors.
+        reasons["mmap"] = "off: this llama.cpp repacks weights at load, and a mapped file would hold them twice"
+    else:
+        reasons["mmap"] = f"profile sets mmap={'on' if profile.mmap else 'off'}"
     predicted = None
     if profile.mem_bandwidth_gbps:
         # At depth 0 the KV cache adds nothing to the bytes read per token.
@@ -200,7 +215,7 @@ def make_plan(
         threads_batch=n_threads_batch,
         n_batch=n_batch,
         n_ubatch=min(n_ubatch, n_batch),
-        use_mmap=profile.mmap,
+        use_mmap=use_mmap,
         use_mlock=use_mlock,
         weights_bytes=model.weights_bytes,
         kv_bytes=kv_bytes,

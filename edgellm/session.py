@@ -67,7 +67,9 @@ def resolve_model(
     return models.resolve(spec, device, profile, yes=yes, fetch_missing=fetch, ctx=ctx, mem_budget=mem_budget)
 
 
-def prepare(spec: str, options: PlanOptions, *, require_fit: bool = True, yes: bool = False) -> Prepared:
+def prepare(spec: str, options: PlanOptions, *, require_fit: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
+    """Detect, select the profile, resolve the model and plan. `loading`: the caller loads the
+    model next, so asking llama.cpp for its build facts costs nothing extra."""
     device = detect(options.sysroot)
     profile, reason = select_profile(device, options.profile)
     # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
@@ -80,10 +82,23 @@ def prepare(spec: str, options: PlanOptions, *, require_fit: bool = True, yes: b
         mem_budget=options.mem_budget,
         threads=options.threads,
         threads_batch=options.threads_batch,
+        build_repacks=_build_repacks(options.sysroot, loading),
     )
     if require_fit and not plan.fits:
         raise PlanError(plan.refusal or "the model does not fit", hint=REFUSAL_HINT)
     return Prepared(device, profile, reason, model, plan)
+
+
+def _build_repacks(sysroot: str, loading: bool) -> bool:
+    if Path(sysroot).resolve() != Path("/"):
+        return False  # another device's build is unknown
+    if loading:
+        from edgellm.runtime import system_info  # noqa: PLC0415  (llama_cpp is about to load anyway)
+
+        info: str | None = system_info()
+    else:
+        info = llama_build_info()
+    return bool(info and "REPACK = 1" in info)
 
 
 # --- llama.cpp build facts, without importing llama_cpp in this process ------------------------

@@ -132,6 +132,7 @@ def render_plan(plan: Any, console: Console | None = None) -> None:
     table.add_row("cores", _cpus(plan.cores), r.get("cores", ""))
     table.add_row("threads", f"{plan.threads} generation, {plan.threads_batch} prompt", r.get("threads", ""))
     table.add_row("batch", str(plan.n_batch), "")
+    table.add_row("mmap", "on" if plan.use_mmap else "off", r.get("mmap", ""))
     table.add_row("memory", f"{format_size(plan.total_bytes)} of {format_size(plan.budget_bytes)}",
                   f"weights {format_size(plan.weights_bytes)} + KV {format_size(plan.kv_bytes)} + runtime {format_size(plan.overhead_bytes)}; budget: {r.get('budget', '')}")
     if plan.predicted_tg_tps:

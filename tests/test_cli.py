@@ -1,0 +1,84 @@
+"""The command line as a user meets it: help, registered commands, laziness, the error funnel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import cli_env, run_cli
+from edgellm.cli import app
+
+COMMANDS = ["detect", "profiles", "plan", "run", "chat", "bench", "pull", "models", "ls", "rm", "serve"]
+
+
+def test_every_command_is_registered_with_help_and_an_example() -> None:
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    for command in COMMANDS:
+        assert command in top.output
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+        assert "Example" in result.output, command
+
+
+@pytest.mark.parametrize("args", [["--help"], ["detect"], ["detect", "--json"], ["profiles"], ["profiles", "show", "generic"]])
+def test_fast_commands_do_not_import_llama_cpp(args: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from edgellm.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+        "assert 'llama_cpp' not in sys.modules, 'llama_cpp was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=cli_env(), timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def test_python_dash_m_works() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith(b"edgellm ")
+
+
+def test_errors_are_one_line_unless_debug(tmp_path) -> None:
+    result = run_cli("plan", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("error: ") and b"Traceback" not in result.stderr
+    debug = run_cli("plan", str(tmp_path), EDGELLM_DEBUG="1")
+    assert b"Traceback" in debug.stderr
+
+
+def test_bad_option_value_is_a_usage_error() -> None:
+    result = run_cli("plan", "x.gguf", "--mem-budget", "lots")
+    assert result.returncode == 2 and b"not a size" in result.stderr
+
+
+def test_unexpected_exceptions_go_through_the_funnel(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+
+    from edgellm.cli import error_funnel
+
+    probe = typer.Typer()
+
+    @probe.command()
+    @error_funnel
+    def boom() -> None:
+        """Fails the way a bug would."""
+        raise ZeroDivisionError("division by zero")
+
+    runner = CliRunner()
+    result = runner.invoke(probe, [])
+    assert result.exit_code == 1
+    assert "unexpected ZeroDivisionError: division by zero" in result.output
+    assert "EDGELLM_DEBUG=1" in result.output and "Traceback" not in result.output
+    monkeypatch.setenv("EDGELLM_DEBUG", "1")
+    result = runner.invoke(probe, [])
+    assert result.exit_code == 1 and "Traceback" in result.output
+
+
+def test_not_yet_available_commands_exit_2() -> None:
+    from edgellm.errors import NotYetAvailableError
+
+    assert NotYetAvailableError.exit_code == 2

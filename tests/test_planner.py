@@ -1,0 +1,128 @@
+"""The planner: budget, context and KV choice, cores and threads, refusals. Pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from edgellm.hardware import detect
+from edgellm.modelinfo import ModelInfo
+from edgellm.planner import RUNTIME_OVERHEAD_BYTES, make_plan
+from edgellm.profiles import find_profile, load_profiles, select_profile
+
+DATA = Path(__file__).parent / "data"
+GiB = 1024**3
+MiB = 1024**2
+
+
+def r1_15b_q4km() -> ModelInfo:
+    """DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M as its header describes it."""
+    return ModelInfo(arch="qwen2", n_layers=28, n_embd=1536, n_head=12, n_head_kv=2, head_dim_k=128, head_dim_v=128,
+                     n_ff=8960, n_vocab=151936, context_length=131072, quant="Q4_K_M",
+                     weights_bytes=1_117_000_000, bytes_per_token=986_000_000, name="r1-1.5b")
+
+
+def device_with_ram(capture: str, available: int):
+    device = detect(DATA / capture)
+    device.mem_total_bytes = device.mem_available_bytes = available
+    return device
+
+
+def test_rk3588_runs_on_the_a76_cluster_with_4_threads() -> None:
+    device = device_with_ram("rk3588", 8 * GiB)
+    profile, _ = select_profile(device)
+    plan = make_plan(r1_15b_q4km(), device, profile)
+    assert plan.cores == [4, 5, 6, 7] and plan.threads == 4 and plan.threads_batch == 4
+    assert plan.fits and plan.n_ctx == 4096 and plan.kv_type == "f16"
+    assert plan.kv_bytes == 28 * 1024 * 4096
+    assert plan.total_bytes == plan.weights_bytes + plan.kv_bytes + plan.overhead_bytes
+    assert set(plan.reasons) >= {"n_ctx", "kv_type", "cores", "threads", "budget"}
+
+
+def test_predicted_speed_comes_from_bandwidth_and_bytes_per_token() -> None:
+    device = device_with_ram("raspberry-pi-5", 8 * GiB)
+    profile, _ = select_profile(device)
+    plan = make_plan(r1_15b_q4km(), device, profile)
+    assert plan.predicted_tg_tps == pytest.approx(profile.mem_bandwidth_gbps * 1e9 / 986_000_000, abs=0.05)
+    assert 5 < plan.predicted_tg_tps < 8  # published: ~6.5 tok/s on a Pi 5
+
+
+def test_kv_switches_to_q8_when_that_makes_the_context_fit() -> None:
+    device = device_with_ram("raspberry-pi-5", 8 * GiB)
+    profile = replace(find_profile("raspberry-pi-5", load_profiles()), os_reserve_bytes=0)
+    model = r1_15b_q4km()
+    f16 = make_plan(model, device, profile, ctx=8192)
+    budget = f16.total_bytes - f16.kv_bytes // 3  # f16 KV no longer fits, q8_0 (53%) does
+    plan = make_plan(model, device, profile, ctx=8192, mem_budget=budget)
+    assert plan.fits and plan.n_ctx == 8192 and plan.kv_type == "q8_0" and plan.flash_attn
+    assert "q8_0" in plan.reasons["kv_type"]
+
+
+def test_context_shrinks_to_the_largest_that_fits() -> None:
+    device = device_with_ram("raspberry-pi-5", 8 * GiB)
+    profile = replace(find_profile("raspberry-pi-5", load_profiles()), allow_kv_q8=False)
+    model = r1_15b_q4km()
+    plan = make_plan(model, device, profile, mem_budget=int(1.25 * GiB))
+    assert plan.fits and 512 <= plan.n_ctx < 4096 and plan.n_ctx % 256 == 0
+    assert plan.total_bytes <= 1.25 * GiB
+    bigger = make_plan(model, device, profile, ctx=plan.n_ctx + 256, mem_budget=int(1.25 * GiB))
+    assert bigger.n_ctx == plan.n_ctx  # the next step up does not fit
+    assert "largest context that fits" in plan.reasons["n_ctx"]
+
+
+def test_refuses_with_needed_vs_available() -> None:
+    device = device_with_ram("raspberry-pi-5", 8 * GiB)
+    profile, _ = select_profile(device)
+    plan = make_plan(r1_15b_q4km(), device, profile, mem_budget=900 * 1000**2)
+    assert not plan.fits and plan.refusal
+    assert "needs" in plan.refusal and "budget is 858.31 MiB" in plan.refusal
+
+
+def test_budget_is_available_minus_reserve_capped_by_flag() -> None:
+    device = device_with_ram("x86-laptop", 4 * GiB)
+    profile, _ = select_profile(device)
+    plan = make_plan(r1_15b_q4km(), device, profile)
+    assert plan.budget_bytes == 4 * GiB - profile.os_reserve_bytes
+    assert make_plan(r1_15b_q4km(), device, profile, mem_budget=2 * GiB).budget_bytes == 2 * GiB
+    assert make_plan(r1_15b_q4km(), device, profile, mem_budget=8 * GiB).budget_bytes == 4 * GiB - profile.os_reserve_bytes
+
+
+def test_context_never_exceeds_what_the_model_was_trained_for() -> None:
+    device = device_with_ram("x86-laptop", 16 * GiB)
+    profile, _ = select_profile(device)
+    model = replace(r1_15b_q4km(), context_length=2048)
+    assert make_plan(model, device, profile, ctx=8192).n_ctx == 2048
+
+
+def test_threads_flag_overrides_profile() -> None:
+    device = device_with_ram("rk3588", 8 * GiB)
+    profile, _ = select_profile(device)
+    plan = make_plan(r1_15b_q4km(), device, profile, threads=2)
+    assert plan.threads == 2 and "--threads 2" in plan.reasons["threads"]
+
+
+def test_plan_cli_json_and_refusal(tiny_q4km: Path) -> None:
+    import json
+
+    ok = run_cli("plan", str(tiny_q4km), "--json")
+    data = json.loads(ok.stdout)
+    for key in ("profile", "model", "quant", "fits", "n_ctx", "kv_type", "cores", "threads", "threads_batch", "n_batch",
+                "weights_bytes", "kv_bytes", "overhead_bytes", "total_bytes", "budget_bytes", "predicted_tg_tps", "reasons"):
+        assert key in data
+    assert ok.returncode == 0 and data["fits"]
+    refused = run_cli("plan", str(tiny_q4km), "--json", "--mem-budget", "10MB")
+    assert refused.returncode == 1 and json.loads(refused.stdout)["fits"] is False
+    lines = refused.stderr.decode().strip().splitlines()
+    assert lines[0].startswith("error: ") and "needs" in lines[0] and "budget" in lines[0]
+    assert "smaller quant" in lines[1] and "--ctx" in lines[1] and "--mem-budget" in lines[1]
+
+
+def test_plan_for_a_captured_device(tiny_q4km: Path) -> None:
+    import json
+
+    result = run_cli("plan", str(tiny_q4km), "--json", "--sysroot", str(DATA / "rk3588"))
+    data = json.loads(result.stdout)
+    assert data["profile"] == "rk3588" and data["cores"] == [4, 5, 6, 7]

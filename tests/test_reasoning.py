@@ -1,0 +1,57 @@
+"""The reasoning split, for all three forms R1 distills write, with tags split anywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgellm.reasoning import ANSWER, REASONING, ReasoningSplitter, split_reasoning
+
+FORMS = [
+    # (text, opened_by_template, reasoning, answer)
+    ("<think>\nLet me add.\n</think>\n\nIt is 4.", False, "\nLet me add.\n", "It is 4."),
+    ("Let me add.\n</think>\n\nIt is 4.", True, "Let me add.\n", "It is 4."),
+    ("Let me add.\n</think>\n\nIt is 4.", False, "Let me add.\n", "It is 4."),  # template opened it, we were not told
+    ("It is 4.", False, "", "It is 4."),
+    ("  <think>a < b</think>x</thin", False, "a < b", "x</thin"),
+    ("<think>unfinished thought", False, "unfinished thought", ""),
+]
+
+
+def _feed_in_pieces(text: str, cuts: list[int], **kwargs: bool) -> tuple[str, str]:
+    splitter = ReasoningSplitter(**kwargs)
+    pieces = []
+    start = 0
+    for cut in [*cuts, len(text)]:
+        pieces += splitter.feed(text[start:cut])
+        start = cut
+    pieces += splitter.finish()
+    return "".join(t for k, t in pieces if k == REASONING), "".join(t for k, t in pieces if k == ANSWER)
+
+
+@pytest.mark.parametrize(("text", "opened", "reasoning", "answer"), FORMS)
+def test_whole_text(text: str, opened: bool, reasoning: str, answer: str) -> None:
+    assert split_reasoning(text, opened_by_template=opened) == (reasoning, answer)
+
+
+@pytest.mark.parametrize(("text", "opened", "reasoning", "answer"), FORMS)
+def test_every_single_cut_point(text: str, opened: bool, reasoning: str, answer: str) -> None:
+    for cut in range(1, len(text)):
+        assert _feed_in_pieces(text, [cut], opened_by_template=opened) == (reasoning, answer), cut
+
+
+@pytest.mark.parametrize(("text", "opened", "reasoning", "answer"), FORMS)
+def test_one_character_at_a_time(text: str, opened: bool, reasoning: str, answer: str) -> None:
+    assert _feed_in_pieces(text, list(range(1, len(text))), opened_by_template=opened) == (reasoning, answer)
+
+
+def test_reasoning_streams_before_the_closing_tag_arrives() -> None:
+    splitter = ReasoningSplitter(opened_by_template=True)
+    assert splitter.feed("First I ") == [(REASONING, "First I ")]
+    assert splitter.feed("think</th") == [(REASONING, "think")]  # '</th' held back: may be a tag
+    assert splitter.feed("ink>\n\nDone") == [(ANSWER, "Done")]
+
+
+def test_models_that_do_not_think_stream_everything_as_answer() -> None:
+    splitter = ReasoningSplitter(thinks=False)
+    assert splitter.feed("<think>") == [(ANSWER, "<think>")]
+    assert splitter.feed("x") == [(ANSWER, "x")]
