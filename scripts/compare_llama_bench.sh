@@ -109,10 +109,15 @@ for r in range(1, rounds + 1):
     for row in json.loads((out / f"llama-{r}.json").read_text()):
         test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
         theirs.setdefault(test, []).append(row["avg_ts"])
-print(f"{'test':<8} {'edgellm t/s':>12} {'llama-bench t/s':>16} {'ratio':>7}   (mean of {rounds} alternating rounds)")
+# Per round the two runs are at most minutes apart, so per-round ratios cancel slow drift (heat,
+# other load); their median is the figure to quote, their range shows how noisy the host was.
+print(f"{'test':<12} {'edgellm t/s':>12} {'llama-bench t/s':>16} {'ratio':>7} {'median':>7}  per-round ratios")
 for test in ours:
     if test not in theirs:
         continue
     a, b = statistics.mean(ours[test]), statistics.mean(theirs[test])
-    print(f"{test:<8} {a:>12.2f} {b:>16.2f} {a / b:>7.3f}")
+    per_round = [x / y for x, y in zip(ours[test], theirs[test])]
+    print(f"{test:<12} {a:>12.2f} {b:>16.2f} {a / b:>7.3f} {statistics.median(per_round):>7.3f}  "
+          + " ".join(f"{r:.3f}" for r in per_round))
+print(f"({rounds} alternating rounds; ratio = edgellm / llama-bench, 1.000 = identical)")
 EOF
