@@ -534,11 +534,12 @@ class Server:
         if body.tools:
             raise APIError(400, "tools (function calling) are not supported by this server", param="tools", code="unsupported_parameter")
         params = self.sampling(body, body.max_completion_tokens or body.max_tokens)
-        json_mode = body.response_format is not None and body.response_format.type != "text"
-        if json_mode:
+        json_mode = False
+        if body.response_format is not None and body.response_format.type != "text":
             if body.grammar:
                 raise APIError(400, "use either response_format or grammar, not both", param="grammar")
             params.grammar, params.json_schema = response_format_grammar(body.response_format)
+            json_mode = True
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
         ]

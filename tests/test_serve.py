@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import re
 import signal
 import socket
@@ -352,8 +351,9 @@ def test_disconnect_mid_stream_stops_generation_and_frees_the_slot(server: Serve
         model="", messages=USER, max_tokens=LONG, stream=True, extra_body={"ignore_eos": True}
     )
     with stream:
-        for _, _chunk in zip(range(3), stream):
-            pass
+        chunks = iter(stream)
+        for _ in range(3):
+            next(chunks)
     line = server.wait_for_line(r"POST /v1/chat/completions 200 .*client disconnected", start)
     tokens = int(re.search(r"(\d+) tokens", line).group(1))  # type: ignore[union-attr]
     assert 0 < tokens < LONG
