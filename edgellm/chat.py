@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -324,7 +324,13 @@ class ChatSession:
                 if not self.command(text.strip()):
                     return
                 continue
-            self.turn(text)
+            try:
+                self.turn(text)
+            except KeyboardInterrupt:
+                if not self.options.interactive:
+                    raise  # a script's Ctrl-C stops the script (the CLI exits 130)
+                sys.stderr.write("\n")
+                ui.info("interrupted")
 
     # commands ----------------------------------------------------------------------------------
 
@@ -447,14 +453,24 @@ class ChatSession:
             events = engine.generate(self.conversation.for_model(), self.sampling)
             reply = self._stream(events)
         except EdgeLLMError as exc:
+            self._forget_unanswered(user_text)
             ui.error(exc.message, exc.hint)
             return
+        except KeyboardInterrupt:
+            # Ctrl-C before the reply started (tokenizing a long history): as if never sent.
+            self._forget_unanswered(user_text)
+            raise
         self._remember(reply)
+
+    def _forget_unanswered(self, user_text: str) -> None:
+        messages = self.conversation.messages
+        if messages and messages[-1] == {"role": "user", "content": user_text}:
+            messages.pop()
 
     def _count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.engine.tokenize(self.engine.format_messages(messages)))
 
-    def _stream(self, events: Iterator[Any]) -> StreamedReply:
+    def _stream(self, events: Generator[Any, None, None]) -> StreamedReply:
         reply = StreamedReply()
         render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
         try:
@@ -472,11 +488,15 @@ class ChatSession:
             reply.stats = stopped.stats
             reply.interrupted = True
         except KeyboardInterrupt:
-            # Ctrl-C landed here, between tokens, rather than inside the engine: no stats then.
+            # Ctrl-C landed here, while writing a token: hand it to the engine, which stops
+            # generating and reports the stats of the partial reply.
             reply.interrupted = True
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
+            try:
+                events.throw(KeyboardInterrupt())
+            except GenerationInterrupted as stopped:
+                reply.stats = stopped.stats
+            except (KeyboardInterrupt, StopIteration):
+                pass
         render.finish()
         return reply
 

@@ -315,3 +315,49 @@ def test_cpu_temperature_reads_thermal_zones_of_a_capture(tmp_path: Path) -> Non
 def test_help_has_an_example() -> None:
     result = run_cli("chat", "--help")
     assert result.returncode == 0 and b"Example: edgellm chat" in result.stdout
+
+
+def test_piped_ctrl_c_mid_reply_stops_the_script_cleanly(long_context_model: Path) -> None:
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "edgellm", "chat", "-m", str(long_context_model), "--ctx", "16384",
+         "--seed", "11", "--think", "show"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+    )
+    assert child.stdin is not None and child.stderr is not None
+    child.stdin.write(b"Tell me a very long story\n")
+    child.stdin.flush()
+    started = child.stderr.read(1)  # the reasoning streams to stderr: the reply is under way
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert started and child.returncode == 130
+    assert b"interrupted" in err and b"Traceback" not in err
+
+
+def test_ctrl_c_between_tokens_is_handed_to_the_engine(tiny_f32: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C that lands while a token is being written still stops the real engine with its stats."""
+    from edgellm.runtime import Engine, SamplingParams
+    from edgellm.session import PlanOptions, prepare
+
+    prepared = prepare(str(tiny_f32), PlanOptions(ctx=512))
+    engine = Engine(prepared.model, prepared.plan)
+    writes: list[str] = []
+
+    def write_then_interrupt(text: str) -> None:
+        writes.append(text)
+        if len(writes) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(chat.ui, "write_reasoning", write_then_interrupt)
+    options = chat.ChatOptions(show_thinking=True, interactive=True)
+    session = chat.ChatSession(engine, chat.Conversation(), SamplingParams(seed=1), options, sys.stdout)
+    try:
+        session.turn("Tell me a story")
+    finally:
+        engine.close()
+    assert len(writes) == 3
+    assert session.last_stats is not None and session.last_stats.finish_reason == "interrupted"
+    assert 3 <= session.last_stats.generated_tokens < 100
+    assert session.conversation.messages[-1]["reasoning"] == "".join(writes)

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Measure what chat's KV-cache reuse buys: time to first token of the next turn after ~1,500 tokens of
+history, with the cache kept from the previous turn (as `edgellm chat` does) versus re-evaluating the
+whole history (a fresh cache, as a REPL without prefix reuse would).
+
+Uses a DeepSeek-R1-Distill-Qwen-1.5B-shaped synthetic model at Q4_K_M (shape decides speed; see
+REFERENCE.md), built into a cache directory unless a file of the expected size is already there, and
+the same Engine and chat.Conversation code the `chat` command runs. Heavy: minutes on 2 cores.
+
+    python scripts/measure_chat_kv_reuse.py                  # 1.5B Q4_K_M, ~1,500 tokens, 2 rounds
+    python scripts/measure_chat_kv_reuse.py --model m.gguf --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from edgellm import synthetic  # noqa: E402
+from edgellm.chat import Conversation  # noqa: E402
+from edgellm.runtime import Engine, GenerationStats, SamplingParams  # noqa: E402
+from edgellm.session import PlanOptions, prepare  # noqa: E402
+
+QUESTIONS = [
+    "Can you explain how a language model reads a prompt?",
+    "What does the model keep in memory between tokens?",
+    "Why does a small board run some models faster than others?",
+    "How should I pick the number of threads?",
+    "What changes when the context gets longer?",
+    "What is the cost of a long conversation?",
+]
+NEXT_QUESTION = "Thanks. So what should I try first on a Raspberry Pi 5?"
+
+
+def synthetic_model(cache_dir: Path) -> Path:
+    """The 1.5B-shaped Q4_K_M file, written once (about a minute and 1.1 GB)."""
+    path = cache_dir / "synthetic-1.5b-Q4_K_M.gguf"
+    expected = synthetic.expected_file_size(synthetic.QWEN2_1_5B, "Q4_K_M")
+    if path.exists() and path.stat().st_size == expected:
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    print(f"writing {path} ({expected / 1e9:.2f} GB)", file=sys.stderr)
+    return synthetic.write_synthetic_model(path, synthetic.QWEN2_1_5B, "Q4_K_M")
+
+
+def build_history(engine: Engine, target_tokens: int) -> Conversation:
+    """User/assistant turns of plain English until the formatted history reaches `target_tokens`."""
+    sentences = [s.strip() + "." for s in " ".join(synthetic.TRAINING_TEXT.split()).split(". ") if s.strip()]
+    conversation = Conversation(system="You are a helpful assistant for people running models on small computers.")
+    turn = 0
+    while next_prompt_tokens(engine, conversation) < target_tokens:
+        # Answers of a few sentences (~60 tokens), so the history is many turns, as in a chat.
+        answer = " ".join(sentences[(turn * 3 + k) % len(sentences)] for k in range(3))
+        conversation.messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
+        conversation.messages.append({"role": "assistant", "content": answer})
+        turn += 1
+    return conversation
+
+
+def next_prompt_tokens(engine: Engine, conversation: Conversation) -> int:
+    """The next turn's prompt: the history with its last answer left to the model, plus a question."""
+    previous = Conversation(conversation.system, conversation.messages[:-1])
+    return len(engine.tokenize(engine.format_messages(previous.for_model(NEXT_QUESTION))))
+
+
+def first_token(engine: Engine, messages: list[dict[str, str]]) -> tuple[GenerationStats, str]:
+    """Generate a few tokens; return the stats (ttft_s, tokens evaluated) and the answer text."""
+    params = SamplingParams(max_tokens=4, temperature=0.0, seed=0, ignore_eos=True)
+    answer = []
+    stats: GenerationStats | None = None
+    for event in engine.generate(messages, params):
+        if isinstance(event, GenerationStats):
+            stats = event
+        elif event.kind == "answer":
+            answer.append(event.text)
+    assert stats is not None
+    return stats, "".join(answer)
+
+
+def measure(engine: Engine, conversation: Conversation, rounds: int) -> dict[str, Any]:
+    reuse: list[GenerationStats] = []
+    full: list[GenerationStats] = []
+    for round_index in range(rounds):
+        # The previous turn, as chat runs it: the last user message of the history is answered, so
+        # the cache holds the whole history when the next message comes.
+        previous = Conversation(conversation.system, conversation.messages[:-1])
+        order = ("reuse", "full") if round_index % 2 == 0 else ("full", "reuse")
+        for kind in order:
+            engine.llm.reset()  # forget any cached prefix
+            _, reply = first_token(engine, previous.for_model())
+            turn = Conversation(previous.system, previous.messages + [{"role": "assistant", "content": reply}])
+            messages = turn.for_model(NEXT_QUESTION)
+            if kind == "full":
+                engine.llm.reset()  # re-evaluate the history, as without prefix reuse
+            stats, _ = first_token(engine, messages)
+            (reuse if kind == "reuse" else full).append(stats)
+            print(f"round {round_index + 1} {kind:5}: first token {stats.ttft_s:.2f}s, evaluated "
+                  f"{stats.prompt_tokens_evaluated} of {stats.prompt_tokens} prompt tokens", file=sys.stderr)
+    ttft_reuse = statistics.median(s.ttft_s for s in reuse)
+    ttft_full = statistics.median(s.ttft_s for s in full)
+    return {
+        "model": str(engine.model.path),
+        "quant": engine.model.quant,
+        "threads": engine.plan.threads,
+        "threads_batch": engine.plan.threads_batch,
+        "n_ctx": engine.n_ctx,
+        "next_prompt_tokens": reuse[0].prompt_tokens,
+        "turns_of_history": conversation.turns,
+        "evaluated_with_reuse": reuse[0].prompt_tokens_evaluated,
+        "evaluated_without_reuse": full[0].prompt_tokens_evaluated,
+        "ttft_with_reuse_s": round(ttft_reuse, 3),
+        "ttft_reevaluating_s": round(ttft_full, 3),
+        "speedup": round(ttft_full / ttft_reuse, 1) if ttft_reuse > 0 else None,
+        "rounds": rounds,
+        "ttft_with_reuse_samples_s": [round(s.ttft_s, 3) for s in reuse],
+        "ttft_reevaluating_samples_s": [round(s.ttft_s, 3) for s in full],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a .gguf file (default: the 1.5B-shaped synthetic Q4_K_M)")
+    parser.add_argument(
+        "--cache-dir", type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgellm-synthetic",
+        help="where the synthetic model goes (default ~/.cache/edgellm-synthetic)",
+    )
+    parser.add_argument("--history-tokens", type=int, default=1500, help="size of the history (default 1500)")
+    parser.add_argument("--ctx", type=int, default=4096, help="context size (default 4096)")
+    parser.add_argument("--threads", type=int, help="threads (default: the profile's)")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements of each kind, alternating (default 2)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    args = parser.parse_args()
+
+    path = args.model or synthetic_model(args.cache_dir)
+    prepared = prepare(str(path), PlanOptions(ctx=args.ctx, threads=args.threads, threads_batch=args.threads))
+    started = time.perf_counter()
+    engine = Engine(prepared.model, prepared.plan)
+    print(f"loaded {path.name} in {time.perf_counter() - started:.1f}s: {prepared.plan.threads} threads, "
+          f"{prepared.plan.threads_batch} for prompts, n_ctx {engine.n_ctx}", file=sys.stderr)
+    try:
+        result = measure(engine, build_history(engine, args.history_tokens), args.rounds)
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"next turn after {result['turns_of_history']} turns: {result['next_prompt_tokens']} prompt tokens")
+        print(f"  with KV reuse:   first token {result['ttft_with_reuse_s']:.2f}s "
+              f"({result['evaluated_with_reuse']} tokens evaluated)")
+        print(f"  re-evaluating:   first token {result['ttft_reevaluating_s']:.2f}s "
+              f"({result['evaluated_without_reuse']} tokens evaluated)")
+        print(f"  speedup:         {result['speedup']}x  (median of {result['rounds']}, {result['threads_batch']} prompt threads)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
