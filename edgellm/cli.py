@@ -201,7 +201,7 @@ def profiles_show(
 @app.command()
 @error_funnel
 def plan(
-    model: Annotated[str, typer.Argument(help="A .gguf file.")],
+    model: Annotated[str, typer.Argument(help="A .gguf file, a catalog name (deepseek-r1-7b[:Q4_K_S]) or owner/repo:QUANT; not downloaded by plan.")],
     ctx: CtxOpt = None,
     mem_budget: MemBudgetOpt = None,
     threads: ThreadsOpt = None,
@@ -235,7 +235,7 @@ def plan(
 @error_funnel
 def run(
     prompt: Annotated[Optional[str], typer.Argument(help="The prompt; piped stdin is appended after it.")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file.")] = "",
+    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT. Default: the profile's default model.")] = "",
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")] = None,
     temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")] = 0.6,
@@ -261,8 +261,6 @@ def run(
     from edgellm.runtime import Engine, GenerationInterrupted, SamplingParams
     from edgellm.session import PlanOptions, prepare
 
-    if not model:
-        raise UsageError("no model: pass -m FILE.gguf", hint="edgellm run -m ~/models/model.gguf \"Hello\"")
     if json_output and jsonl:
         raise UsageError("--json and --jsonl cannot be combined")
     runner.resolve_think(think)
@@ -278,7 +276,7 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True, yes=yes)
+    prepared = prepare(model or None, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True, yes=yes)
     engine = Engine(prepared.model, prepared.plan)
     try:
         if jsonl:
@@ -584,7 +582,7 @@ def remove(
 @app.command()
 @error_funnel
 def serve(
-    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file.")] = "",
+    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT. Default: the profile's default model.")] = "",
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key or --insecure.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8080,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,

@@ -251,6 +251,15 @@ class TransferProgress:
         self.stream.flush()
 
 
+def default_progress(label: str, total: int, initial: int = 0) -> TransferProgress:
+    """A Rich bar on a terminal, plain lines every 10% otherwise (logs, CI, pipes)."""
+    if sys.stderr.isatty():
+        from edgellm.ui import DownloadProgress  # noqa: PLC0415
+
+        return DownloadProgress(label, total, initial)  # type: ignore[return-value]  (same interface)
+    return TransferProgress(label, total, initial)
+
+
 # --- the transfer ----------------------------------------------------------------------------------
 
 
@@ -307,7 +316,7 @@ def download(
 
         # One pull per file at a time: two processes appending to one partial file would corrupt it.
         with WeakFileLock(str(partial) + ".lock"):
-            actual = _transfer(repo, remote, revision, partial, progress_factory or TransferProgress)
+            actual = _transfer(repo, remote, revision, partial, progress_factory or default_progress)
             _verify(repo, remote, partial, actual)
             os.replace(partial, blob)
     pointer.parent.mkdir(parents=True, exist_ok=True)

@@ -67,11 +67,13 @@ def resolve_model(
     return models.resolve(spec, device, profile, yes=yes, fetch_missing=fetch, ctx=ctx, mem_budget=mem_budget)
 
 
-def prepare(spec: str, options: PlanOptions, *, require_fit: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
-    """Detect, select the profile, resolve the model and plan. `loading`: the caller loads the
-    model next, so asking llama.cpp for its build facts costs nothing extra."""
+def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
+    """Detect, select the profile, resolve the model (no spec: the profile's default model) and
+    plan. `loading`: the caller loads the model next, so asking llama.cpp for its build facts
+    costs nothing extra."""
     device = detect(options.sysroot)
     profile, reason = select_profile(device, options.profile)
+    spec = spec or profile.default_model
     # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
     model = resolve_model(spec, yes=yes, fetch=require_fit, device=device, profile=profile, ctx=options.ctx, mem_budget=options.mem_budget)
     plan = make_plan(

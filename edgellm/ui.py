@@ -246,3 +246,53 @@ def thinking_placeholder() -> None:
 def clear_thinking_placeholder() -> None:
     sys.stderr.write("\r\x1b[K")
     sys.stderr.flush()
+
+
+# --- downloads ------------------------------------------------------------------------------------
+
+
+class DownloadProgress:
+    """A Rich progress bar with size, speed and ETA on a terminal's stderr.
+
+    Same interface as download.TransferProgress (the plain-line version used in pipes and logs).
+    """
+
+    def __init__(self, label: str, total: int, initial: int = 0) -> None:
+        from rich.progress import (  # noqa: PLC0415  (only when a download starts)
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.label, self.total, self.done = label, total, initial
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=stderr, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(label, total=total, completed=initial)
+        self._started_bytes = initial
+        import time  # noqa: PLC0415
+
+        self._clock = time.monotonic
+        self._started = self._clock()
+        if initial:
+            info(f"resuming {label} at {format_size(initial)} of {format_size(total)}")
+
+    def update(self, n_bytes: int) -> None:
+        self.done += n_bytes
+        self._progress.update(self._task, advance=n_bytes)
+
+    def reset(self, done: int) -> None:
+        self.done = self._started_bytes = done
+        self._started = self._clock()
+        self._progress.reset(self._task, total=self.total, completed=done)
+
+    def close(self) -> None:
+        self._progress.stop()
+        elapsed = self._clock() - self._started
+        speed = (self.done - self._started_bytes) / elapsed if elapsed > 0 else 0.0
+        info(f"{self.label}: {format_size(self.done)} in {elapsed:.1f}s ({format_size(speed)}/s)")

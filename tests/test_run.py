@@ -110,9 +110,15 @@ def test_non_utf8_stdin_is_replaced_with_a_warning(tiny_q4km: Path) -> None:
     assert b"warning: stdin is not valid UTF-8" in result.stderr
 
 
-def test_missing_prompt_and_missing_model_are_usage_errors(tiny_q4km: Path) -> None:
-    assert run_cli("run", "-m", str(tiny_q4km)).returncode == 2
-    assert run_cli("run", "hello").returncode == 2
+def test_missing_prompt_is_a_usage_error(tiny_q4km: Path) -> None:
+    result = run_cli("run", "-m", str(tiny_q4km))
+    assert result.returncode == 2 and result.stderr.decode().startswith("error: no prompt")
+
+
+def test_without_model_the_profiles_default_is_used(tiny_q4km: Path) -> None:
+    # Offline and not downloaded: the message names the profile's default model.
+    result = run_cli("run", "hello")
+    assert result.returncode == 1 and b"deepseek-r1-1.5b" in result.stderr and b"Traceback" not in result.stderr
 
 
 def test_closed_pipe_ends_quietly(tiny_q4km: Path, tmp_path: Path) -> None:
