@@ -361,3 +361,24 @@ def test_ctrl_c_between_tokens_is_handed_to_the_engine(tiny_f32: Path, monkeypat
     assert session.last_stats is not None and session.last_stats.finish_reason == "interrupted"
     assert 3 <= session.last_stats.generated_tokens < 100
     assert session.conversation.messages[-1]["reasoning"] == "".join(writes)
+
+
+def test_arrow_up_recalls_input_across_sessions_and_hidden_thinking_shows_placeholder(tiny_f32: Path, tmp_path: Path) -> None:
+    child = spawn_chat("-m", str(tiny_f32), "--seed", "6", "-n", "8", "--think", "hide", cwd=tmp_path)
+    child.sendline("Hi from the first session")
+    child.expect_exact("thinking…")  # hidden reasoning still shows that something is happening
+    child.expect(STATUS)
+    child.expect_exact(PROMPT)
+    assert finish(child) == 0
+
+    child = spawn_chat("-m", str(tiny_f32), "--seed", "6", "-n", "8", cwd=tmp_path)
+    child.send("\x1b[A")  # arrow up: the previous session's line, from the history file
+    child.send("\r")
+    child.expect(STATUS)
+    child.expect_exact(PROMPT)
+    child.sendline("/save h.json")
+    child.expect_exact("saved 2 messages")
+    child.expect_exact(PROMPT)
+    assert finish(child) == 0
+    saved = read_transcript(tmp_path / "h.json")
+    assert saved["messages"][0]["content"] == "Hi from the first session"
