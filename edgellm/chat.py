@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -22,7 +22,8 @@ from edgellm import ui
 from edgellm.errors import EdgeLLMError, UsageError
 from edgellm.hardware import Device, _thermal
 from edgellm.reasoning import ANSWER, REASONING
-from edgellm.runtime import GenerationInterrupted  # runtime imports llama_cpp only when a model loads
+from edgellm.runtime import Engine, Event, GenerationInterrupted, GenerationStats, SamplingParams  # llama_cpp loads lazily
+from edgellm.session import PlanOptions, Prepared
 
 PROMPT = ">>> "
 CONTINUATION_PROMPT = "... "
@@ -289,13 +290,15 @@ class SessionTotals:
 class ChatSession:
     """The loop: read a message or a command, generate, render, keep the history."""
 
-    def __init__(self, engine: Any, conversation: Conversation, sampling: Any, options: ChatOptions, out: IO[str]) -> None:
+    def __init__(
+        self, engine: Engine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions, out: IO[str]
+    ) -> None:
         self.engine = engine
         self.conversation = conversation
         self.sampling = sampling
         self.options = options
         self.out = out
-        self.last_stats: Any = None
+        self.last_stats: GenerationStats | None = None
         self.totals = SessionTotals()
         self.model_name = engine.model.name or (engine.model.path.name if engine.model.path else "model")
 
@@ -311,7 +314,9 @@ class ChatSession:
                     sys.stderr.write("\n")
                 return
             except KeyboardInterrupt:
-                if not self.options.interactive or interrupt_armed:
+                if not self.options.interactive:
+                    raise  # a script's Ctrl-C stops the script (the CLI exits 130)
+                if interrupt_armed:
                     return
                 # Asked once: a second Ctrl-C meant for a reply that just ended should not end the session.
                 ui.info("(press Ctrl-C again to exit, or Ctrl-D, or /exit)")
@@ -470,20 +475,19 @@ class ChatSession:
     def _count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.engine.tokenize(self.engine.format_messages(messages)))
 
-    def _stream(self, events: Generator[Any, None, None]) -> StreamedReply:
+    def _stream(self, events: Iterator[Event]) -> StreamedReply:
         reply = StreamedReply()
         render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
         try:
             for event in events:
-                kind = getattr(event, "kind", None)
-                if kind == ANSWER:
+                if isinstance(event, GenerationStats):
+                    reply.stats = event
+                elif event.kind == ANSWER:
                     reply.answer.append(event.text)
                     render.answer(event.text)
-                elif kind == REASONING:
+                elif event.kind == REASONING:
                     reply.reasoning.append(event.text)
                     render.reasoning(event.text)
-                else:
-                    reply.stats = event
         except GenerationInterrupted as stopped:
             reply.stats = stopped.stats
             reply.interrupted = True
@@ -491,8 +495,10 @@ class ChatSession:
             # Ctrl-C landed here, while writing a token: hand it to the engine, which stops
             # generating and reports the stats of the partial reply.
             reply.interrupted = True
+            throw = getattr(events, "throw", None)  # engine.generate is a generator
             try:
-                events.throw(KeyboardInterrupt())
+                if throw is not None:
+                    throw(KeyboardInterrupt())
             except GenerationInterrupted as stopped:
                 reply.stats = stopped.stats
             except (KeyboardInterrupt, StopIteration):
@@ -523,7 +529,7 @@ class ChatSession:
 class StreamedReply:
     answer: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
-    stats: Any = None
+    stats: GenerationStats | None = None
     interrupted: bool = False
 
 
@@ -552,16 +558,17 @@ class ReplyRenderer:
 
     def answer(self, text: str) -> None:
         if not self.answer_started:
+            text = text.lstrip("\n") if self.in_reasoning else text
+            if not text:
+                return
             self.answer_started = True
             if self.placeholder:
                 ui.clear_thinking_placeholder()
                 self.placeholder = False
             elif self.in_reasoning and self.show_thinking:
+                # A blank line between the dimmed reasoning and the answer.
                 sys.stderr.write("\n\n" if self.last_char != "\n" else "\n")
                 sys.stderr.flush()
-            text = text.lstrip("\n") if self.in_reasoning else text
-            if not text:
-                return
         self.out.write(text)
         self.out.flush()
         self.last_stream, self.last_char = self.out, text[-1]
@@ -572,12 +579,9 @@ class ReplyRenderer:
         if self.last_stream is not None and self.last_char != "\n":
             self.last_stream.write("\n")
             self.last_stream.flush()
-        if not self.answer_started:
+        if not self.answer_started and not self.terminal:
             # Plain-text mode keeps one output line per turn, even for an empty answer.
-            if not self.terminal:
-                self.out.write("\n")
-                self.out.flush()
-        elif self.last_stream is not self.out:
+            self.out.write("\n")
             self.out.flush()
 
 
@@ -606,7 +610,7 @@ def default_history_file() -> Path:
     return edgellm_home() / "history" / "chat"
 
 
-def run_chat(engine: Any, conversation: Conversation, sampling: Any, options: ChatOptions) -> None:
+def run_chat(engine: Engine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions) -> None:
     """Run the REPL until /exit, Ctrl-D or end of input."""
     session = ChatSession(engine, conversation, sampling, options, sys.stdout)
     reader: LineReader
@@ -620,7 +624,7 @@ def run_chat(engine: Any, conversation: Conversation, sampling: Any, options: Ch
     session.run(reader)
 
 
-def prepare_model(spec: str | None, options: Any, *, announce: bool) -> Any:
+def prepare_model(spec: str | None, options: PlanOptions, *, announce: bool) -> Prepared:
     """session.prepare for `-m`, or for the matched profile's default model when there is none."""
     from edgellm.errors import DownloadError, ModelNotFoundError  # noqa: PLC0415
     from edgellm.hardware import detect  # noqa: PLC0415
