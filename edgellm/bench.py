@@ -619,7 +619,8 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
             "schema": SCHEMA,
             "edgellm_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "synthetic": bool(config.synthetic),
+            # A synthetic file passed with -m is still synthetic: the builder always names it so.
+            "synthetic": bool(config.synthetic) or "synthetic" in (prepared.model.name or "").lower(),
             "model": prepared.model.name or Path(model_spec).name,
             "model_path": str(prepared.model.path),
             "model_size_bytes": prepared.model.file_size,

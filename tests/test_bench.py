@@ -137,6 +137,8 @@ def test_synthetic_model_is_built_once_cached_and_labelled(tmp_path: Path) -> No
     assert proc.returncode == 0
     assert built.stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert "synthetic" in proc.stdout.decode().lower()
+    # the file passed with -m is still reported as synthetic (its general.name says so)
+    assert bench_json("-m", str(built), "-p", "0", "-n", "4", "-r", "1")["synthetic"] is True
 
 
 def test_synthetic_matches_llama_cpp_quantizer_for_a_small_shape(tmp_path: Path) -> None:
