@@ -503,7 +503,7 @@ class ChatSession:
                 reply.stats = stopped.stats
             except (KeyboardInterrupt, StopIteration):
                 pass
-        render.finish()
+        render.finish(reply.interrupted)
         return reply
 
     def _remember(self, reply: StreamedReply) -> None:
@@ -573,9 +573,11 @@ class ReplyRenderer:
         self.out.flush()
         self.last_stream, self.last_char = self.out, text[-1]
 
-    def finish(self) -> None:
+    def finish(self, interrupted: bool = False) -> None:
         if self.placeholder:
             ui.clear_thinking_placeholder()
+        if interrupted and self.last_stream is None and self.terminal:
+            sys.stderr.write("\n")  # after the terminal's ^C echo, before the "interrupted" line
         if self.last_stream is not None and self.last_char != "\n":
             self.last_stream.write("\n")
             self.last_stream.flush()

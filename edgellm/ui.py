@@ -189,10 +189,10 @@ def _dim_escape(text: str) -> str:
 def chat_status_line(stats: Any, temperature: float | None = None) -> str:
     """One line after each chat reply: speed, first-token latency, KV reuse, context, memory, heat."""
     cached = stats.prompt_tokens - stats.prompt_tokens_evaluated
-    parts = [
-        f"{stats.generated_tokens} tokens",
-        f"{stats.gen_tps:.1f} tok/s",
-        f"first token {stats.ttft_s:.2f}s",
+    parts = [f"{stats.generated_tokens} tokens"]
+    if stats.generated_tokens:  # stopped during the prompt: no speed or first token to report
+        parts += [f"{stats.gen_tps:.1f} tok/s", f"first token {stats.ttft_s:.2f}s"]
+    parts += [
         f"prompt {stats.prompt_tokens_evaluated} new + {cached} cached",
         f"context {stats.context_used}/{stats.n_ctx}",
         f"RSS {format_size(stats.peak_rss_bytes)}",

@@ -18,7 +18,7 @@ from edgellm.errors import UsageError
 from conftest import cli_env, run_cli
 
 STATUS = re.compile(
-    r"(\d+) tokens · [\d.]+ tok/s · first token [\d.]+s · prompt (\d+) new \+ (\d+) cached · context (\d+)/(\d+)"
+    r"(\d+) tokens(?: · [\d.]+ tok/s · first token [\d.]+s)? · prompt (\d+) new \+ (\d+) cached · context (\d+)/(\d+)"
 )
 PROMPT = ">>>"  # prompt_toolkit draws the trailing space as a cursor move
 
@@ -382,3 +382,16 @@ def test_arrow_up_recalls_input_across_sessions_and_hidden_thinking_shows_placeh
     assert finish(child) == 0
     saved = read_transcript(tmp_path / "h.json")
     assert saved["messages"][0]["content"] == "Hi from the first session"
+
+
+def test_status_line_fields_and_prompt_only_interruption() -> None:
+    from edgellm import ui
+    from edgellm.runtime import GenerationStats
+
+    stats = GenerationStats(prompt_tokens=100, prompt_tokens_evaluated=12, generated_tokens=30, ttft_s=0.25,
+                            gen_tps=6.5, peak_rss_bytes=1 << 30, n_ctx=4096, context_used=130, finish_reason="length")
+    line = ui.chat_status_line(stats, 61.4)
+    assert line == ("30 tokens · 6.5 tok/s · first token 0.25s · prompt 12 new + 88 cached · context 130/4096 · "
+                    "RSS 1.00 GiB · CPU 61 C · stopped: length")
+    stopped = GenerationStats(prompt_tokens=100, prompt_tokens_evaluated=100, n_ctx=4096, finish_reason="interrupted")
+    assert "tok/s" not in ui.chat_status_line(stopped) and "first token" not in ui.chat_status_line(stopped)
