@@ -322,6 +322,7 @@ class Engine:
         is_eog = self._llama_cpp.llama_vocab_is_eog
         vocab = self._vocab
         piece = self._piece
+        think_tags = self._think_tokens  # special tokens whose text must be rendered
         stats = GenerationStats(prompt_tokens=len(tokens), load_s=self.load_s, n_ctx=n_ctx)
         stats.prompt_tokens_evaluated = len(tokens) - max(min(reused, len(tokens) - 1), 0)
         finish = "length"
@@ -345,24 +346,21 @@ class Engine:
                     finish = "stop"
                     break
                 generated += 1
-                text = decoder.decode(piece(token, False) if not self._is_think_tag(token) else self._token_bytes(token))
+                text = decoder.decode(piece(token, token in think_tags))
                 if text:
                     for kind, chunk in splitter.feed(text):
                         yield TextEvent(kind, chunk)
                 if generated >= max_tokens:
                     break
         except KeyboardInterrupt:
-            finish = "interrupted"
-            self._finish_stats(stats, started, first_at, generated, finish)
-            stream.close()
+            # Ctrl-C arrived while llama.cpp was working; the caller keeps what was streamed.
+            self._finish_stats(stats, started, first_at, generated, "interrupted")
             raise GenerationInterrupted(stats) from None
         finally:
             stream.close()
         tail = decoder.decode(b"", final=True)
         for kind, chunk in splitter.feed(tail) + splitter.finish():
             yield TextEvent(kind, chunk)
-        if grammar is not None and finish == "length" and generated < max_tokens:
-            finish = "stop"
         self._finish_stats(stats, started, first_at, generated, finish)
         yield stats
 
@@ -389,9 +387,6 @@ class Engine:
         except Exception as exc:
             raise GenerationError(f"invalid grammar: {str(exc).splitlines()[0] if str(exc) else exc}") from None
 
-    def _is_think_tag(self, token: int) -> bool:
-        return token in self._think_tokens
-
     @functools.cached_property
     def _think_tokens(self) -> frozenset[int]:
         """Ids of <think> and </think> when they are single special tokens (R1's vocabulary)."""
@@ -401,9 +396,6 @@ class Engine:
             if len(ids) == 1:
                 found.add(ids[0])
         return frozenset(found)
-
-    def _token_bytes(self, token: int) -> bytes:
-        return self._piece(token, True)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
