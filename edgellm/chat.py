@@ -491,6 +491,8 @@ class ChatSession:
         except GenerationInterrupted as stopped:
             reply.stats = stopped.stats
             reply.interrupted = True
+            for event in stopped.held:
+                (reply.answer if event.kind == ANSWER else reply.reasoning).append(event.text)
         except KeyboardInterrupt:
             # Ctrl-C landed here, while writing a token: hand it to the engine, which stops
             # generating and reports the stats of the partial reply.
@@ -501,6 +503,8 @@ class ChatSession:
                     throw(KeyboardInterrupt())
             except GenerationInterrupted as stopped:
                 reply.stats = stopped.stats
+                for event in stopped.held:
+                    (reply.answer if event.kind == ANSWER else reply.reasoning).append(event.text)
             except (KeyboardInterrupt, StopIteration):
                 pass
         render.finish(reply.interrupted)

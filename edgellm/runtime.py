@@ -355,7 +355,8 @@ class Engine:
         except KeyboardInterrupt:
             # Ctrl-C arrived while llama.cpp was working; the caller keeps what was streamed.
             self._finish_stats(stats, started, first_at, generated, "interrupted")
-            raise GenerationInterrupted(stats) from None
+            held = splitter.feed(decoder.decode(b"", final=True)) + splitter.finish()
+            raise GenerationInterrupted(stats, [TextEvent(kind, text) for kind, text in held]) from None
         finally:
             stream.close()
         tail = decoder.decode(b"", final=True)
@@ -405,9 +406,11 @@ class Engine:
 class GenerationInterrupted(Exception):
     """Ctrl-C during generation; carries the stats of what was generated so far."""
 
-    def __init__(self, stats: GenerationStats) -> None:
+    def __init__(self, stats: GenerationStats, held: list[TextEvent] | None = None) -> None:
         super().__init__("interrupted")
         self.stats = stats
+        # Text the reasoning splitter was still holding (a possible tag); it belongs to the reply.
+        self.held = held or []
 
 
 def _opens_think(prompt: str) -> bool:
