@@ -93,7 +93,7 @@ def parse_cpu_list(text: str) -> list[int]:
 
 
 def _builtin_shapes() -> dict[str, Any]:
-    from edgellm import synthetic  # noqa: PLC0415  (numpy and gguf: only when asked for)
+    from edgellm import synthetic
 
     # Until edgellm.catalog knows the shapes; catalog names are the source of truth once it does.
     return {
@@ -105,10 +105,10 @@ def _builtin_shapes() -> dict[str, Any]:
 
 def _catalog_shape(name: str) -> Any:
     """The catalog entry's architecture as a synthetic.ModelShape, when edgellm.catalog knows `name`."""
-    from edgellm import synthetic  # noqa: PLC0415
+    from edgellm import synthetic
 
     try:
-        from edgellm import catalog  # noqa: PLC0415
+        from edgellm import catalog
     except ImportError:
         return None
     find_entry = getattr(catalog, "find_entry", None)
@@ -128,7 +128,7 @@ def _catalog_shape(name: str) -> Any:
 
 def synthetic_spec(spec: str) -> tuple[str, str, Any]:
     """'deepseek-r1-7b:Q4_K_M' -> (name, quant, ModelShape); the quant defaults to Q4_K_M."""
-    from edgellm import synthetic  # noqa: PLC0415
+    from edgellm import synthetic
 
     name, _, quant = spec.partition(":")
     name, quant = name.strip().lower(), (quant.strip() or "Q4_K_M").upper()
@@ -148,8 +148,8 @@ def synthetic_spec(spec: str) -> tuple[str, str, Any]:
 
 def synthetic_model_path(spec: str, *, cache_dir: Path | None = None, announce: Callable[[str], None] | None = None) -> Path:
     """Build (once) and return the cached synthetic GGUF for `spec`, e.g. 'deepseek-r1-1.5b:Q4_K_S'."""
-    from edgellm import synthetic  # noqa: PLC0415
-    from edgellm.profiles import edgellm_home  # noqa: PLC0415
+    from edgellm import synthetic
+    from edgellm.profiles import edgellm_home
 
     name, quant, shape = synthetic_spec(spec)
     directory = cache_dir or edgellm_home() / "synthetic"
@@ -160,7 +160,7 @@ def synthetic_model_path(spec: str, *, cache_dir: Path | None = None, announce: 
         return path
     free = shutil.disk_usage(directory if directory.exists() else directory.anchor or "/").free
     if free < expected:
-        from edgellm.units import format_size  # noqa: PLC0415
+        from edgellm.units import format_size
 
         raise EdgeLLMError(
             f"a synthetic {name} {quant} needs {format_size(expected)} on disk but {directory} has {format_size(free)} free",
@@ -299,7 +299,7 @@ class HeatSampler:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def __enter__(self) -> HeatSampler:
+    def __enter__(self) -> HeatSampler:  # noqa: PYI034  (typing.Self needs Python 3.11; 3.10 is supported)
         self.record.temp_before_c = self.probe.celsius()
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="edgellm-heat", daemon=True)
@@ -557,8 +557,8 @@ def resolve_cores(choice: str | None, device: Any, plan_cores: list[int]) -> tup
 
 def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Load the model once, run every test (or the soak) and return the JSON report."""
-    from edgellm import runtime  # noqa: PLC0415
-    from edgellm.session import PlanOptions, prepare  # noqa: PLC0415
+    from edgellm import runtime
+    from edgellm.session import PlanOptions, prepare
 
     if bool(config.model) == bool(config.synthetic):
         raise UsageError("pass either -m FILE.gguf or --synthetic NAME", hint="edgellm bench --synthetic deepseek-r1-1.5b")
@@ -643,7 +643,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
             "peak_rss_bytes": runtime.peak_rss_bytes(),
             "results": (
                 [r.to_json() for r in results] if soak_report is None
-                else [_soak_result_json(results[0], [s["tps"] for s in soak_report["samples"]])]
+                else [_soak_result_json(results[0], [s["tps"] for s in soak_report["samples"]], soak_report["duration_s"])]
             ),
             "thermal": _thermal_summary(probe, thermal_start, throttled_start, results),
         }
@@ -654,9 +654,9 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
         engine.close()
 
 
-def _soak_result_json(result: TestResult, window_tps: list[float]) -> dict[str, Any]:
+def _soak_result_json(result: TestResult, window_tps: list[float], duration_s: float) -> dict[str, Any]:
     return {
-        "test": f"tg-soak {result.spec.n_gen}",
+        "test": f"tg soak {duration_s:g}s",  # named by duration, so soaks on several devices line up
         "threads": result.spec.threads,
         "cores": result.cores,
         "n_prompt": 0,
@@ -673,13 +673,13 @@ def _soak_result_json(result: TestResult, window_tps: list[float]) -> dict[str, 
 
 def _time_to_first_token(engine: Any, bench_ctx: Any, n_prompt: int) -> float | None:
     """A real request's first token: a prompt of n_prompt tokens through Engine.generate_tokens."""
-    from edgellm.runtime import GenerationStats, SamplingParams  # noqa: PLC0415
+    from edgellm.runtime import GenerationStats, SamplingParams
 
     n_prompt = min(n_prompt, engine.n_ctx - 2)
     if n_prompt < 1:
         return None
     bench_ctx.clear()
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     tokens = np.random.default_rng(1).integers(0, bench_ctx.n_vocab, n_prompt).tolist()
     if bench_ctx.bos is not None:
@@ -809,27 +809,27 @@ RESULT_HEADERS = ["test", "threads", "cores", "t/s", "predicted t/s", "temp °C"
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    from edgellm.units import format_size  # noqa: PLC0415
+    from edgellm.units import format_size
 
     lines = [
         f"model: {model_label(report)}, {format_size(report.get('model_size_bytes'))}"
         + (" — SYNTHETIC: random weights, real shapes and quant types; speed is the real model's, text is noise" if report.get("synthetic") else ""),
-        f"device: {device_label(report['device'])} ({report['device'].get('cpu_model')}, {report['device'].get('cpu_count')} CPUs),"
-        f" profile {report['profile']}, cores {report.get('cores_choice')}",
-        f"load {report['load_s']:.2f} s, first token {report['ttft_s'] if report['ttft_s'] is not None else '-'} s,"
+        (f"device: {device_label(report['device'])} ({report['device'].get('cpu_model')}, {report['device'].get('cpu_count')} CPUs),"
+        f" profile {report['profile']}, cores {report.get('cores_choice')}"),
+        (f"load {report['load_s']:.2f} s, first token {report['ttft_s'] if report['ttft_s'] is not None else '-'} s,"
         f" peak RSS {format_size(report['peak_rss_bytes'])}, n_ctx {report['n_ctx']}, batch {report['n_batch']}/{report['n_ubatch']},"
-        f" KV {report['kv_type']}{', flash attention' if report['flash_attn'] else ''}",
+        f" KV {report['kv_type']}{', flash attention' if report['flash_attn'] else ''}"),
     ]
     thermal = report.get("thermal") or {}
     if not thermal.get("sensors"):
         lines.append("thermal: no temperature sensors found")
     soak_report = report.get("soak")
     if soak_report:
+        change = soak_report.get("change_pct")
         lines.append(
             f"soak {soak_report['duration_s']:.0f} s: first minute {soak_report['first_minute_tps']} t/s,"
             f" sustained (last {soak_report['sustained_window_s']:.0f} s) {soak_report['sustained_tps']} t/s"
-            f" ({soak_report['change_pct']:+}%)" if soak_report.get("change_pct") is not None else
-            f"soak {soak_report['duration_s']:.0f} s: {soak_report['first_minute_tps']} t/s"
+            + (f" ({change:+}%)" if change is not None else "")
         )
     lines.append(f"llama.cpp: {report.get('llama_cpp_system_info', '')}")
     return lines
@@ -900,7 +900,7 @@ def merged_markdown(merged: dict[str, Any]) -> str:
 
 
 def render_report(report: dict[str, Any], console: Any) -> None:
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     title = "edgellm bench" + (" — SYNTHETIC model (random weights)" if report.get("synthetic") else "")
     table = Table(title=title, title_justify="left")
@@ -915,7 +915,7 @@ def render_report(report: dict[str, Any], console: Any) -> None:
 
 
 def render_merged(merged: dict[str, Any], console: Any) -> None:
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table()
     for header in merged["headers"]:
@@ -934,9 +934,9 @@ class ProgressBar:
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> ProgressBar:
+    def __enter__(self) -> ProgressBar:  # noqa: PYI034  (typing.Self needs Python 3.11; 3.10 is supported)
         if self._enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                       TimeElapsedColumn(), console=self._console, transient=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 import gguf
 import pytest
-
 from conftest import run_cli
+
 from edgellm import bench, runtime, synthetic
 from edgellm.errors import UsageError
 
@@ -101,7 +101,7 @@ def test_soak_reports_first_minute_and_sustained(tiny_q4km: Path) -> None:
     assert soak["samples"] and soak["tokens"] > 0
     assert soak["first_minute_tps"] > 0 and soak["sustained_tps"] > 0
     assert soak["samples"][-1]["t_s"] >= 2.0
-    assert data["results"][0]["test"].startswith("tg-soak")
+    assert data["results"][0]["test"] == "tg soak 2s"
 
 
 def test_csv_and_markdown_outputs(tiny_q4km: Path) -> None:
