@@ -893,64 +893,8 @@ def merged_markdown(merged: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------------------------------
-# Terminal rendering. Rich is imported lazily here because ui.py (the Rich module) is shared and
-# outside this change; these three functions are meant to move there as they are.
-# --------------------------------------------------------------------------------------------------
-
-
-def render_report(report: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    title = "edgellm bench" + (" — SYNTHETIC model (random weights)" if report.get("synthetic") else "")
-    table = Table(title=title, title_justify="left")
-    for header in RESULT_HEADERS:
-        numeric = header in ("threads", "t/s", "predicted t/s")
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=header in ("test", "t/s"))
-    for cells in result_rows(report):
-        table.add_row(*cells)
-    console.print(table)
-    for line in summary_lines(report):
-        console.print(line, style="dim", markup=False)
-
-
-def render_merged(merged: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table()
-    for header in merged["headers"]:
-        table.add_column(header)
-    for row in merged["rows"]:
-        table.add_row(*row)
-    console.print(table)
-
-
-class ProgressBar:
-    """A transient progress bar on stderr while the tests run (nothing when stderr is not a terminal)."""
-
-    def __init__(self, console: Any, enabled: bool) -> None:
-        self._console = console
-        self._enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> ProgressBar:  # noqa: PYI034  (typing.Self needs Python 3.11; 3.10 is supported)
-        if self._enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                      TimeElapsedColumn(), console=self._console, transient=True)
-            self._progress.__enter__()
-            self._task = self._progress.add_task("loading", total=None)
-        return self
-
-    def update(self, label: str, done: int, total: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description=label, completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(None, None, None)
+def report_title(report: dict[str, Any]) -> str:
+    return "edgellm bench" + (" — SYNTHETIC model (random weights)" if report.get("synthetic") else "")
 
 
 # --------------------------------------------------------------------------------------------------

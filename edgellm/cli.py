@@ -427,7 +427,7 @@ def bench(
         report = benchmark.run_cores_sweep(config, choices, say=ui.info)
     else:
         config.cores = choices[0] if choices else None
-        with benchmark.ProgressBar(ui.stderr, ui.stderr_is_terminal()) as bar:
+        with ui.BenchProgress(ui.stderr_is_terminal()) as bar:
             report = benchmark.run(config, progress=bar.update, say=ui.info)
     if json_output:
         ui.print_json(report)
@@ -436,7 +436,8 @@ def bench(
     elif markdown:
         sys.stdout.write(benchmark.to_markdown(report))
     else:
-        benchmark.render_report(report, ui.stdout)
+        ui.render_bench_report(benchmark.report_title(report), benchmark.RESULT_HEADERS, benchmark.result_rows(report),
+                               benchmark.summary_lines(report))
 
 
 @bench_app.command("report")
@@ -458,7 +459,7 @@ def bench_report(
     elif markdown:
         sys.stdout.write(benchmark.merged_markdown(merged))
     else:
-        benchmark.render_merged(merged, ui.stdout)
+        ui.render_table(merged["headers"], merged["rows"])
 
 
 @app.command()

@@ -296,3 +296,54 @@ class DownloadProgress:
         elapsed = self._clock() - self._started
         speed = (self.done - self._started_bytes) / elapsed if elapsed > 0 else 0.0
         info(f"{self.label}: {format_size(self.done)} in {elapsed:.1f}s ({format_size(speed)}/s)")
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def render_bench_report(title: str, headers: list[str], rows: list[list[str]], summary: list[str]) -> None:
+    table = Table(title=title, title_justify="left")
+    for header in headers:
+        numeric = header in ("threads", "t/s", "predicted t/s")
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=header in ("test", "t/s"))
+    for cells in rows:
+        table.add_row(*cells)
+    stdout.print(table)
+    for line in summary:
+        stdout.print(line, style="dim", markup=False)
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> None:
+    table = Table()
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+
+
+class BenchProgress:
+    """A transient progress bar on stderr while benchmark tests run (nothing when not a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> BenchProgress:
+        if self._enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                      TimeElapsedColumn(), console=stderr, transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("loading", total=None)
+        return self
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=label, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
