@@ -569,7 +569,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
     n_ctx = -(-needed // 256) * 256  # llama.cpp pads the KV cache to 256 cells anyway
     options = PlanOptions(profile=config.profile, ctx=n_ctx, mem_budget=config.mem_budget,
                           threads=None, sysroot=config.sysroot)
-    prepared = prepare(model_spec, options)
+    prepared = prepare(model_spec, options, loading=True)
     plan = prepared.plan
     if plan.n_ctx < needed:
         raise PlanError(

@@ -640,13 +640,13 @@ def prepare_model(spec: str | None, options: PlanOptions, *, announce: bool) -> 
     if spec:
         if announce:
             ui.info(f"loading {spec}")
-        return prepare(spec, options)
+        return prepare(spec, options, loading=True)
     profile, _ = select_profile(detect(options.sysroot), options.profile)
     name = profile.default_model
     if announce:
         ui.info(f"no -m given: using the {profile.name} profile's model, {name}")
     try:
-        return prepare(name, options)
+        return prepare(name, options, loading=True)
     except (ModelNotFoundError, DownloadError) as exc:
         hint = exc.hint or f"edgellm pull {name}"
         if "-m" not in hint:

@@ -610,7 +610,7 @@ def serve(
     if not model:
         raise UsageError("no model: pass -m FILE.gguf", hint="edgellm serve -m ~/models/model.gguf")
     server.check_bind(host, api_key, insecure)
-    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads))
+    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True)
     plan_ = prepared.plan
     if max_tokens is not None and max_tokens > plan_.n_ctx:
         raise UsageError(f"--max-tokens {max_tokens} is larger than the context ({plan_.n_ctx} tokens)", hint="raise --ctx, or lower --max-tokens")

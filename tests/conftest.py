@@ -60,6 +60,16 @@ def tiny_no_prefill(models_dir: Path) -> Path:
     return synthetic.write_tiny_model(models_dir / "tiny-noprefill-F32.gguf", chat_template=TEMPLATE_WITHOUT_THINK_PREFILL)
 
 
+# Big enough that weights, KV cache and compute dominate the interpreter's own ~60 MiB, and slow
+# enough (a few hundred tokens/s here) that a signal lands mid-generation.
+MID_SHAPE = synthetic.ModelShape(n_layers=8, n_embd=1024, n_head=8, n_head_kv=2, n_ff=2816, n_vocab=32000, context_length=4096)
+
+
+@pytest.fixture(scope="session")
+def mid_model(models_dir: Path) -> Path:
+    return synthetic.write_synthetic_model(models_dir / "mid-Q4_K_M.gguf", MID_SHAPE, "Q4_K_M")
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("EDGELLM_DEBUG", None)

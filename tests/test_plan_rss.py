@@ -9,16 +9,6 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from edgellm import synthetic
-
-# Big enough that weights, KV cache and compute dominate the interpreter's own ~60 MiB.
-MID = synthetic.ModelShape(n_layers=8, n_embd=1024, n_head=8, n_head_kv=2, n_ff=2816, n_vocab=32000, context_length=4096)
-
-
-@pytest.fixture(scope="module")
-def mid_model(models_dir: Path) -> Path:
-    return synthetic.write_synthetic_model(models_dir / "mid-Q4_K_M.gguf", MID, "Q4_K_M")
-
 
 @pytest.mark.parametrize("ctx", [1024, 2048])
 def test_plan_total_is_within_bounds_of_measured_peak_rss(mid_model: Path, ctx: int) -> None:

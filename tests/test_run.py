@@ -131,10 +131,11 @@ def test_closed_pipe_ends_quietly(tiny_q4km: Path, tmp_path: Path) -> None:
     assert (tmp_path / "err").read_text() == ""
 
 
-def test_ctrl_c_keeps_what_was_printed_and_exits_130(tiny_q4km: Path, tmp_path: Path) -> None:
+def test_ctrl_c_keeps_what_was_printed_and_exits_130(mid_model: Path, tmp_path: Path) -> None:
+    # Up to 4096 tokens from the mid-size model: seconds of output, so SIGINT lands mid-reply.
     grammar = grammar_file(tmp_path, 'root ::= "x</think>" [a-z ]+')
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgellm", "run", "-m", str(tiny_q4km), "hello", "--grammar", grammar, "--ctx", "2048"],
+        [sys.executable, "-m", "edgellm", "run", "-m", str(mid_model), "hello", "--grammar", grammar, "--ctx", "4096"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
     )
     assert process.stdout is not None
