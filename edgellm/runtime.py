@@ -109,6 +109,8 @@ class SamplingParams:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0  # OpenAI-style, over the last 64 tokens
+    presence_penalty: float = 0.0
     seed: int | None = None
     grammar: str | None = None  # GBNF text
     json_schema: str | None = None  # JSON Schema text, turned into a grammar by llama.cpp
@@ -336,6 +338,8 @@ class Engine:
             min_p=params.min_p,
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
             grammar=grammar,
         )
         try:

@@ -152,8 +152,8 @@ class SamplingFields(BaseModel):
     seed: int | None = None
     stop: Union[str, list[str], None] = None
     n: int | None = Field(default=None, ge=1, le=1)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
     user: str | None = None
@@ -503,8 +503,6 @@ class Server:
     def sampling(self, body: SamplingFields, max_tokens: int | None) -> SamplingParams:
         self.check_model(body.model)
         unsupported = {
-            "frequency_penalty": bool(body.frequency_penalty),
-            "presence_penalty": bool(body.presence_penalty),
             "logit_bias": bool(body.logit_bias),
             "logprobs": bool(body.logprobs),
         }
@@ -525,6 +523,8 @@ class Server:
             top_k=defaults.top_k if body.top_k is None else body.top_k,
             min_p=defaults.min_p if body.min_p is None else body.min_p,
             repeat_penalty=defaults.repeat_penalty if body.repeat_penalty is None else body.repeat_penalty,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
             seed=body.seed,
             grammar=body.grammar,
             ignore_eos=bool(body.ignore_eos),

@@ -161,6 +161,20 @@ def test_chat_non_stream(client: openai.OpenAI, long_model: Path) -> None:
     assert reasoning + (choice.message.content or "")
 
 
+def test_presence_and_frequency_penalties_change_greedy_output(client: openai.OpenAI, long_model: Path) -> None:
+    def reply(**penalties: float) -> str:
+        answer = client.chat.completions.create(
+            model=long_model.stem, messages=USER, max_tokens=40, temperature=0, extra_body={"ignore_eos": True}, **penalties
+        ).choices[0].message
+        return (answer.model_extra or {}).get("reasoning_content", "") + (answer.content or "")
+
+    plain = reply()
+    assert reply() == plain  # greedy is repeatable
+    # A random model repeats tokens greedily; penalising repeats must change what it writes.
+    assert reply(presence_penalty=2.0) != plain
+    assert reply(frequency_penalty=2.0) != plain
+
+
 def test_chat_stream(client: openai.OpenAI, long_model: Path) -> None:
     chunks = list(client.chat.completions.create(
         model=long_model.stem, messages=USER, max_tokens=12, stream=True, stream_options={"include_usage": True},
