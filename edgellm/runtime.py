@@ -172,6 +172,12 @@ def pin_to_cores(cores: list[int]) -> list[int] | None:
     if not wanted or wanted == allowed:
         return None
     os.sched_setaffinity(0, wanted)
+    # Threads that already exist keep their old mask: llama.cpp's OpenMP pool is started when the
+    # library loads, before any plan. Linux takes thread ids here, so pin each of them too.
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task), wanted)
     return sorted(wanted)
 
 
