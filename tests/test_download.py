@@ -266,3 +266,41 @@ def test_plan_works_before_download_without_network(online: FakeHub) -> None:
     assert result.returncode == 0, result.stderr.decode()
     plan = json.loads(result.stdout)
     assert plan["quant"] == "Q4_K_M" and plan["weights_bytes"] == 4683073504
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 300 KiB filesystem (tmpfs), smaller than the model: needs root, as CI has."""
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_too_little_disk_is_refused_before_downloading(online: FakeHub, small_disk: Path) -> None:
+    stderr = fails("pull", f"{R1_REPO}:Q4_K_M", "--yes", HF_HOME=str(small_disk / "hf"))
+    assert "error: not enough disk space: the download needs 849.00 KiB" in stderr
+    assert "HF_HOME" in stderr
+    assert online.file_requests(R1_Q4KM) == []  # nothing was transferred
+
+
+def test_disk_filling_up_mid_transfer_is_one_clear_error(online: FakeHub, small_disk: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    from edgellm import download
+
+    # The free-space check passes (another program freed space, then took it back): the real
+    # filesystem then runs out while writing.
+    monkeypatch.setattr(download, "check_disk_space", lambda directory, needed: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(small_disk / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(small_disk / "hf" / "hub"))
+    listing = download.list_repo(R1_REPO)
+    with pytest.raises(download.DownloadError, match="disk full while writing") as failure:
+        download.download(R1_REPO, listing.files[R1_Q4KM], commit=listing.commit, progress_factory=QuietProgress)  # type: ignore[arg-type]
+    assert failure.value.hint
