@@ -102,7 +102,13 @@ MemBudgetOpt = Annotated[Optional[str], typer.Option("--mem-budget", help="Cap t
 CtxOpt = Annotated[Optional[int], typer.Option("--ctx", min=64, help="Context size in tokens (default: the profile's, shrunk to fit memory).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Generation threads (default: from the profile).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-SysrootOpt = Annotated[str, typer.Option("--sysroot", help="Read /proc and /sys below this directory (a capture of another device).")]
+def _sysroot_option(value: str) -> str:
+    if not Path(value).is_dir():
+        raise typer.BadParameter(f"{value} is not a directory (a capture with proc/ and sys/ inside)")
+    return value
+
+
+SysrootOpt = Annotated[str, typer.Option("--sysroot", callback=_sysroot_option, help="Read /proc and /sys below this directory (a capture of another device).")]
 
 
 def _version_callback(value: bool) -> None:

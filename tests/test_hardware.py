@@ -163,3 +163,18 @@ def test_detect_human_output_on_this_machine() -> None:
     result = run_cli("detect")
     assert result.returncode == 0, result.stderr
     assert b"profile" in result.stdout and b"features" in result.stdout
+
+
+def test_a_mistyped_sysroot_is_a_usage_error() -> None:
+    result = run_cli("detect", "--sysroot", "tests/data/no-such-device")
+    assert result.returncode == 2 and b"is not a directory" in result.stderr
+
+
+def test_warns_when_the_build_lacks_a_feature_the_cpu_has() -> None:
+    from edgellm.session import build_warnings
+
+    pi5 = detect(Path(__file__).parent / "data" / "raspberry-pi-5")
+    without = "CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | OPENMP = 1 | REPACK = 1 |"
+    warnings = build_warnings(pi5, without)
+    assert len(warnings) == 1 and "dotprod" in warnings[0] and "DOTPROD" in warnings[0] and "2x slower" in warnings[0]
+    assert build_warnings(pi5, without.replace("NEON = 1", "NEON = 1 | DOTPROD = 1")) == []
