@@ -20,7 +20,7 @@ from typing import IO, Any, Protocol
 
 from edgellm import ui
 from edgellm.errors import EdgeLLMError, UsageError
-from edgellm.hardware import Device, _thermal
+from edgellm.hardware import cpu_temperature
 from edgellm.reasoning import ANSWER, REASONING
 from edgellm.runtime import Engine, Event, GenerationInterrupted, GenerationStats, SamplingParams  # llama_cpp loads lazily
 from edgellm.session import PlanOptions, Prepared
@@ -260,14 +260,6 @@ def read_message(reader: LineReader) -> str:
             break
         lines.append(line)
     return "\n".join(lines)
-
-
-# --- temperature ---------------------------------------------------------------------------------
-
-
-def cpu_temperature(sysroot: str = "/") -> float | None:
-    """The hottest thermal zone, reading only /sys/class/thermal (not a full detection)."""
-    return Device(thermal=_thermal(Path(sysroot))).hottest_celsius
 
 
 # --- the REPL ------------------------------------------------------------------------------------

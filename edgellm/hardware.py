@@ -134,10 +134,6 @@ class Device:
         ids = list(cpus)
         return len({self.core_of_cpu.get(cpu, f"cpu{cpu}") for cpu in ids})
 
-    @property
-    def hottest_celsius(self) -> float | None:
-        temps = [zone.celsius for zone in self.thermal if zone.celsius is not None]
-        return max(temps) if temps else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +354,8 @@ def _arch(root: Path, header: dict[str, str], processors: list[dict[str, str]]) 
     return UNKNOWN
 
 
-def _thermal(root: Path) -> list[ThermalZone]:
+def read_thermal(root: Path) -> list[ThermalZone]:
+    """Every thermal zone below root/sys/class/thermal, with its temperature when readable."""
     zones: list[ThermalZone] = []
     base = root / "sys/class/thermal"
     try:
@@ -495,7 +492,7 @@ def detect(sysroot: Path | str = "/") -> Device:
         swap_total_bytes=meminfo.get("SwapTotal"),
         swap_free_bytes=meminfo.get("SwapFree"),
         page_size_bytes=_page_size(root),
-        thermal=_thermal(root),
+        thermal=read_thermal(root),
         dt_compatible=compatible,
         cpu_parts=parts,
         core_of_cpu=_core_of_cpu(root, cpus, by_id),
@@ -511,6 +508,12 @@ def _assign_big_little(device: Device) -> None:
         return
     device.big_cores = list(device.clusters[0].cpus)
     device.little_cores = list(device.clusters[-1].cpus) if len(device.clusters) > 1 else []
+
+
+def cpu_temperature(sysroot: Path | str = "/") -> float | None:
+    """The hottest thermal zone, reading only /sys/class/thermal (cheap: no full detection)."""
+    temps = [zone.celsius for zone in read_thermal(Path(sysroot)) if zone.celsius is not None]
+    return max(temps) if temps else None
 
 
 # --- macOS --------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ planner picks one for this device (catalog.choose_quant). Downloads live in hugg
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
 
-from edgellm.errors import ModelNotFoundError, PlanError
+from edgellm.errors import PlanError
 from edgellm.hardware import Device, detect
-from edgellm.modelinfo import ModelInfo, read_gguf
+from edgellm.modelinfo import ModelInfo
 from edgellm.planner import REFUSAL_HINT, Plan, make_plan
 from edgellm.profiles import Profile, edgellm_home, select_profile
 

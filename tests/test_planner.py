@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from edgellm.hardware import detect
 from edgellm.modelinfo import ModelInfo
-from edgellm.planner import RUNTIME_OVERHEAD_BYTES, make_plan
+from edgellm.planner import make_plan
 from edgellm.profiles import find_profile, load_profiles, select_profile
 
 DATA = Path(__file__).parent / "data"
