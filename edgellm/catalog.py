@@ -280,7 +280,7 @@ def choose_quant(
     if not ranked:
         return QuantChoice(None, "no single-file GGUF quants found", fits, plans)
     smallest = min(ranked, key=lambda c: c.size)
-    plan = plans.get(smallest.quant)
-    needs = format_size(plan.total_bytes) if plan else format_size(smallest.size)
-    budget = format_size(plan.budget_bytes) if plan else "the memory budget"
+    smallest_plan = plans.get(smallest.quant)
+    needs = format_size(smallest_plan.total_bytes) if smallest_plan else format_size(smallest.size)
+    budget = format_size(smallest_plan.budget_bytes) if smallest_plan else "the memory budget"
     return QuantChoice(None, f"no quant fits this device: even {smallest.quant} needs {needs} of {budget}", fits, plans)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from edgellm.errors import DownloadError, ModelNotFoundError
 from edgellm.units import format_size
@@ -251,12 +251,20 @@ class TransferProgress:
         self.stream.flush()
 
 
-def default_progress(label: str, total: int, initial: int = 0) -> TransferProgress:
+class Progress(Protocol):
+    """What a transfer reports to: TransferProgress (plain lines) or ui.DownloadProgress (Rich)."""
+
+    def update(self, n_bytes: int) -> None: ...
+    def reset(self, done: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def default_progress(label: str, total: int, initial: int = 0) -> Progress:
     """A Rich bar on a terminal, plain lines every 10% otherwise (logs, CI, pipes)."""
     if sys.stderr.isatty():
         from edgellm.ui import DownloadProgress  # noqa: PLC0415
 
-        return DownloadProgress(label, total, initial)  # type: ignore[return-value]  (same interface)
+        return DownloadProgress(label, total, initial)
     return TransferProgress(label, total, initial)
 
 
@@ -295,7 +303,7 @@ def download(
     *,
     revision: str = DEFAULT_REVISION,
     commit: str,
-    progress_factory: Callable[[str, int, int], TransferProgress] | None = None,
+    progress_factory: Callable[[str, int, int], Progress] | None = None,
 ) -> Path:
     """Fetch one file into the hub cache (resuming a partial one), verify it, link it into the snapshot."""
     folder = repo_folder(repo)
@@ -340,7 +348,7 @@ def _write_ref(folder: Path, revision: str, commit: str) -> None:
 
 
 def _transfer(repo: str, remote: RemoteFile, revision: str, partial: Path,
-              progress_factory: Callable[[str, int, int], TransferProgress]) -> str:
+              progress_factory: Callable[[str, int, int], Progress]) -> str:
     """Stream the file into `partial` from where it stops, retrying dropped connections.
 
     Returns the sha256 of the whole file, hashed as the bytes arrive (a resumed file's first part

@@ -287,8 +287,8 @@ def build_clusters(
 
     clusters: list[Cluster] = []
     for members in groups.values():
-        caps = [capacities[c] for c in members if capacities.get(c)]
-        mhz = [freqs[c] for c in members if freqs.get(c)]
+        caps = [cap for cap in (capacities.get(c) for c in members) if cap]
+        mhz = [khz for khz in (freqs.get(c) for c in members) if khz]
         part = parts.get(members[0])
         if part:
             name = ARM_PARTS.get(part, (f"part {part}", 0))[0]

@@ -24,6 +24,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
+
 import gguf
 import numpy as np
 
@@ -460,7 +462,7 @@ def _kv_bytes(key: str, vtype: VT, value: object) -> bytes:
     if vtype == VT.BOOL:
         return head + struct.pack("<?", bool(value))
     if vtype == VT.ARRAY:
-        elem_type, items = value  # type: ignore[misc]
+        elem_type, items = cast(tuple[VT, Sequence[Any]], value)
         if elem_type == VT.STRING:
             return head + _U32.pack(int(VT.STRING)) + _U64.pack(len(items)) + _str_array(items)
         if elem_type == VT.INT32:
