@@ -178,3 +178,12 @@ def test_warns_when_the_build_lacks_a_feature_the_cpu_has() -> None:
     warnings = build_warnings(pi5, without)
     assert len(warnings) == 1 and "dotprod" in warnings[0] and "DOTPROD" in warnings[0] and "2x slower" in warnings[0]
     assert build_warnings(pi5, without.replace("NEON = 1", "NEON = 1 | DOTPROD = 1")) == []
+
+
+def test_ram_from_this_machines_real_meminfo_agrees_with_psutil() -> None:
+    import psutil
+
+    device = detect("/")
+    assert device.mem_total_bytes == psutil.virtual_memory().total
+    assert 0 < device.mem_available_bytes <= device.mem_total_bytes
+    assert abs(device.mem_available_bytes - psutil.virtual_memory().available) < 256 * 1024**2  # it moves
