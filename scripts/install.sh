@@ -23,6 +23,10 @@ if [ "$arch" = "x86_64" ]; then
 fi
 export CMAKE_ARGS="${CMAKE_ARGS:-} ${extra_cmake}"
 
+hash8() {  # macOS has shasum, Linux sha256sum
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum; else shasum -a 256; fi | cut -c1-"$1"
+}
+
 installed_ok() {
   "$python" - "$version" <<'PY' 2>/dev/null
 import sys
@@ -38,8 +42,8 @@ PY
 if installed_ok; then
   echo "llama-cpp-python $version already installed (no AMX kernels)"
 else
-  cpu_flags="$( (grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.brand_string 2>/dev/null || echo unknown) | sha256sum | cut -c1-12)"
-  key="llama_cpp_python-${version}-${arch}-$(echo "$CMAKE_ARGS" | sha256sum | cut -c1-8)-${cpu_flags}"
+  cpu_flags="$( (grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.brand_string 2>/dev/null || echo unknown) | hash8 12)"
+  key="llama_cpp_python-${version}-${arch}-$(echo "$CMAKE_ARGS" | hash8 8)-${cpu_flags}"
   cache="${EDGELLM_WHEEL_CACHE:-$HOME/.cache/edgellm/wheels}/${key}"
   if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $version for this CPU (about 8 minutes; once per machine) ..."
