@@ -115,6 +115,9 @@ class SamplingParams:
     grammar: str | None = None  # GBNF text
     json_schema: str | None = None  # JSON Schema text, turned into a grammar by llama.cpp
     ignore_eos: bool = False  # benchmarks generate a fixed number of tokens
+    # False: no reasoning split, every piece is answer text with the model's tags as written
+    # (JSON mode, where the grammar owns every token; raw completions).
+    split_reasoning: bool = True
 
 
 @dataclass
@@ -325,7 +328,8 @@ class Engine:
         if params.seed is not None:
             llm.set_seed(params.seed)
         grammar = self._grammar(params)
-        splitter = ReasoningSplitter(opened_by_template=opened_by_template, thinks=self.model.thinks)
+        split = params.split_reasoning
+        splitter = ReasoningSplitter(opened_by_template=opened_by_template and split, thinks=self.model.thinks and split)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         is_eog = self._llama_cpp.llama_vocab_is_eog
         vocab = self._vocab

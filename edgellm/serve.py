@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgellm import ui
 from edgellm.errors import ContextOverflowError, EdgeLLMError, UsageError
-from edgellm.reasoning import ANSWER, REASONING
+from edgellm.reasoning import REASONING
 from edgellm.runtime import GenerationStats, SamplingParams, TextEvent
 
 DEFAULT_QUEUE_SIZE = 8
@@ -534,12 +534,11 @@ class Server:
         if body.tools:
             raise APIError(400, "tools (function calling) are not supported by this server", param="tools", code="unsupported_parameter")
         params = self.sampling(body, body.max_completion_tokens or body.max_tokens)
-        json_mode = False
         if body.response_format is not None and body.response_format.type != "text":
             if body.grammar:
                 raise APIError(400, "use either response_format or grammar, not both", param="grammar")
             params.grammar, params.json_schema = response_format_grammar(body.response_format)
-            json_mode = True
+            params.split_reasoning = False  # the grammar owns every token: all of it is the JSON answer
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
         ]
@@ -548,9 +547,8 @@ class Server:
         def count_stopped() -> int:
             return int(engine.tokens_in_context) - len(engine.tokenize(engine.format_messages(messages)))
 
-        # JSON mode constrains every token, so none of the output is reasoning; a raw `grammar`
-        # may spell out "...</think>answer" and is split like free text.
-        reply = Reply(request, self, "chat.completion", body.stream, stop_strings(body.stop), constrained=json_mode)
+        # A raw `grammar` may spell out "...</think>answer" and is split like free text.
+        reply = Reply(request, self, "chat.completion", body.stream, stop_strings(body.stop))
         return await reply.respond(
             lambda: engine.generate(messages, params), count_stopped,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -563,13 +561,14 @@ class Server:
         if len(prompts) != 1:
             raise APIError(400, "send one prompt per request", param="prompt")
         params = self.sampling(body, body.max_tokens)
+        params.split_reasoning = False  # raw completions return the model's text as written, tags included
         prompt = prompts[0]
         engine = self.engine
 
         def count_stopped() -> int:
             return int(engine.tokens_in_context) - len(engine.tokenize(prompt))
 
-        reply = Reply(request, self, "text_completion", body.stream, stop_strings(body.stop), constrained=False)
+        reply = Reply(request, self, "text_completion", body.stream, stop_strings(body.stop))
         return await reply.respond(
             lambda: engine.generate_from_prompt(prompt, params), count_stopped,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -638,16 +637,13 @@ class Reply:
     """Turns one job's events into an OpenAI response (JSON or server-sent events)."""
 
     def __init__(
-        self, request: Request, server: Server, kind: str, stream: bool, stops: list[str], *, constrained: bool
+        self, request: Request, server: Server, kind: str, stream: bool, stops: list[str]
     ) -> None:
         self.request = request
         self.server = server
         self.kind = kind  # "chat.completion" or "text_completion"
         self.stream = stream
         self.stop = StopFilter(stops)
-        # Under a grammar everything generated is the constrained output, so none of it is reasoning.
-        self.constrained = constrained
-        self.in_reasoning = False
         self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("edgellm", {})
@@ -683,14 +679,9 @@ class Reply:
         """(field, text) pairs for an event: field is 'reasoning_content' or 'content'."""
         if not isinstance(item, TextEvent) or self.stop.stopped:
             return []
-        text = item.text
-        if item.kind == REASONING and not self.constrained:
-            if self.kind == "chat.completion":
-                return [("reasoning_content", text)]
-            self.in_reasoning = True  # raw completions keep the model's own text, tag included
-        elif self.in_reasoning and item.kind == ANSWER:
-            text, self.in_reasoning = "</think>" + text, False
-        text = self.stop.feed(text)
+        if item.kind == REASONING:  # only chat splits reasoning; completions ask for none
+            return [("reasoning_content", item.text)]
+        text = self.stop.feed(item.text)
         return [("content", text)] if text else []
 
     async def _collect(self, first: Item, reader: ItemReader) -> Response:

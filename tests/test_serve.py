@@ -247,6 +247,24 @@ def test_completions_endpoint(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "length"
 
 
+def test_json_mode_keeps_a_literal_think_tag_inside_the_answer(client: openai.OpenAI) -> None:
+    # The grammar owns every token in JSON mode: nothing is split off as reasoning.
+    schema = {"type": "object", "properties": {"t": {"const": "a</think>b"}}, "required": ["t"]}
+    reply = client.chat.completions.create(
+        model="", messages=[{"role": "user", "content": "Reply in JSON."}], max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
+    message = reply.choices[0].message
+    assert json.loads(message.content or "") == {"t": "a</think>b"}
+    assert not (message.model_extra or {}).get("reasoning_content")
+
+
+def test_raw_completions_return_the_models_tags_as_written(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model="", prompt="Q: 2+2? A:", max_tokens=40,
+                                      extra_body={"grammar": 'root ::= "<think>add</think>4"'})
+    assert reply.choices[0].text == "<think>add</think>4"
+
+
 def test_curl_style_request_without_model_field(server: ServerProcess) -> None:
     body = json.dumps({"messages": USER, "max_tokens": 4, "ignore_eos": True}).encode()
     status, headers, raw = http("POST", server.base_url + "/chat/completions", body,
