@@ -623,26 +623,9 @@ def run_chat(engine: Engine, conversation: Conversation, sampling: SamplingParam
 
 
 def prepare_model(spec: str | None, options: PlanOptions, *, announce: bool) -> Prepared:
-    """session.prepare for `-m`, or for the matched profile's default model when there is none."""
-    from edgellm.errors import DownloadError, ModelNotFoundError  # noqa: PLC0415
-    from edgellm.hardware import detect  # noqa: PLC0415
-    from edgellm.profiles import select_profile  # noqa: PLC0415
+    """session.prepare for `-m`, or (no -m) for the matched profile's default model."""
     from edgellm.session import prepare  # noqa: PLC0415
 
-    if spec:
-        if announce:
-            ui.info(f"loading {spec}")
-        return prepare(spec, options, loading=True)
-    profile, _ = select_profile(detect(options.sysroot), options.profile)
-    name = profile.default_model
     if announce:
-        ui.info(f"no -m given: using the {profile.name} profile's model, {name}")
-    try:
-        return prepare(name, options, loading=True)
-    except (ModelNotFoundError, DownloadError) as exc:
-        hint = exc.hint or f"edgellm pull {name}"
-        if "-m" not in hint:
-            hint += "; or pass a file: edgellm chat -m ~/models/model.gguf"
-        raise type(exc)(
-            f"no -m given, so chat wants the {profile.name} profile's model {name}: {exc.message}", hint=hint
-        ) from None
+        ui.info(f"loading {spec}" if spec else "no -m given: loading the device profile's default model")
+    return prepare(spec, options, loading=True)

@@ -6,6 +6,7 @@ planner so the planner stays pure.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
 
-from edgellm.errors import PlanError
+from edgellm.errors import DownloadError, ModelNotFoundError, PlanError
 from edgellm.hardware import Device, detect
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import REFUSAL_HINT, Plan, make_plan
@@ -72,9 +73,20 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
     costs nothing extra."""
     device = detect(options.sysroot)
     profile, reason = select_profile(device, options.profile)
-    spec = spec or profile.default_model
     # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
-    model = resolve_model(spec, yes=yes, fetch=require_fit, device=device, profile=profile, ctx=options.ctx, mem_budget=options.mem_budget)
+    resolve = functools.partial(resolve_model, yes=yes, fetch=require_fit, device=device, profile=profile,
+                                ctx=options.ctx, mem_budget=options.mem_budget)
+    if spec:
+        model = resolve(spec)
+    else:
+        try:
+            model = resolve(profile.default_model)
+        except (ModelNotFoundError, DownloadError) as exc:
+            hint = (exc.hint + "; " if exc.hint else "") + "or pass a file with -m ~/models/model.gguf"
+            raise type(exc)(
+                f"no -m given, so edgellm wants the {profile.name} profile's model {profile.default_model}: {exc.message}",
+                hint=hint,
+            ) from None
     plan = make_plan(
         model,
         device,
