@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgellm import __version__
+from edgellm import __version__, hardware
 from edgellm.errors import EdgeLLMError, ModelNotFoundError, PlanError, UsageError
 
 DEFAULT_PROMPT = 512
@@ -76,15 +76,11 @@ def parse_duration(text: str) -> float:
 
 
 def parse_cpu_list(text: str) -> list[int]:
-    """'4-7' or '0,2,4' -> CPU ids."""
-    cpus: list[int] = []
-    for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not match:
-            raise UsageError(f"--cores {text!r}: expected big, all, or CPU ids like 4-7 or 0,2")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        cpus.extend(range(first, last + 1))
-    return sorted(set(cpus))
+    """'4-7' or '0,2,4' -> CPU ids (the kernel's CPU-list format, as hardware reads it)."""
+    cpus = hardware.parse_cpu_list(text)
+    if not cpus:
+        raise UsageError(f"--cores {text!r}: expected big, all, or CPU ids like 4-7 or 0,2")
+    return cpus
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,18 +240,11 @@ class HeatProbe:
 
 
 def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
+    return hardware.read_text(path.parent, path.name)
 
 
 def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
-    try:
-        return int(text) if text else None
-    except ValueError:
-        return None
+    return hardware.read_int(path.parent, path.name)
 
 
 @dataclass

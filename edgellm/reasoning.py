@@ -26,8 +26,8 @@ class _State(Enum):
     ANSWER = 2
 
 
-def _held_prefix_length(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+def held_prefix_length(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag` (it may complete in the next chunk)."""
     for length in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:length]):
             return length
@@ -98,7 +98,7 @@ class ReasoningSplitter:
                 self._state = _State.ANSWER
                 self._at_answer_start = True
                 continue
-            keep = _held_prefix_length(self._buffer, CLOSE_TAG)
+            keep = held_prefix_length(self._buffer, CLOSE_TAG)
             release = self._buffer[: len(self._buffer) - keep]
             if release:
                 out.append((REASONING, release))

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgellm import ui
 from edgellm.errors import ContextOverflowError, EdgeLLMError, UsageError
-from edgellm.reasoning import REASONING
+from edgellm.reasoning import REASONING, held_prefix_length
 from edgellm.runtime import GenerationStats, SamplingParams, TextEvent
 
 DEFAULT_QUEUE_SIZE = 8
@@ -616,21 +616,13 @@ class StopFilter:
         if cut >= 0:
             out, self.buffer, self.stopped = self.buffer[:cut], "", True
             return out
-        keep = max(_prefix_at_end(self.buffer, stop) for stop in self.stops)
+        keep = max(held_prefix_length(self.buffer, stop) for stop in self.stops)
         out, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
         return out
 
     def flush(self) -> str:
         out, self.buffer = self.buffer, ""
         return out
-
-
-def _prefix_at_end(text: str, stop: str) -> int:
-    """Length of the longest end of `text` that begins `stop` (it may complete in the next token)."""
-    for length in range(min(len(stop) - 1, len(text)), 0, -1):
-        if text.endswith(stop[:length]):
-            return length
-    return 0
 
 
 class Reply:
