@@ -88,38 +88,14 @@ def parse_cpu_list(text: str) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _builtin_shapes() -> dict[str, Any]:
-    from edgellm import synthetic
+def _synthetic_shape(name: str) -> Any:
+    """A catalog model's architecture, or the test suite's tiny shape."""
+    from edgellm import catalog, synthetic
 
-    # Until edgellm.catalog knows the shapes; catalog names are the source of truth once it does.
-    return {
-        "deepseek-r1-1.5b": synthetic.QWEN2_1_5B,
-        "deepseek-r1-7b": synthetic.QWEN2_7B,
-        "tiny": synthetic.TINY,
-    }
-
-
-def _catalog_shape(name: str) -> Any:
-    """The catalog entry's architecture as a synthetic.ModelShape, when edgellm.catalog knows `name`."""
-    from edgellm import synthetic
-
-    try:
-        from edgellm import catalog
-    except ImportError:
-        return None
-    find_entry = getattr(catalog, "find_entry", None)
-    entry = find_entry(name) if callable(find_entry) else None
-    shape = getattr(entry, "shape", None)
-    if shape is None:
-        return None
-    try:
-        return synthetic.ModelShape(
-            n_layers=shape.layers, n_embd=shape.hidden, n_head=shape.heads, n_head_kv=shape.kv_heads,
-            n_ff=shape.ffn, n_vocab=shape.vocab, arch=shape.arch, context_length=shape.context,
-            tied_embeddings=shape.tied_embeddings,
-        )
-    except (AttributeError, ValueError):  # an architecture the synthetic builder does not write
-        return None
+    if name == "tiny":
+        return synthetic.TINY
+    entry = catalog.find_entry(name)
+    return entry.shape if entry is not None else None
 
 
 def synthetic_spec(spec: str) -> tuple[str, str, Any]:
@@ -128,12 +104,13 @@ def synthetic_spec(spec: str) -> tuple[str, str, Any]:
 
     name, _, quant = spec.partition(":")
     name, quant = name.strip().lower(), (quant.strip() or "Q4_K_M").upper()
-    shapes = _builtin_shapes()
-    shape = _catalog_shape(name) or shapes.get(name)
+    shape = _synthetic_shape(name)
     if shape is None:
+        from edgellm import catalog
+
         raise ModelNotFoundError(
             f"no synthetic shape for '{name}'",
-            hint="edgellm bench --synthetic " + " or ".join(sorted(n for n in shapes if n != "tiny")),
+            hint="edgellm bench --synthetic NAME, with a name from `edgellm models`: " + ", ".join(sorted(catalog.load_catalog())),
         )
     try:
         synthetic.quant_types(shape, quant)

@@ -16,7 +16,7 @@ from typing import Any
 
 from edgellm.errors import EdgeLLMError
 from edgellm.hardware import Device
-from edgellm.modelinfo import ModelInfo
+from edgellm.modelinfo import ModelInfo, ModelShape
 from edgellm.planner import RUNTIME_OVERHEAD_BYTES, Plan, make_plan
 from edgellm.profiles import Profile
 from edgellm.units import format_size
@@ -39,37 +39,6 @@ class CatalogError(EdgeLLMError):
 
 
 @dataclass(frozen=True)
-class Shape:
-    """The architecture facts the planner needs, as written in catalog.toml."""
-
-    arch: str
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    vocab: int
-    context: int
-    tied_embeddings: bool
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def parameter_count(self) -> int:
-        """Weights in the model: embeddings (+ untied output), attention, FFN and norms."""
-        kv_width = self.kv_heads * self.head_dim
-        per_layer = (
-            2 * self.hidden * self.hidden  # q and o projections
-            + 2 * self.hidden * kv_width  # k and v projections
-            + 3 * self.hidden * self.ffn  # gate, up, down
-            + 2 * self.hidden  # norms
-        )
-        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        return embeddings + self.layers * per_layer + self.hidden
-
-
-@dataclass(frozen=True)
 class QuantFile:
     quant: str
     filename: str
@@ -83,7 +52,7 @@ class CatalogEntry:
     repo: str
     revision: str
     license: str
-    shape: Shape
+    shape: ModelShape
     files: dict[str, QuantFile]
     thinks: bool = False
 
@@ -93,18 +62,18 @@ class CatalogEntry:
         size = size if size is not None else self.files[quant].size
         shape = self.shape
         bits_per_weight = size * 8 / max(shape.parameter_count(), 1)
-        embedding_bytes = int(shape.vocab * shape.hidden * bits_per_weight / 8)
+        embedding_bytes = int(shape.n_vocab * shape.n_embd * bits_per_weight / 8)
         return ModelInfo(
             arch=shape.arch,
-            n_layers=shape.layers,
-            n_embd=shape.hidden,
-            n_head=shape.heads,
-            n_head_kv=shape.kv_heads,
+            n_layers=shape.n_layers,
+            n_embd=shape.n_embd,
+            n_head=shape.n_head,
+            n_head_kv=shape.n_head_kv,
             head_dim_k=shape.head_dim,
             head_dim_v=shape.head_dim,
-            n_ff=shape.ffn,
-            n_vocab=shape.vocab,
-            context_length=shape.context,
+            n_ff=shape.n_ff,
+            n_vocab=shape.n_vocab,
+            context_length=shape.context_length,
             quant=quant,
             weights_bytes=size,
             bytes_per_token=size if shape.tied_embeddings else size - embedding_bytes,
@@ -157,10 +126,12 @@ def parse_catalog(text: str) -> dict[str, CatalogEntry]:
     for name, table in data.get("models", {}).items():
         where = f"models.{name}"
         shape_table = _require(table, "shape", dict, where)
-        shape = Shape(
+        sizes = {key: _require(shape_table, key, int, f"{where}.shape")
+                 for key in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "context")}
+        shape = ModelShape(
+            n_layers=sizes["layers"], n_embd=sizes["hidden"], n_head=sizes["heads"], n_head_kv=sizes["kv_heads"],
+            n_ff=sizes["ffn"], n_vocab=sizes["vocab"], context_length=sizes["context"],
             arch=_require(shape_table, "arch", str, f"{where}.shape"),
-            **{key: _require(shape_table, key, int, f"{where}.shape")
-               for key in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "context")},
             tied_embeddings=_require(shape_table, "tied_embeddings", bool, f"{where}.shape"),
         )
         files = {

@@ -53,6 +53,51 @@ SUPPORTED_ARCHS = frozenset({
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """The hyperparameters that decide a decoder-only model's tensors (head_dim = n_embd // n_head).
+
+    The catalog describes its models with it (so plans work before a download) and the synthetic
+    builder writes GGUF files of it.
+    """
+
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    arch: str = "qwen2"
+    context_length: int = 4096
+    rope_theta: float = 10000.0
+    tied_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.n_layers, self.n_embd, self.n_head, self.n_head_kv, self.n_ff, self.n_vocab) <= 0:
+            raise ValueError("every size must be positive")
+        if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
+            raise ValueError("n_embd must be a multiple of n_head, and n_head of n_head_kv")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_embd_kv(self) -> int:
+        return self.head_dim * self.n_head_kv
+
+    def parameter_count(self) -> int:
+        """Weights in the model: embeddings (+ untied output), attention, FFN and norms."""
+        per_layer = (
+            2 * self.n_embd * self.n_embd  # q and o projections
+            + 2 * self.n_embd * self.n_embd_kv  # k and v projections
+            + 3 * self.n_embd * self.n_ff  # gate, up, down
+            + 2 * self.n_embd  # norms
+        )
+        embeddings = self.n_vocab * self.n_embd * (1 if self.tied_embeddings else 2)
+        return embeddings + self.n_layers * per_layer + self.n_embd
+
+
+@dataclass(frozen=True)
 class TensorInfo:
     name: str
     shape: tuple[int, ...]

@@ -29,6 +29,8 @@ from typing import Any, cast
 import gguf
 import numpy as np
 
+from edgellm.modelinfo import ModelShape
+
 QT = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType
 
@@ -53,38 +55,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 SUPPORTED_ARCHS = ("qwen2", "llama")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The hyperparameters that decide a decoder-only model's tensors (head_dim = n_embd // n_head)."""
-
-    n_layers: int
-    n_embd: int
-    n_head: int
-    n_head_kv: int
-    n_ff: int
-    n_vocab: int
-    arch: str = "qwen2"
-    context_length: int = 4096
-    rope_theta: float = 10000.0
-    tied_embeddings: bool = False
-
-    def __post_init__(self) -> None:
-        if self.arch not in SUPPORTED_ARCHS:
-            raise ValueError(f"unsupported arch {self.arch!r} (supported: {', '.join(SUPPORTED_ARCHS)})")
-        if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
-            raise ValueError("n_embd must be a multiple of n_head, and n_head of n_head_kv")
-        if min(self.n_layers, self.n_embd, self.n_head, self.n_head_kv, self.n_ff, self.n_vocab) <= 0:
-            raise ValueError("every size must be positive")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def n_embd_kv(self) -> int:
-        return self.head_dim * self.n_head_kv
 
 
 # DeepSeek-R1-Distill-Qwen-1.5B / -7B (config.json of each; both have untied embeddings).
@@ -323,6 +293,8 @@ def _layer_of(name: str) -> int:
 def tensor_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
     """Every tensor's ggml shape (ne[0] first), in the order llama.cpp's quantizer writes them:
     non-layer tensors by name, then layer by layer, by name within a layer (weight_name_comparer)."""
+    if shape.arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"unsupported arch {shape.arch!r} (supported: {', '.join(SUPPORTED_ARCHS)})")
     e, kv, ff, v = shape.n_embd, shape.n_embd_kv, shape.n_ff, shape.n_vocab
     out: dict[str, tuple[int, ...]] = {"token_embd.weight": (e, v), "output_norm.weight": (e,)}
     if not shape.tied_embeddings:
