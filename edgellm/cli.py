@@ -270,6 +270,8 @@ def run(
     if json_output and jsonl:
         raise UsageError("--json and --jsonl cannot be combined")
     runner.resolve_think(think)
+    if grammar is not None and schema is not None:
+        raise UsageError("use --grammar or --schema, not both", hint="a JSON Schema is turned into a grammar itself")
     sampling = SamplingParams(
         max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed,
         grammar=_read_text_file(grammar, "--grammar"), json_schema=_read_text_file(schema, "--schema"),
@@ -298,11 +300,21 @@ def run(
         engine.close()
 
 
+MAX_CONSTRAINT_FILE_BYTES = 1024 * 1024  # grammars and schemas are KiBs; llama.cpp's limit is far lower
+
+
 def _read_text_file(path: Optional[Path], option: str) -> Optional[str]:
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8")
+        # Only regular files: a FIFO or a device would block or never end.
+        if not path.is_file():
+            raise UsageError(f"{option} {path}: {'no such file' if not path.exists() else 'not a regular file'}")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONSTRAINT_FILE_BYTES + 1)
+        if len(data) > MAX_CONSTRAINT_FILE_BYTES:
+            raise UsageError(f"{option} {path}: larger than {MAX_CONSTRAINT_FILE_BYTES // 1024} KiB")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{option} {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
 

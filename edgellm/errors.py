@@ -61,3 +61,7 @@ class ModelNotFoundError(EdgeLLMError):
 
 class DownloadError(EdgeLLMError):
     """A download that failed: network, repo, gated, missing quant, checksum, disk, offline."""
+
+
+class GrammarError(EdgeLLMError):
+    """A GBNF grammar or JSON Schema that llama.cpp would refuse (or crash on)."""

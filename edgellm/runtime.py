@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import ctypes
 import functools
+import json
 import os
 import resource
 import sys
@@ -24,9 +25,11 @@ from edgellm.errors import (
     ContextOverflowError,
     EdgeLLMError,
     GenerationError,
+    GrammarError,
     ModelFileError,
     RuntimeUnavailableError,
 )
+from edgellm.grammar import check_grammar
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import Plan
 from edgellm.reasoning import ReasoningSplitter
@@ -210,6 +213,8 @@ def _without_extra_buffer_types(llama_cpp: ModuleType, enabled: bool) -> Iterato
 
 
 GGML_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
+# Real schemas (tools, structured replies) are a few KiB; llama-cpp-python's converter is slow on huge ones.
+MAX_SCHEMA_CHARS = 64 * 1024
 
 
 class Engine:
@@ -248,6 +253,7 @@ class Engine:
         self._llama_cpp = llama_cpp
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._formatter = self._make_formatter()
+        self._grammar_cache: dict[str, None] = {}  # grammars already checked, oldest first
 
     # --- prompt formatting -----------------------------------------------------------------------
 
@@ -328,6 +334,8 @@ class Engine:
         if params.seed is not None:
             llm.set_seed(params.seed)
         grammar = self._grammar(params)
+        # Under a grammar, end-of-generation means the grammar is complete: stop even with ignore_eos.
+        stop_at_eog = not params.ignore_eos or grammar is not None
         split = params.split_reasoning
         splitter = ReasoningSplitter(opened_by_template=opened_by_template and split, thinks=self.model.thinks and split)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -356,7 +364,7 @@ class Engine:
             for token in stream:
                 if generated == 0:
                     first_at = time.perf_counter()
-                if not params.ignore_eos and is_eog(vocab, token):
+                if stop_at_eog and is_eog(vocab, token):
                     finish = "stop"
                     break
                 generated += 1
@@ -390,17 +398,76 @@ class Engine:
         stats.finish_reason = finish
         stats.context_used = int(self.llm.n_tokens)
 
+    def grammar_text(self, params: SamplingParams) -> str | None:
+        """The GBNF text for params (a JSON Schema converted), checked so llama.cpp cannot crash on it.
+
+        Raises GrammarError with a one-line reason. Callers that can (serve) call this before a
+        generation slot is taken; generate_tokens calls it again and gets the cached answer.
+        """
+        if params.grammar and params.json_schema:
+            raise GrammarError("use either a grammar or a JSON schema, not both")
+        if params.json_schema:
+            return self._schema_grammar(params.json_schema)
+        if params.grammar:
+            return self._checked_grammar(params.grammar)
+        return None
+
+    def _schema_grammar(self, schema_text: str) -> str:
+        if len(schema_text) > MAX_SCHEMA_CHARS:
+            raise GrammarError(f"invalid JSON schema: it is larger than {MAX_SCHEMA_CHARS // 1024} KiB")
+        try:
+            schema = json.loads(schema_text)
+        except (ValueError, RecursionError) as exc:
+            raise GrammarError(f"the JSON schema is not valid JSON: {_first_line(exc)}") from None
+        if not isinstance(schema, (dict, bool)):
+            raise GrammarError(f"invalid JSON schema: expected an object, got {type(schema).__name__}")
+        empty = _empty_choice(schema)
+        if empty is not None:
+            raise GrammarError(f"invalid JSON schema: an empty '{empty}' list matches no value")
+        refs = _schema_refs(schema)
+        remote = next((ref for ref in refs if not ref.startswith("#/")), None)
+        if remote is not None:
+            # llama-cpp-python's converter would fetch https:// refs: a request must never make the
+            # server reach the network.
+            raise GrammarError(f"invalid JSON schema: only local '#/...' $ref are supported, not '{remote[:80]}'")
+        load_llama_cpp()
+        from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415
+
+        try:
+            text = json_schema_to_gbnf(json.dumps(schema))
+        except Exception as exc:  # AssertionError, KeyError, ValueError, RecursionError from the converter
+            raise GrammarError(f"unsupported JSON schema: {type(exc).__name__}: {_first_line(exc)}") from None
+        try:
+            return self._checked_grammar(text)
+        except GrammarError as exc:
+            raise GrammarError(f"unsupported JSON schema: the grammar made from it is unusable ({exc.message})") from None
+
+    def _checked_grammar(self, text: str) -> str:
+        if text in self._grammar_cache:
+            return text
+        parsed = check_grammar(text)
+        for token in parsed.tokens:
+            ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)  # llama.cpp tokenizes it with the brackets
+            if len(ids) != 1:
+                raise GrammarError(f"invalid grammar: {token} is not one token of this model's vocabulary")
+        # The last word is llama.cpp's own: a grammar it cannot use comes back as NULL, which must
+        # never reach the sampler chain.
+        sampler = self._llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"), b"root")
+        if not sampler:
+            raise GrammarError("invalid grammar: llama.cpp refused it (see its message above)")
+        self._llama_cpp.llama_sampler_free(sampler)
+        if len(self._grammar_cache) >= 16:
+            self._grammar_cache.pop(next(iter(self._grammar_cache)))
+        self._grammar_cache[text] = None
+        return text
+
     def _grammar(self, params: SamplingParams) -> Any:
-        if not params.grammar and not params.json_schema:
+        text = self.grammar_text(params)
+        if text is None:
             return None
         from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
 
-        try:
-            if params.json_schema:
-                return LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
-            return LlamaGrammar.from_string(params.grammar or "", verbose=False)
-        except Exception as exc:
-            raise GenerationError(f"invalid grammar: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        return LlamaGrammar.from_string(text, verbose=False)
 
     @functools.cached_property
     def _think_tokens(self) -> frozenset[int]:
@@ -425,6 +492,42 @@ class GenerationInterrupted(Exception):
         self.stats = stats
         # Text the reasoning splitter was still holding (a possible tag); it belongs to the reply.
         self.held = held or []
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _schema_refs(schema: Any) -> list[str]:
+    """Every $ref in a JSON schema (iterative: a hostile schema may nest deeper than the recursion limit)."""
+    refs: list[str] = []
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref is not None:
+                refs.append(ref if isinstance(ref, str) else repr(ref))
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return refs
+
+
+def _empty_choice(schema: Any) -> str | None:
+    """'enum', 'anyOf', 'oneOf' or 'allOf' when one of them is an empty list somewhere in the schema."""
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            for key in ("enum", "anyOf", "oneOf", "allOf"):
+                if node.get(key) == []:
+                    return key
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return None
 
 
 def _opens_think(prompt: str) -> bool:
