@@ -607,6 +607,8 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")] = False,
     alias: Annotated[Optional[str], typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
+    cors: Annotated[Optional[list[str]], typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
     queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while one generates; more get 503.")] = 8,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
     ctx: CtxOpt = None,
@@ -636,7 +638,8 @@ def serve(
     model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
     ui.info(f"loading {model_id}: context {plan_.n_ctx}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
     engine = Engine(prepared.model, plan_)
-    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=max_tokens or plan_.n_ctx, queue_size=queue)
+    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=max_tokens or plan_.n_ctx, queue_size=queue,
+                                 allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []))
     url = server.url_of(sock)
     ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
     try:

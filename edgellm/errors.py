@@ -65,3 +65,7 @@ class DownloadError(EdgeLLMError):
 
 class GrammarError(EdgeLLMError):
     """A GBNF grammar or JSON Schema that llama.cpp would refuse (or crash on)."""
+
+
+class EmptyPromptError(EdgeLLMError):
+    """A prompt with no tokens: there is nothing to generate from."""

@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from edgellm.errors import (
     ContextOverflowError,
     EdgeLLMError,
+    EmptyPromptError,
     GenerationError,
     GrammarError,
     ModelFileError,
@@ -150,6 +152,14 @@ class GenerationStats:
 Event = TextEvent | GenerationStats
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt ready to generate from: its tokens, and whether the chat template opened <think>."""
+
+    tokens: list[int]
+    opens_think: bool = False
+
+
 def peak_rss_bytes() -> int:
     """The process's peak resident set size so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -254,6 +264,8 @@ class Engine:
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._formatter = self._make_formatter()
         self._grammar_cache: dict[str, None] = {}  # grammars already checked, oldest first
+        self._grammar_lock = threading.Lock()  # serve checks grammars outside the generation thread
+        self.last_generated = 0  # tokens of the current or last generation, also when it was closed early
 
     # --- prompt formatting -----------------------------------------------------------------------
 
@@ -295,8 +307,38 @@ class Engine:
             raise GenerationError(f"the model's chat template failed: {exc}") from None
 
     def tokenize(self, text: str) -> list[int]:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise GenerationError("the text is not valid Unicode (it holds an unpaired surrogate)") from None
         # The template already wrote the BOS token when the model wants one.
-        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=self._formatter is None, special=True))
+        return list(self.llm.tokenize(data, add_bos=self._formatter is None, special=True))
+
+    def prompt_from_messages(self, messages: list[dict[str, str]]) -> Prompt:
+        return self.prompt_from_text(self.format_messages(messages))
+
+    def prompt_from_text(self, text: str) -> Prompt:
+        """Tokenize, and refuse what cannot be generated from (empty, or longer than the context).
+
+        Safe to call from another thread while this engine generates (serve does it, so template
+        and tokenizer work never holds the generation slot)."""
+        tokens = self.tokenize(text)
+        self.check_prompt(tokens)
+        return Prompt(tokens, _opens_think(text))
+
+    def check_prompt(self, tokens: list[int]) -> None:
+        if not tokens:
+            raise EmptyPromptError("the prompt is empty", hint="give the model some text to continue")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx} (n_ctx)",
+                hint="shorten the input or raise --ctx (the planner checks it fits in memory)",
+            )
+
+    @functools.cached_property
+    def max_piece_bytes(self) -> int:
+        """The longest token's text in bytes: a text of N bytes is at least N / this many tokens."""
+        return max((len(self._piece(token, special=True)) for token in range(self.llm.n_vocab())), default=1) or 1
 
     @property
     def n_ctx(self) -> int:
@@ -314,19 +356,17 @@ class Engine:
         yield from self.generate_from_prompt(prompt, params)
 
     def generate_from_prompt(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Event]:
-        params = params or SamplingParams()
-        tokens = self.tokenize(prompt)
-        yield from self.generate_tokens(tokens, params, opened_by_template=_opens_think(prompt))
+        yield from self.generate_prompt(self.prompt_from_text(prompt), params or SamplingParams())
+
+    def generate_prompt(self, prompt: Prompt, params: SamplingParams) -> Iterator[Event]:
+        yield from self.generate_tokens(prompt.tokens, params, opened_by_template=prompt.opens_think)
 
     def generate_tokens(
         self, tokens: list[int], params: SamplingParams, *, opened_by_template: bool = False
     ) -> Iterator[Event]:
+        self.last_generated = 0
+        self.check_prompt(tokens)
         n_ctx = self.n_ctx
-        if len(tokens) >= n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but the context holds {n_ctx} (n_ctx)",
-                hint="shorten the input or raise --ctx (the planner checks it fits in memory)",
-            )
         room = n_ctx - len(tokens)
         max_tokens = min(params.max_tokens, room) if params.max_tokens else room
         llm = self.llm
@@ -368,6 +408,7 @@ class Engine:
                     finish = "stop"
                     break
                 generated += 1
+                self.last_generated = generated
                 text = decoder.decode(piece(token, token in think_tags))
                 if text:
                     for kind, chunk in splitter.feed(text):
@@ -443,8 +484,9 @@ class Engine:
             raise GrammarError(f"unsupported JSON schema: the grammar made from it is unusable ({exc.message})") from None
 
     def _checked_grammar(self, text: str) -> str:
-        if text in self._grammar_cache:
-            return text
+        with self._grammar_lock:
+            if text in self._grammar_cache:
+                return text
         parsed = check_grammar(text)
         for token in parsed.tokens:
             ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)  # llama.cpp tokenizes it with the brackets
@@ -456,9 +498,10 @@ class Engine:
         if not sampler:
             raise GrammarError("invalid grammar: llama.cpp refused it (see its message above)")
         self._llama_cpp.llama_sampler_free(sampler)
-        if len(self._grammar_cache) >= 16:
-            self._grammar_cache.pop(next(iter(self._grammar_cache)))
-        self._grammar_cache[text] = None
+        with self._grammar_lock:
+            if len(self._grammar_cache) >= 16:
+                self._grammar_cache.pop(next(iter(self._grammar_cache)))
+            self._grammar_cache[text] = None
         return text
 
     def _grammar(self, params: SamplingParams) -> Any:

@@ -33,11 +33,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from edgellm import ui
-from edgellm.errors import ContextOverflowError, EdgeLLMError, UsageError
+from edgellm import guards, ui
+from edgellm.errors import ContextOverflowError, EdgeLLMError, EmptyPromptError, GrammarError, UsageError
 from edgellm.reasoning import REASONING, held_prefix_length
-from edgellm.runtime import GenerationStats, SamplingParams, TextEvent
+from edgellm.runtime import GenerationStats, Prompt, SamplingParams, TextEvent
 
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -46,6 +47,8 @@ RETRY_AFTER_SECONDS = 5
 # client is still there; streaming responses are also cancelled by Starlette as soon as it notices.
 DISCONNECT_POLL_SECONDS = 0.25
 SHUTDOWN_GRACE_SECONDS = 5
+# A body has this long to arrive once its head has: a client trickling bytes holds nothing longer.
+BODY_TIMEOUT_SECONDS = 30
 
 
 @dataclass
@@ -55,6 +58,9 @@ class ServerConfig:
     max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
     queue_size: int = DEFAULT_QUEUE_SIZE  # requests that may wait while one generates
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # None: any Host header (a public bind, protected by the key); else loopback names plus these.
+    allowed_hosts: list[str] | None = None
+    cors_origins: list[str] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -146,7 +152,7 @@ class SamplingFields(BaseModel):
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # validated strictly: true is not 1
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
@@ -190,6 +196,10 @@ class CompletionRequest(SamplingFields):
 # --- the generation slot -------------------------------------------------------------------------
 
 
+class QueueFull(Exception):
+    """Every place in the queue is taken."""
+
+
 class GenerationSlot:
     """One generation at a time, first come first served, with at most `queue_size` waiting."""
 
@@ -205,19 +215,38 @@ class GenerationSlot:
     def has_room(self) -> bool:
         return not self.busy or self.waiting < self.queue_size
 
-    async def acquire(self) -> None:
-        if not self.busy and not self._waiters:
+    def reserve(self) -> asyncio.Future[None] | None:
+        """Take the slot (None) or a place in the queue (a future: done when the slot is ours).
+
+        Synchronous, so that no other request can pass the room check between the check and the
+        reservation (with --queue 1, four simultaneous requests were all let in).
+        """
+        if not self.busy and not self.waiting:
             self.busy = True
-            return
+            return None
+        if self.waiting >= self.queue_size:
+            raise QueueFull()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        return waiter
+
+    def give_up(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter leaves the queue; if the slot was handed to it meanwhile, it passes on."""
+        if waiter.done() and not waiter.cancelled():
+            self.release()
+        else:
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    async def acquire(self) -> None:
+        waiter = self.reserve()
+        if waiter is None:
+            return
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed the slot just as we gave up: pass it on
-            else:
-                self._waiters.remove(waiter)
+            self.give_up(waiter)
             raise
 
     def release(self) -> None:
@@ -367,6 +396,8 @@ class Server:
         self.config = config
         self.slot = GenerationSlot(config.queue_size)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-generate")
+        self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-prepare")
+        self.max_piece_bytes = int(getattr(engine, "max_piece_bytes", 256))
         self.active_jobs: set[GenerationJob] = set()
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -379,21 +410,22 @@ class Server:
         """Wait for the slot (or 503 when the queue is full), then start generating in the worker."""
         if self.draining:
             raise _shutting_down()
-        if not self.slot.has_room():
+        try:
+            waiter = self.slot.reserve()
+        except QueueFull:
             raise APIError(
                 503,
                 f"the server is busy: one generation is running and {self.slot.waiting} requests are waiting",
                 type="server_error",
                 code="queue_full",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        acquiring = asyncio.ensure_future(self.slot.acquire())
-        try:
-            await wait_watching_client(acquiring, request)
-        except BaseException:
-            if not acquiring.cancel() and not acquiring.cancelled() and acquiring.exception() is None:
-                self.slot.release()  # it had acquired just before we gave up
-            raise
+            ) from None
+        if waiter is not None:
+            try:
+                await wait_watching_client(waiter, request)
+            except BaseException:
+                self.slot.give_up(waiter)
+                raise
         if self.draining:
             self.slot.release()
             raise _shutting_down()
@@ -424,7 +456,9 @@ class Server:
         """Stop in-flight generation and wait for the worker to let go of the engine."""
         self.draining = True
         self.cancel_all()
-        await asyncio.get_running_loop().run_in_executor(None, self.worker.shutdown, True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.preparer.shutdown, True)
+        await loop.run_in_executor(None, self.worker.shutdown, True)
 
     # -- the app --
 
@@ -444,7 +478,11 @@ class Server:
         app.add_exception_handler(Exception, _unexpected_error_handler)
 
         @app.get("/health")
-        async def health() -> dict[str, Any]:
+        async def health(request: Request) -> dict[str, Any]:
+            # Liveness for anyone (load balancers, systemd checks); what is served and how busy
+            # it is only for those who hold the key.
+            if not self.is_authorized(request):
+                return {"status": "ok"}
             return {"status": "ok", "model": self.config.model_id, "busy": self.slot.busy, "queued": self.slot.waiting}
 
         @app.get("/v1/models")
@@ -461,27 +499,39 @@ class Server:
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Response:
             self.authorize(request)
-            body = ChatCompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=False)
+            require_json(request)
+            body = ChatCompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
             return await self.chat(request, body)
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
             self.authorize(request)
-            body = CompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=False)
+            require_json(request)
+            body = CompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
             return await self.complete(request, body)
 
-        return RequestLog(app)  # type: ignore[return-value]
+        wrapped: Any = app
+        if self.config.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware  # noqa: PLC0415
+
+            wrapped = CORSMiddleware(wrapped, allow_origins=self.config.cors_origins, allow_methods=["GET", "POST"],
+                                     allow_headers=["authorization", "content-type"], max_age=600)
+        if self.config.allowed_hosts is not None:
+            wrapped = guards.HostCheck(wrapped, self.config.allowed_hosts)
+        return RequestLog(wrapped)  # type: ignore[return-value]
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.config.model_id, "object": "model", "created": self.config.created, "owned_by": "edgellm"}
 
-    def authorize(self, request: Request) -> None:
+    def is_authorized(self, request: Request) -> bool:
         key = self.config.api_key
         if key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), key.encode()):
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode("utf-8", "replace"), key.encode())
+
+    def authorize(self, request: Request) -> None:
+        if not self.is_authorized(request):
             raise APIError(
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
@@ -542,15 +592,14 @@ class Server:
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
         ]
+        self.check_size(len(messages), sum(len(m["content"]) for m in messages), "messages")
         engine = self.engine
-
-        def count_stopped() -> int:
-            return int(engine.tokens_in_context) - len(engine.tokenize(engine.format_messages(messages)))
-
+        param = "response_format" if body.response_format is not None else "grammar"
+        prompt = await self.prepare(request, lambda: engine.prompt_from_messages(messages), params, param)
         # A raw `grammar` may spell out "...</think>answer" and is split like free text.
         reply = Reply(request, self, "chat.completion", body.stream, stop_strings(body.stop))
         return await reply.respond(
-            lambda: engine.generate(messages, params), count_stopped,
+            lambda: engine.generate_prompt(prompt, params), lambda: engine.last_generated,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
 
@@ -560,19 +609,51 @@ class Server:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise APIError(400, "send one prompt per request", param="prompt")
+        if not prompts[0]:
+            raise APIError(400, "the prompt is empty: give the model some text to continue", param="prompt")
         params = self.sampling(body, body.max_tokens)
         params.split_reasoning = False  # raw completions return the model's text as written, tags included
-        prompt = prompts[0]
+        text = prompts[0]
+        self.check_size(1, len(text), "prompt")
         engine = self.engine
-
-        def count_stopped() -> int:
-            return int(engine.tokens_in_context) - len(engine.tokenize(prompt))
-
+        prompt = await self.prepare(request, lambda: engine.prompt_from_text(text), params, "grammar")
         reply = Reply(request, self, "text_completion", body.stream, stop_strings(body.stop))
         return await reply.respond(
-            lambda: engine.generate_from_prompt(prompt, params), count_stopped,
+            lambda: engine.generate_prompt(prompt, params), lambda: engine.last_generated,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
+
+    def check_size(self, n_messages: int, n_chars: int, param: str) -> None:
+        """Refuse, without any template or tokenizer work, what cannot fit the context: every
+        message takes at least one token, and no token covers more than max_piece_bytes bytes."""
+        n_ctx = self.engine.n_ctx
+        if n_messages >= n_ctx:
+            raise APIError(400, f"{n_messages} messages cannot fit a context of {n_ctx} tokens", param=param,
+                           code="context_length_exceeded")
+        if n_chars > n_ctx * self.max_piece_bytes:
+            raise APIError(400, f"{n_chars} characters of input cannot fit a context of {n_ctx} tokens", param=param,
+                           code="context_length_exceeded")
+
+    async def prepare(self, request: Request, make_prompt: Callable[[], Prompt], params: SamplingParams, param: str) -> Prompt:
+        """Template, tokenizer and grammar work in the preparation thread, before the generation
+        slot is taken: a huge or hostile request costs its own time, not everyone's."""
+        engine = self.engine
+
+        def work() -> Prompt:
+            text = engine.grammar_text(params)
+            params.grammar, params.json_schema = text, None  # checked once; generation reuses it
+            return make_prompt()
+
+        future = asyncio.get_running_loop().run_in_executor(self.preparer, work)
+        # A client that leaves does not stop the work already running; its outcome is dropped.
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await wait_watching_client(future, request)
+        try:
+            return future.result()
+        except GrammarError as exc:
+            raise APIError(400, exc.message, param=param, code="invalid_grammar") from None
+        except EdgeLLMError as exc:
+            raise _as_api_error(exc) from None
 
 
 def _shutting_down() -> APIError:
@@ -807,12 +888,22 @@ def _as_api_error(error: BaseException) -> APIError:
         return error
     if isinstance(error, ContextOverflowError):
         return APIError(400, error.message, param="messages", code="context_length_exceeded")
+    if isinstance(error, EmptyPromptError):
+        return APIError(400, error.message, param="prompt")
     if isinstance(error, EdgeLLMError):
         return APIError(400, error.message)
     return APIError(500, f"generation failed: {type(error).__name__}: {error}", type="server_error")
 
 
 # --- request plumbing ----------------------------------------------------------------------------
+
+
+def require_json(request: Request) -> None:
+    """POST bodies must say they are JSON: a web page can send text/plain to any site without a
+    CORS preflight, so accepting it would let any page the user opens use a loopback server."""
+    if not guards.is_json_media_type(request.headers.get("content-type")):
+        raise APIError(415, "the request body must be JSON: send the header 'Content-Type: application/json'",
+                       code="unsupported_media_type")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -822,15 +913,21 @@ async def read_json(request: Request, limit: int) -> Any:
         raise APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
-    except ValueError as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        with anyio.fail_after(BODY_TIMEOUT_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone() from None  # left mid-body: a 499 in the log, not a 500
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {BODY_TIMEOUT_SECONDS} s", code="request_timeout") from None
+    try:
+        return guards.parse_json_body(b"".join(chunks))
+    except guards.BodyError as exc:
+        raise APIError(400, f"the request body is not acceptable: {exc}", code="invalid_json") from None
 
 
 def _validation_message(error: ValidationError) -> APIError:
@@ -928,6 +1025,14 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
+def allowed_hosts(bind_host: str, extra: list[str]) -> list[str] | None:
+    """The Host values to answer: on loopback, loopback names plus `extra`; elsewhere any (None),
+    unless `extra` names some (then loopback names plus those)."""
+    if is_loopback(bind_host) or extra:
+        return list(extra)
+    return None
+
+
 def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
     """Refuse to expose the model beyond this machine without a key (or an explicit --insecure)."""
     if is_loopback(host) or api_key or insecure:
@@ -986,7 +1091,11 @@ def serve(engine: Any, config: ServerConfig, sock: socket.socket) -> list[int]:
         lifespan="on",
         # A backstop: begin_shutdown cancels generation after the grace period, ending responses.
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 10,
-        limit_concurrency=max(64, 4 * (config.queue_size + 1)),
+        # No connection limit: uvicorn counts silent connections against it, so 63 idle sockets
+        # shut everyone out. Connections that send no request head in time are closed instead,
+        # and the generation queue bounds the real work.
+        limit_concurrency=None,
+        http=guards.head_deadline_protocol(),
     )
     server = SignalAwareServer(uv_config)
     received: list[int] = []

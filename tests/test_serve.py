@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from edgellm import synthetic
-from edgellm.serve import GenerationSlot, StopFilter, is_loopback
+from edgellm.serve import GenerationSlot, QueueFull, StopFilter, is_loopback
 from conftest import cli_env, run_cli
 
 API_KEY = "sk-edgellm-test"
@@ -128,7 +128,7 @@ def wait_idle(server: ServerProcess, deadline: float = 60) -> dict[str, Any]:
     """Poll /health until no generation runs (a deadline for a broken server, not a speed check)."""
     end = time.monotonic() + deadline
     while True:
-        status, _, body = http("GET", server.root + "/health")
+        status, _, body = http("GET", server.root + "/health", headers={"Authorization": f"Bearer {API_KEY}"})
         health = json.loads(body)
         if status == 200 and not health["busy"] and health["queued"] == 0:
             return health
@@ -327,7 +327,7 @@ def test_oversized_body_is_413_before_it_is_read(server: ServerProcess) -> None:
     with socket.create_connection((host, int(port)), timeout=60) as conn:
         # Declare 5 MiB and send none of it: the server answers from the headers alone.
         conn.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {5 * 1024 * 1024}\r\n\r\n".encode()
         )
         response = b""
@@ -484,9 +484,9 @@ def test_stop_filter_holds_back_a_possible_stop_sequence() -> None:
     assert free.feed("ab") + free.feed("xy") + free.feed("w") + free.flush() == "abxyw"
 
 
-def test_slot_is_first_come_first_served_and_bounded() -> None:
+def test_slot_is_first_come_first_served() -> None:
     async def scenario() -> list[str]:
-        slot = GenerationSlot(queue_size=2)
+        slot = GenerationSlot(queue_size=3)
         order: list[str] = []
         await slot.acquire()
         assert slot.busy and slot.has_room()
@@ -510,3 +510,20 @@ def test_slot_is_first_come_first_served_and_bounded() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["first", "second"]
+
+
+def test_slot_reservation_enforces_the_queue_bound_at_once() -> None:
+    # Issue 16, item 7: the room check and the reservation were split by an await, so with
+    # --queue 1 four simultaneous requests were all let in. Reservations are synchronous now.
+    async def scenario() -> None:
+        slot = GenerationSlot(queue_size=1)
+        assert slot.reserve() is None  # the slot itself
+        waiter = slot.reserve()
+        assert waiter is not None and slot.waiting == 1
+        with pytest.raises(QueueFull):
+            slot.reserve()
+        slot.give_up(waiter)
+        assert slot.waiting == 0
+        assert slot.reserve() is not None
+
+    asyncio.run(scenario())
