@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from edgellm import __version__, ui
-from edgellm.errors import EdgeLLMError, NotYetAvailableError, UsageError
+from edgellm.errors import EdgeLLMError, NotYetAvailableError, OutputError, UsageError
 from edgellm.units import parse_size
 
 app = typer.Typer(
@@ -65,6 +65,8 @@ def error_funnel(command: F) -> F:
             if _debug():
                 traceback.print_exc()
             ui.error(exc.message, exc.hint)
+            if isinstance(exc, OutputError):
+                _quiet_stdout()  # Python's exit flush would fail on the same stdout again
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError:
             _quiet_stdout()
@@ -269,6 +271,7 @@ def run(
 
     if json_output and jsonl:
         raise UsageError("--json and --jsonl cannot be combined")
+    ui.require_stdout()
     runner.resolve_think(think)
     if grammar is not None and schema is not None:
         raise UsageError("use --grammar or --schema, not both", hint="a JSON Schema is turned into a grammar itself")
@@ -652,6 +655,7 @@ def serve(
 
 def main() -> None:
     """Console-script entry point."""
+    ui.guard_stdout()
     try:
         app()
     except KeyboardInterrupt:  # Ctrl-C while parsing or importing, outside any command

@@ -69,3 +69,7 @@ class GrammarError(EdgeLLMError):
 
 class EmptyPromptError(EdgeLLMError):
     """A prompt with no tokens: there is nothing to generate from."""
+
+
+class OutputError(EdgeLLMError):
+    """stdout cannot be written: closed, a full disk, /dev/full."""

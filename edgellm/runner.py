@@ -6,9 +6,10 @@ warnings and errors go to stderr. `--json` prints one object, `--jsonl` one line
 
 from __future__ import annotations
 
+import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -75,49 +76,83 @@ def resolve_think(mode: str | None) -> str:
     return mode
 
 
-def stream_reply(events: Iterator[Any], think: str, out: IO[str]) -> Reply:
-    """Write an event stream to the terminal/pipe as it arrives; collect the reply."""
-    reply = Reply()
-    in_reasoning = False
-    for event in events:
+class StreamWriter:
+    """Writes events to the terminal or pipe as they arrive, collecting the reply as it goes."""
+
+    def __init__(self, think: str, out: IO[str]) -> None:
+        self.think = think
+        self.out = out
+        self.reply = Reply()
+        self.in_reasoning = False
+
+    def feed(self, event: Any) -> None:
         kind = getattr(event, "kind", None)
+        out = self.out
         if kind == ANSWER:
-            if in_reasoning and think == "show":
+            if self.in_reasoning and self.think == "show":
                 out.write("\n</think>\n\n")
-            in_reasoning = False
-            reply.answer.append(event.text)
+            self.in_reasoning = False
+            self.reply.answer.append(event.text)
             out.write(event.text)
             out.flush()
         elif kind == REASONING:
-            reply.reasoning.append(event.text)
-            if think == "show":
-                if not in_reasoning:
+            self.reply.reasoning.append(event.text)
+            if self.think == "show":
+                if not self.in_reasoning:
                     out.write("<think>\n")
                 out.write(event.text)
                 out.flush()
-            elif think == "stderr":
+            elif self.think == "stderr":
                 ui.write_reasoning(event.text)
-            in_reasoning = True
+            self.in_reasoning = True
         else:
-            reply.stats = event
-    if in_reasoning and think == "show":
-        out.write("\n</think>\n")
-    if in_reasoning and think == "stderr":
-        sys.stderr.write("\n")
-    return reply
+            self.reply.stats = event
+
+    def finish(self) -> Reply:
+        if self.in_reasoning and self.think == "show":
+            self.out.write("\n</think>\n")
+        if self.in_reasoning and self.think == "stderr":
+            sys.stderr.write("\n")
+        self.out.flush()
+        return self.reply
+
+
+def stream_reply(events: Iterator[Any], think: str, out: IO[str]) -> Reply:
+    """Write an event stream to the terminal/pipe as it arrives; collect the reply."""
+    writer = StreamWriter(think, out)
+    consume(events, writer.feed)
+    return writer.finish()
 
 
 def collect_reply(events: Iterator[Any]) -> Reply:
-    reply = Reply()
-    for event in events:
-        kind = getattr(event, "kind", None)
-        if kind == ANSWER:
-            reply.answer.append(event.text)
-        elif kind == REASONING:
-            reply.reasoning.append(event.text)
-        else:
-            reply.stats = event
-    return reply
+    writer = StreamWriter("hide", io.StringIO())
+    consume(events, writer.feed)
+    return writer.reply
+
+
+def consume(events: Iterator[Any], feed: Callable[[Any], None]) -> None:
+    """Feed every event; on Ctrl-C, feed what the engine still held, then raise GenerationInterrupted.
+
+    Ctrl-C lands either inside llama.cpp (the engine raises GenerationInterrupted) or here,
+    between tokens; then it is handed to the engine, which stops and reports the same way.
+    """
+    from edgellm.runtime import GenerationInterrupted  # noqa: PLC0415  (llama_cpp is loaded already)
+
+    try:
+        try:
+            for event in events:
+                feed(event)
+        except KeyboardInterrupt:
+            throw = getattr(events, "throw", None)
+            if throw is None:
+                raise
+            throw(KeyboardInterrupt())
+            raise  # the engine did not turn it into GenerationInterrupted: stop as plain Ctrl-C
+    except GenerationInterrupted as stopped:
+        for event in stopped.held:  # text the reasoning splitter held (a possible tag)
+            feed(event)
+        feed(stopped.stats)
+        raise
 
 
 def reply_json(reply: Reply, prompt: str | None = None) -> dict[str, Any]:
@@ -134,13 +169,26 @@ def reply_json(reply: Reply, prompt: str | None = None) -> dict[str, Any]:
 
 
 def run_one(engine: Any, request: RunRequest, prompt: str) -> int:
-    """Generate one reply; returns the exit code."""
+    """Generate one reply; returns the exit code. On Ctrl-C what was generated is still written
+    (with --json: the partial reply, finish_reason "interrupted"), then GenerationInterrupted rises."""
+    from edgellm.runtime import GenerationInterrupted  # noqa: PLC0415
+
     events = engine.generate(messages_for(prompt, request.system), request.sampling)
     if request.json_output:
-        reply = collect_reply(events)
-        ui.print_json(reply_json(reply))
+        writer = StreamWriter("hide", io.StringIO())
+        try:
+            consume(events, writer.feed)
+        finally:
+            ui.print_json(reply_json(writer.reply))
+        reply = writer.reply
     else:
-        reply = stream_reply(events, resolve_think(request.think), sys.stdout)
+        writer = StreamWriter(resolve_think(request.think), sys.stdout)
+        try:
+            consume(events, writer.feed)
+        except GenerationInterrupted:
+            writer.finish()
+            raise
+        reply = writer.finish()
         if sys.stdout.isatty() and not "".join(reply.answer).endswith("\n"):
             sys.stdout.write("\n")
         sys.stdout.flush()
@@ -150,15 +198,20 @@ def run_one(engine: Any, request: RunRequest, prompt: str) -> int:
 
 
 def run_jsonl(engine: Any, request: RunRequest, lines: str) -> int:
-    """One JSON line per non-empty input line, in order; the model stays loaded throughout."""
+    """One JSON line per non-empty input line, in order; the model stays loaded throughout.
+    On Ctrl-C the current line's partial reply is written too, finish_reason "interrupted"."""
     count = 0
     for line in lines.splitlines():
         if not line.strip():
             continue
         prompt = build_prompt(request.prompt, line)
-        reply = collect_reply(engine.generate(messages_for(prompt, request.system), request.sampling))
-        sys.stdout.write(json.dumps(reply_json(reply, prompt=line), ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        writer = StreamWriter("hide", io.StringIO())
+        try:
+            consume(engine.generate(messages_for(prompt, request.system), request.sampling), writer.feed)
+        finally:
+            sys.stdout.write(json.dumps(reply_json(writer.reply, prompt=line), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        reply = writer.reply
         count += 1
         if request.show_stats and reply.stats is not None:
             ui.print_stats(reply.stats)

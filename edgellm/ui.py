@@ -46,6 +46,83 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+# --- stdout that fails with one line ----------------------------------------------------------------
+
+
+class GuardedStdout:
+    """sys.stdout whose write errors (a full disk, /dev/full, a revoked terminal) become one
+    OutputError line instead of "unexpected OSError". A closed pipe stays BrokenPipeError: the
+    funnel ends quietly then, as `edgellm run ... | head -1` should."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class ClosedStdout:
+    """Stands in for a stdout that was closed before edgellm started (`edgellm run ... >&-`)."""
+
+    encoding = "utf-8"
+    closed_at_start = True
+
+    def write(self, text: str) -> int:
+        raise closed_stdout_error()
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError("stdout is closed")
+
+
+def _output_error(exc: OSError) -> Exception:
+    from edgellm.errors import OutputError  # noqa: PLC0415
+
+    return OutputError(f"cannot write to stdout: {exc.strerror or exc}", hint="check where stdout goes (disk space, the file or device)")
+
+
+def closed_stdout_error() -> Exception:
+    from edgellm.errors import OutputError  # noqa: PLC0415
+
+    return OutputError("stdout is closed, so there is nowhere to write the output",
+                       hint="redirect it to a file, or to /dev/null to discard it")
+
+
+def guard_stdout() -> None:
+    """Install GuardedStdout (or ClosedStdout) as sys.stdout; called once by the CLI's main()."""
+    if sys.stdout is None:
+        sys.stdout = ClosedStdout()  # type: ignore[assignment]
+    elif not isinstance(sys.stdout, (GuardedStdout, ClosedStdout)):
+        sys.stdout = GuardedStdout(sys.stdout)  # type: ignore[assignment]
+
+
+def require_stdout() -> None:
+    """Fail before any work when stdout was closed: the work's result could not be written."""
+    if getattr(sys.stdout, "closed_at_start", False):
+        raise closed_stdout_error()
+
+
 # --- detect ---------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,3 +152,63 @@ def test_ctrl_c_keeps_what_was_printed_and_exits_130(mid_model: Path, tmp_path: 
     assert process.returncode == 130, err.decode()
     assert b"interrupted" in err and b"Traceback" not in err
     assert (received + (rest or b"")).startswith(received) and len(received + (rest or b"")) >= 20
+
+
+# --- issue 16: what must never be lost, and output that cannot be written ---------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_no_prefill(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mid-size shape in F16 with the template that does not open <think>: the model must, so
+    until a tag appears everything it writes is held by the reasoning splitter (the case that lost
+    all output on Ctrl-C). F16 keeps it slow: tens of seconds for a few thousand tokens here."""
+    from conftest import MID_SHAPE, TEMPLATE_WITHOUT_THINK_PREFILL
+    from edgellm import synthetic
+
+    return synthetic.write_tiny_model(tmp_path_factory.mktemp("slow") / "mid-noprefill-F16.gguf", shape=MID_SHAPE,
+                                      dtype="F16", chat_template=TEMPLATE_WITHOUT_THINK_PREFILL)
+
+
+@pytest.mark.parametrize("mode", [["--think", "show"], ["--json"]])
+def test_ctrl_c_writes_the_text_the_reasoning_splitter_held(slow_no_prefill: Path, tmp_path: Path, mode: list[str]) -> None:
+    # 0.1: exit 130 and 0 bytes on stdout, even with --think show and --json.
+    grammar = grammar_file(tmp_path, 'root ::= [a-z]+ " " root')  # never complete: only Ctrl-C ends it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgellm", "run", "-m", str(slow_no_prefill), "hello", "--grammar", grammar,
+         "-n", "6000", "--ctx", "8192", *mode],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+    )
+    time.sleep(8)  # loaded (well under a second here) and generating: 6000 tokens take far longer
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()
+    assert b"Traceback" not in err
+    match = re.search(rb"interrupted after (\d+) tokens", err)
+    assert match and int(match.group(1)) > 8, err.decode()
+    if mode == ["--json"]:
+        data = json.loads(out)
+        assert data["finish_reason"] == "interrupted"
+        assert len(data["answer"].split()) > 4 and data["stats"]["generated_tokens"] == int(match.group(1))
+    else:
+        assert len(out.split()) > 4  # the words the model wrote, no tag ever decided their kind
+
+
+def test_closed_stdout_is_one_clear_line_before_loading(tiny_q4km: Path) -> None:
+    result = subprocess.run(f"{sys.executable} -m edgellm run -m {tiny_q4km} hi -n 2 >&-", shell=True,
+                            capture_output=True, env=cli_env(), timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "stdout is closed" in err and "unexpected" not in err and err.count("error:") == 1
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"]])
+def test_full_disk_on_stdout_is_one_clear_line(tiny_q4km: Path, tmp_path: Path, mode: list[str]) -> None:
+    # 0.1: "unexpected OSError ..., report it".
+    grammar = grammar_file(tmp_path, 'root ::= "x</think>The answer."')
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "edgellm", "run", "-m", str(tiny_q4km), "hi", "--grammar", grammar, *mode],
+                                stdout=full, stderr=subprocess.PIPE, env=cli_env(), timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "cannot write to stdout: No space left on device" in err
+    assert "unexpected" not in err and "Exception ignored" not in err and err.count("error:") == 1
