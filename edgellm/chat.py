@@ -12,7 +12,12 @@ history's text stable from turn to turn (it never rewrites earlier messages).
 from __future__ import annotations
 
 import json
+import math
+import os
+import select
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,17 +194,32 @@ class LineReader(Protocol):
 
 
 class PlainReader:
-    """stdin line by line: for pipes, files and terminals without prompt_toolkit."""
+    """stdin line by line: for pipes, files and terminals without prompt_toolkit.
+
+    Lines are read as bytes and decoded here, so a line that is not UTF-8 is one warning (its
+    bad bytes become U+FFFD, as `run` does) instead of an error that ends the script.
+    """
 
     def __init__(self, stream: IO[str], show_prompt: bool) -> None:
         self.stream = stream
+        self.binary: IO[bytes] | None = getattr(stream, "buffer", None)
         self.show_prompt = show_prompt
+        self.line_number = 0
 
     def read(self, continuation: bool = False) -> str:
         if self.show_prompt:
             sys.stderr.write(CONTINUATION_PROMPT if continuation else PROMPT)
             sys.stderr.flush()
-        line = self.stream.readline()
+        self.line_number += 1
+        if self.binary is None:
+            line = self.stream.readline()
+        else:
+            raw = self.binary.readline()
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", errors="replace")
+                ui.warn(f"stdin line {self.line_number} is not valid UTF-8: undecodable bytes were replaced with U+FFFD")
         if not line:
             raise EOFError
         return line.rstrip("\r\n")
@@ -234,8 +254,78 @@ class TerminalReader:
 
         self.session: Any = PromptSession(history=history, key_bindings=bindings, enable_suspend=True)
 
+        self.prefill = ""  # keys typed while the last reply streamed
+
     def read(self, continuation: bool = False) -> str:
-        return str(self.session.prompt(CONTINUATION_PROMPT if continuation else PROMPT))
+        default, self.prefill = self.prefill, ""
+        return str(self.session.prompt(CONTINUATION_PROMPT if continuation else PROMPT, default=default))
+
+
+class ReplyKeys:
+    """While a reply streams on a terminal, Ctrl-D stops it, as Ctrl-D at the prompt leaves.
+
+    The terminal is switched to non-canonical mode without echo, signals kept (Ctrl-C still
+    interrupts); a thread watches stdin, and on Ctrl-D sends this process SIGINT, which the
+    reply's existing interrupt path handles (partial reply kept). Other keys typed meanwhile are
+    kept for the next prompt instead of being lost. Does nothing when stdin is not a terminal.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.eof = False
+        self.typed = b""
+        self._saved: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ReplyKeys:
+        if not self.enabled:
+            return self
+        try:
+            import termios  # noqa: PLC0415  (POSIX only)
+
+            fd = sys.stdin.fileno()
+            self._saved = termios.tcgetattr(fd)
+            quiet = termios.tcgetattr(fd)
+            quiet[3] &= ~(termios.ICANON | termios.ECHO)
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        except (ImportError, OSError, ValueError):
+            self._saved = None
+            return self
+        self._thread = threading.Thread(target=self._watch, args=(fd,), daemon=True, name="edgellm-keys")
+        self._thread.start()
+        return self
+
+    def _watch(self, fd: int) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.05)
+                data = os.read(fd, 1024) if ready else b""
+            except OSError:
+                return
+            if b"\x04" in data:
+                self.typed += data[: data.index(b"\x04")]
+                self.eof = True
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            self.typed += data
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._saved is not None:
+            import termios  # noqa: PLC0415
+
+            try:
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, self._saved)
+            except (OSError, ValueError):
+                pass
+
+    def typed_text(self) -> str:
+        """What was typed, as one line for the next prompt (no newlines or control keys)."""
+        text = self.typed.decode("utf-8", "replace")
+        return "".join(char for char in text if char.isprintable())
 
 
 def read_message(reader: LineReader) -> str:
@@ -293,12 +383,17 @@ class ChatSession:
         self.last_stats: GenerationStats | None = None
         self.totals = SessionTotals()
         self.model_name = engine.model.name or (engine.model.path.name if engine.model.path else "model")
+        self.failures = 0  # turns and commands that ended in an error (a script's exit code says so)
+        self.leave = False  # Ctrl-D during a reply: leave once it has stopped
+        self.typed_ahead = ""  # keys typed while a reply streamed, for the next prompt
 
     # loop --------------------------------------------------------------------------------------
 
     def run(self, reader: LineReader) -> None:
         interrupt_armed = False
         while True:
+            if self.typed_ahead and isinstance(reader, TerminalReader):
+                reader.prefill, self.typed_ahead = self.typed_ahead, ""
             try:
                 text = read_message(reader)
             except EOFError:
@@ -328,6 +423,8 @@ class ChatSession:
                     raise  # a script's Ctrl-C stops the script (the CLI exits 130)
                 sys.stderr.write("\n")
                 ui.info("interrupted")
+            if self.leave:
+                return
 
     # commands ----------------------------------------------------------------------------------
 
@@ -357,8 +454,10 @@ class ChatSession:
             elif name == "/set":
                 self._set(argument)
             else:
+                self.failures += 1
                 ui.error(f"unknown command {name}; the commands are: {' '.join(COMMAND_NAMES)}", hint="/help")
         except EdgeLLMError as exc:
+            self.failures += 1
             ui.error(exc.message, exc.hint)
         return True
 
@@ -451,6 +550,7 @@ class ChatSession:
             reply = self._stream(events)
         except EdgeLLMError as exc:
             self._forget_unanswered(user_text)
+            self.failures += 1
             ui.error(exc.message, exc.hint)
             return
         except KeyboardInterrupt:
@@ -468,6 +568,16 @@ class ChatSession:
         return len(self.engine.tokenize(self.engine.format_messages(messages)))
 
     def _stream(self, events: Iterator[Event]) -> StreamedReply:
+        keys = ReplyKeys(enabled=self.options.interactive and sys.stdin.isatty())
+        try:
+            with keys:
+                return self._stream_with(events, keys)
+        finally:
+            self.typed_ahead = keys.typed_text()
+            if keys.eof:
+                self.leave = True
+
+    def _stream_with(self, events: Iterator[Event], keys: ReplyKeys) -> StreamedReply:
         reply = StreamedReply()
         render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
         try:
@@ -500,6 +610,7 @@ class ChatSession:
             except (KeyboardInterrupt, StopIteration):
                 pass
         render.finish(reply.interrupted)
+        reply.stopped_by_ctrl_d = keys.eof
         return reply
 
     def _remember(self, reply: StreamedReply) -> None:
@@ -516,7 +627,8 @@ class ChatSession:
         if reply.interrupted and not self.options.interactive:
             raise KeyboardInterrupt  # a script's Ctrl-C stops the script (the CLI exits 130)
         if reply.interrupted:
-            ui.info("interrupted; the partial reply stays in the history")
+            how = "stopped by Ctrl-D" if reply.stopped_by_ctrl_d else "interrupted"
+            ui.info(f"{how}; the partial reply stays in the history")
         if reply.stats is not None:
             ui.chat_status(reply.stats, cpu_temperature(self.options.sysroot))
 
@@ -527,6 +639,7 @@ class StreamedReply:
     reasoning: list[str] = field(default_factory=list)
     stats: GenerationStats | None = None
     interrupted: bool = False
+    stopped_by_ctrl_d: bool = False
 
 
 class ReplyRenderer:
@@ -588,6 +701,8 @@ def _number(value: str, key: str, kind: type, low: float | None, high: float | N
         number = kind(value)
     except ValueError:
         raise UsageError(f"/set {key}: '{value}' is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(number):  # float("nan") and float("inf") parse, and compare false to any bound
+        raise UsageError(f"/set {key}: '{value}' is not a finite number")
     if low is not None and (number < low or (high is not None and number > high)):
         bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
         raise UsageError(f"/set {key} must be {bounds}")
@@ -608,8 +723,8 @@ def default_history_file() -> Path:
     return edgellm_home() / "history" / "chat"
 
 
-def run_chat(engine: Engine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions) -> None:
-    """Run the REPL until /exit, Ctrl-D or end of input."""
+def run_chat(engine: Engine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions) -> int:
+    """Run the REPL until /exit, Ctrl-D or end of input; returns how many turns or commands failed."""
     session = ChatSession(engine, conversation, sampling, options, sys.stdout)
     reader: LineReader
     if options.interactive and sys.stdout.isatty():
@@ -620,6 +735,7 @@ def run_chat(engine: Engine, conversation: Conversation, sampling: SamplingParam
         ui.chat_banner(session.model_name, engine.model.quant, engine.n_ctx, engine.plan.threads,
                        _cores(engine.plan.cores), engine.plan.profile, conversation.turns)
     session.run(reader)
+    return session.failures
 
 
 def prepare_model(spec: str | None, options: PlanOptions, *, announce: bool) -> Prepared:

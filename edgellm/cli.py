@@ -371,9 +371,13 @@ def chat(
             interactive=interactive,
             history_file=repl.default_history_file(),
         )
-        repl.run_chat(engine, conversation, sampling, options)
+        failures = repl.run_chat(engine, conversation, sampling, options)
     finally:
         engine.close()
+    if failures and not interactive:
+        # Every line was still processed; the script learns that some of them failed.
+        ui.error(f"{failures} piped {'line' if failures == 1 else 'lines'} failed (see above)")
+        raise typer.Exit(1)
 
 
 bench_app = typer.Typer(

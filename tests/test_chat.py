@@ -216,10 +216,11 @@ def test_context_overflow_drops_oldest_turns_keeps_system(tiny_f32: Path, tmp_pa
 def test_message_longer_than_context_is_refused_and_session_continues(tiny_f32: Path) -> None:
     huge = "weather and the sea " * 200
     result = run_cli("chat", "-m", str(tiny_f32), "--ctx", "128", "-n", "8", input=f"{huge}\nHi\n".encode())
-    assert result.returncode == 0
     stderr = result.stderr.decode()
     assert "this message is too long" in stderr and "Traceback" not in stderr
     assert len(STATUS.findall(stderr)) == 1  # the next line was still answered
+    # ... and then the script is told a line failed (issue 16: 0.1 exited 0).
+    assert result.returncode == 1 and "1 piped line failed" in stderr
 
 
 def test_bad_arguments_are_one_line_errors(tiny_f32: Path, tmp_path: Path) -> None:
@@ -395,3 +396,52 @@ def test_status_line_fields_and_prompt_only_interruption() -> None:
                     "RSS 1.00 GiB · CPU 61 C · stopped: length")
     stopped = GenerationStats(prompt_tokens=100, prompt_tokens_evaluated=100, n_ctx=4096, finish_reason="interrupted")
     assert "tok/s" not in ui.chat_status_line(stopped) and "first token" not in ui.chat_status_line(stopped)
+
+
+# --- issue 16 -------------------------------------------------------------------------------------
+
+
+def test_piped_non_utf8_line_is_a_warning_and_every_line_is_answered(tiny_f32: Path) -> None:
+    # 0.1: exit 1 with "unexpected UnicodeEncodeError", and the next line was never processed.
+    result = run_cli("chat", "-m", str(tiny_f32), "-n", "4", input=b"hi \xff\xfe there\nnext\n")
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert "stdin line 1 is not valid UTF-8" in stderr and "unexpected" not in stderr
+    assert len(STATUS.findall(stderr)) == 2
+
+
+@pytest.mark.parametrize("command", ["/set temp nan", "/set top_p nan", "/set temp inf"])
+def test_non_finite_sampling_values_are_refused(tiny_f32: Path, command: str) -> None:
+    result = run_cli("chat", "-m", str(tiny_f32), "-n", "2", input=f"{command}\n/set\nhi\n".encode())
+    stderr = result.stderr.decode()
+    assert "is not a finite number" in stderr
+    assert "temp 0.6, top_p 0.95" in stderr  # unchanged
+    assert len(STATUS.findall(stderr)) == 1
+    assert result.returncode == 1  # a piped command failed: the script hears of it
+
+
+def test_ctrl_d_mid_reply_stops_it_and_leaves(long_context_model: Path, tmp_path: Path) -> None:
+    # 0.1: Ctrl-D during a reply did nothing; the reply ran to its end.
+    child = spawn_chat("-m", str(long_context_model), "--ctx", "16384", "--seed", "11", cwd=tmp_path)
+    child.sendline("Tell me a very long story")
+    child.expect_exact("\x1b[2m")  # reasoning is streaming
+    child.sendcontrol("d")
+    child.expect_exact("stopped by Ctrl-D; the partial reply stays in the history")
+    child.expect(STATUS)
+    assert int(child.match.group(1)) < 16000
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_keys_typed_during_a_reply_wait_at_the_next_prompt(long_context_model: Path, tmp_path: Path) -> None:
+    # A reply of a few thousand tokens: the keys arrive while it streams, not after.
+    child = spawn_chat("-m", str(long_context_model), "--ctx", "16384", "-n", "4000", "--seed", "2", cwd=tmp_path)
+    child.sendline("Hello")
+    child.expect_exact("\x1b[2m")
+    child.send("next question")  # typed while the reply streams, not echoed over it
+    child.expect(STATUS)
+    child.expect_exact(PROMPT)
+    child.expect_exact("next question")  # offered at the prompt, ready to edit or send
+    send_turn(child, "")
+    assert finish(child) == 0
