@@ -436,7 +436,7 @@ def test_ctrl_d_mid_reply_stops_it_and_leaves(long_context_model: Path, tmp_path
 
 def test_keys_typed_during_a_reply_wait_at_the_next_prompt(long_context_model: Path, tmp_path: Path) -> None:
     # A reply of a few thousand tokens: the keys arrive while it streams, not after.
-    child = spawn_chat("-m", str(long_context_model), "--ctx", "16384", "-n", "4000", "--seed", "2", cwd=tmp_path)
+    child = spawn_chat("-m", str(long_context_model), "--ctx", "16384", "-n", "1500", "--seed", "2", cwd=tmp_path)
     child.sendline("Hello")
     child.expect_exact("\x1b[2m")
     child.send("next question")  # typed while the reply streams, not echoed over it
