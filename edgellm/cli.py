@@ -433,7 +433,7 @@ def bench(
         synthetic=synthetic,
         prompts=benchmark.parse_int_list(n_prompt, "-p"),
         gens=benchmark.parse_int_list(n_gen, "-n"),
-        threads=benchmark.parse_int_list(threads, "-t", minimum=1) if threads else None,
+        threads=_bench_threads(threads),
         depths=benchmark.parse_int_list(depth, "--depth"),
         reps=reps,
         cooldown_s=cooldown,
@@ -463,6 +463,28 @@ def bench(
     else:
         ui.render_bench_report(benchmark.report_title(report), benchmark.RESULT_HEADERS, benchmark.result_rows(report),
                                benchmark.summary_lines(report))
+
+
+# llama.cpp's GGML_MAX_N_THREADS: more aborts inside ggml.
+MAX_THREADS = 512
+
+
+def _bench_threads(text: Optional[str]) -> Optional[list[int]]:
+    """bench -t: thread counts to compare. More than the CPUs is allowed (that is what one measures)
+    but said; more than llama.cpp can start is refused."""
+    from edgellm import bench as benchmark
+
+    if not text:
+        return None
+    counts = benchmark.parse_int_list(text, "-t", minimum=1)
+    too_many = [n for n in counts if n > MAX_THREADS]
+    if too_many:
+        raise UsageError(f"-t {too_many[0]}: llama.cpp runs at most {MAX_THREADS} threads")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for n in counts:
+        if n > cpus:
+            ui.warn(f"-t {n} is more than the {cpus} CPUs here: the threads will share them")
+    return counts
 
 
 @bench_app.command("report")

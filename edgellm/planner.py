@@ -49,6 +49,7 @@ class Plan:
     predicted_tg_tps: float | None
     reasons: dict[str, str] = field(default_factory=dict)
     refusal: str | None = None
+    warnings: list[str] = field(default_factory=list)  # settings edgellm changed from what was asked
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,11 +165,18 @@ def make_plan(
     physical = device.physical_core_count(cores) or len(cores) or 1
     n_threads = threads or profile.threads or physical
     n_threads_batch = threads_batch or profile.threads_batch or physical
-    n_threads = min(n_threads, max(len(cores), 1)) if not threads else n_threads
-    n_threads_batch = min(n_threads_batch, max(len(cores), 1)) if not threads_batch else n_threads_batch
+    usable = max(len(cores), 1)
+    warnings: list[str] = []
+    for option, asked in (("--threads", threads), ("--threads-batch", threads_batch)):
+        if asked and asked > usable:
+            # More threads than CPUs only makes llama.cpp's threads wait for each other.
+            warnings.append(f"{option} {asked} is more than the {usable} CPUs this plan runs on: using {usable}")
+    n_threads = min(n_threads, usable)
+    n_threads_batch = min(n_threads_batch, usable)
     cluster_names = ", ".join(f"{c.name} {c.cpus}" for c in device.clusters if set(c.cpus) & set(cores))
     reasons["cores"] = f"profile cores={profile.cores}: {cluster_names or cores}"
     reasons["threads"] = (
+        f"--threads {threads}, capped at the {usable} CPUs" if threads and threads > usable else
         f"--threads {threads}" if threads else
         f"profile sets {profile.threads}" if profile.threads else
         f"one per physical core of the chosen cores ({physical})"
@@ -226,6 +234,7 @@ def make_plan(
         predicted_tg_tps=predicted,
         reasons=reasons,
         refusal=refusal,
+        warnings=warnings,
     )
 
 

@@ -99,6 +99,11 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
     )
     if require_fit and not plan.fits:
         raise PlanError(plan.refusal or "the model does not fit", hint=REFUSAL_HINT)
+    if loading:
+        from edgellm import ui  # noqa: PLC0415
+
+        for warning in plan.warnings:
+            ui.warn(warning)
     return Prepared(device, profile, reason, model, plan)
 
 

@@ -126,3 +126,17 @@ def test_plan_for_a_captured_device(tiny_q4km: Path) -> None:
     result = run_cli("plan", str(tiny_q4km), "--json", "--sysroot", str(DATA / "rk3588"))
     data = json.loads(result.stdout)
     assert data["profile"] == "rk3588" and data["cores"] == [4, 5, 6, 7]
+
+
+def test_more_threads_than_cpus_are_capped_with_a_warning() -> None:
+    # Issue 16: `--threads 1000` was passed to llama.cpp as it was.
+    device = device_with_ram("rk3588", 8 * GiB)
+    profile, _ = select_profile(device)
+    plan = make_plan(r1_15b_q4km(), device, profile, threads=1000, threads_batch=64)
+    assert plan.threads == 4 and plan.threads_batch == 4  # the four A76 cores
+    assert plan.warnings == [
+        "--threads 1000 is more than the 4 CPUs this plan runs on: using 4",
+        "--threads-batch 64 is more than the 4 CPUs this plan runs on: using 4",
+    ]
+    assert "capped" in plan.reasons["threads"]
+    assert make_plan(r1_15b_q4km(), device, profile, threads=3).warnings == []

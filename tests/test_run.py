@@ -212,3 +212,16 @@ def test_full_disk_on_stdout_is_one_clear_line(tiny_q4km: Path, tmp_path: Path, 
     assert result.returncode == 1, err
     assert "cannot write to stdout: No space left on device" in err
     assert "unexpected" not in err and "Exception ignored" not in err and err.count("error:") == 1
+
+
+def test_absurd_thread_count_is_capped_with_a_warning(tiny_q4km: Path) -> None:
+    result = run_cli("run", "-m", str(tiny_q4km), "hi", "-n", "2", "--threads", "1000", "--json")
+    assert result.returncode == 0, result.stderr
+    assert b"warning: --threads 1000 is more than the" in result.stderr
+
+
+def test_bench_thread_counts_llama_cpp_cannot_start_are_refused(tiny_f32: Path) -> None:
+    # Issue 16: bench -t 1000 went straight to llama.cpp (GGML_MAX_N_THREADS is 512).
+    result = run_cli("bench", "-m", str(tiny_f32), "-t", "1000", "-p", "0", "-n", "4", "-r", "1")
+    assert result.returncode == 2
+    assert b"-t 1000: llama.cpp runs at most 512 threads" in result.stderr
