@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from edgellm.errors import DownloadError, ModelNotFoundError
+from edgellm.errors import DownloadError, ModelNotFoundError, UsageError
+from edgellm.hardware import read_regular_file
 from edgellm.units import format_size
 
 DEFAULT_REVISION = "main"
@@ -35,6 +36,47 @@ HASH_READ_BYTES = 8 * 1024**2
 
 _REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+# Names the hub answers become cache paths (snapshots/<commit>/<file>, blobs/<sha256>), so each
+# is checked before use: a mirror answering `../` would otherwise write outside the cache.
+COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+BLOB_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # a git object id: sha1, or sha256 repos
+
+
+def is_safe_relative_path(name: str) -> bool:
+    """Whether `name` is a relative POSIX path that stays below the directory it is joined to:
+    no absolute part, no `.`/`..`/empty component, no backslash, NUL or control character."""
+    if not name or name.startswith("/") or any(char == "\\" or ord(char) < 0x20 or char == "\x7f" for char in name):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def check_revision(revision: str) -> str:
+    """A --revision names refs/<revision> and snapshots/<revision> in the cache: refuse `..` and the like."""
+    if not is_safe_relative_path(revision):
+        raise UsageError(f"--revision {revision!r}: not a branch, tag or commit name", hint="e.g. --revision main")
+    return revision
+
+
+def _unsafe_answer(repo: str, what: str, value: object) -> DownloadError:
+    return DownloadError(
+        f"the hub answered an unsafe {what} {value!r} for {repo}; nothing was written",
+        hint=f"{hub_endpoint()} is not behaving like Hugging Face: check HF_ENDPOINT",
+    )
+
+
+def check_listing_names(listing: RepoListing) -> RepoListing:
+    """Refuse a listing whose commit, file names or hashes could not be cache paths."""
+    if not COMMIT_ID.match(listing.commit):
+        raise _unsafe_answer(listing.repo, "commit id", listing.commit)
+    for remote in listing.files.values():
+        if not is_safe_relative_path(remote.filename):
+            raise _unsafe_answer(listing.repo, "file name", remote.filename)
+        if remote.sha256 is not None and not SHA256.match(remote.sha256):
+            raise _unsafe_answer(listing.repo, "sha256", remote.sha256)
+        if remote.blob_id is not None and not BLOB_ID.match(remote.blob_id):
+            raise _unsafe_answer(listing.repo, "blob id", remote.blob_id)
+    return listing
 
 
 # --- where things are ------------------------------------------------------------------------------
@@ -63,13 +105,21 @@ def repo_folder(repo: str) -> Path:
 
 def cached_file(repo: str, filename: str, revision: str = DEFAULT_REVISION) -> Path | None:
     """The downloaded file for repo@revision, or None. Works offline (reads refs/ and snapshots/)."""
+    if not (is_safe_relative_path(filename) and is_safe_relative_path(revision)):
+        return None
     folder = repo_folder(repo)
-    commit = revision
-    ref = folder / "refs" / revision
-    if ref.is_file():
-        commit = ref.read_text().strip()
+    commit = _read_ref(folder, revision) or revision
     candidate = folder / "snapshots" / commit / filename
     return candidate if candidate.is_file() else None
+
+
+def _read_ref(folder: Path, revision: str) -> str | None:
+    """The commit refs/<revision> holds; None when there is none or it is not a commit id."""
+    try:
+        commit = read_regular_file(folder / "refs" / revision, 256).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return commit if COMMIT_ID.match(commit) else None
 
 
 def cached_files(repo: str) -> dict[str, Path]:
@@ -186,7 +236,9 @@ def list_repo(repo: str, revision: str = DEFAULT_REVISION) -> RepoListing:
         lfs = sibling.lfs
         size = lfs.size if lfs is not None else (sibling.size or 0)
         files[sibling.rfilename] = RemoteFile(sibling.rfilename, int(size), lfs.sha256 if lfs is not None else None, sibling.blob_id)
-    return RepoListing(repo, revision, info.sha or revision, files)
+    if not info.sha:
+        raise DownloadError(f"the hub's answer for {repo} at {revision} has no commit id", hint=f"{hub_endpoint()} is not behaving like Hugging Face: check HF_ENDPOINT")
+    return check_listing_names(RepoListing(repo, revision, info.sha, files))
 
 
 # --- progress --------------------------------------------------------------------------------------
@@ -306,6 +358,8 @@ def download(
     progress_factory: Callable[[str, int, int], Progress] | None = None,
 ) -> Path:
     """Fetch one file into the hub cache (resuming a partial one), verify it, link it into the snapshot."""
+    # Callers pass list_repo's checked names; checked again here because each one becomes a path.
+    check_listing_names(RepoListing(repo, check_revision(revision), commit, {remote.filename: remote}))
     folder = repo_folder(repo)
     pointer = folder / "snapshots" / commit / remote.filename
     if pointer.is_file():
@@ -343,7 +397,7 @@ def _write_ref(folder: Path, revision: str, commit: str) -> None:
     if revision != commit:
         ref = folder / "refs" / revision
         ref.parent.mkdir(parents=True, exist_ok=True)
-        if not ref.is_file() or ref.read_text().strip() != commit:
+        if _read_ref(folder, revision) != commit:
             ref.write_text(commit)
 
 

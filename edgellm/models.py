@@ -27,8 +27,8 @@ from edgellm.catalog import (
     rank_quants,
 )
 from edgellm.errors import DownloadError, ModelNotFoundError, UsageError
-from edgellm.hardware import Device
-from edgellm.modelinfo import ModelInfo, read_gguf
+from edgellm.hardware import Device, read_regular_file
+from edgellm.modelinfo import GGUF_MAGIC, GGUF_MIN_BYTES, ModelInfo, read_gguf
 from edgellm.profiles import Profile
 from edgellm.units import format_size
 
@@ -56,11 +56,17 @@ class ModelRef:
 def parse_spec(spec: str, revision: str | None = None) -> ModelRef | Path:
     """Path for local files, else a ModelRef; ModelNotFoundError for anything else."""
     text = spec.strip()
+    if revision is not None:
+        download.check_revision(revision)
     path = Path(text).expanduser()
-    if path.exists() or text.startswith(("/", "./", "../", "~", ".\\")):
+    # is_symlink: a dangling link or a loop is still the user's file, and read_gguf says what is wrong.
+    if path.exists() or path.is_symlink() or text.startswith(("/", "./", "../", "~", ".\\")):
         return path
     if _HUB_FILE.match(text):
         owner, name, filename = text.split("/", 2)
+        if not download.is_safe_relative_path(filename):
+            raise ModelNotFoundError(f"'{text}': {filename!r} is not a file name inside the repo",
+                                     hint="name the file as the repo lists it: owner/repo/file.gguf")
         repo_id = f"{owner}/{name}"
         entry = entry_for_repo(repo_id)
         return ModelRef(text, repo_id, revision or (entry.revision if entry else download.DEFAULT_REVISION),
@@ -288,9 +294,13 @@ class Downloaded:
                 "path": str(self.path), "commit": self.commit, "catalog_name": self.catalog_name}
 
 
-def list_downloaded() -> list[Downloaded]:
-    """Every .gguf in the hub cache (edgellm's or another tool's), newest snapshot per file."""
-    out: dict[tuple[str, str], Downloaded] = {}
+def list_downloaded(*, include_broken: bool = False) -> list[Downloaded]:
+    """Every .gguf in the hub cache (edgellm's or another tool's), newest snapshot per file.
+
+    Links whose blob is gone and files that cannot be GGUF (empty, truncated to nothing, another
+    format) are not models; include_broken lists them too (size 0 for a dangling link), for `rm`.
+    """
+    out: dict[tuple[str, ...], Downloaded] = {}
     root = download.hub_cache_dir()
     if not root.is_dir():
         return []
@@ -300,25 +310,61 @@ def list_downloaded() -> list[Downloaded]:
         snapshots = folder / "snapshots"
         if not snapshots.is_dir():
             continue
-        for snapshot in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime):
+        for snapshot in sorted(snapshots.iterdir(), key=_mtime):
             for path in sorted(snapshot.rglob("*.gguf")):
-                if not path.is_file():
-                    continue  # a dangling link after a manual delete
+                usable = _looks_like_gguf(path)
+                if path.is_dir() or not (usable or include_broken):
+                    continue
                 filename = path.relative_to(snapshot).as_posix()
                 quant = (entry.quant_for_file(filename) if entry else None) or quant_of_filename(filename)
-                out[(repo, filename)] = Downloaded(repo, filename, quant, path.stat().st_size, path, snapshot.name,
+                # A broken entry never hides the working copy of the same file in another snapshot.
+                key = (repo, filename) if usable else (repo, filename, snapshot.name)
+                out[key] = Downloaded(repo, filename, quant, _size(path), path, snapshot.name,
                                                    entry.name if entry else None)
     return sorted(out.values(), key=lambda d: (d.name.lower()))
 
 
+def _looks_like_gguf(path: Path) -> bool:
+    """Whether the file (through its link) can be a GGUF model: its magic and a full fixed header."""
+    try:
+        return read_regular_file(path, 4) == GGUF_MAGIC and path.stat().st_size >= GGUF_MIN_BYTES
+    except OSError:
+        return False  # a dangling link, a loop, a FIFO, unreadable
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # a dangling link frees nothing but itself
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _target(path: Path) -> Path | None:
+    """Where a snapshot entry's links lead, or None for a loop."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python < 3.13 on a symlink loop
+        return None
+
+
 def match_downloaded(spec: str) -> list[Downloaded]:
-    """The downloaded files a `rm` argument means: NAME (all quants), NAME:QUANT, owner/repo[:QUANT], owner/repo/file."""
+    """The downloaded files a `rm` argument means: NAME (all quants), NAME:QUANT, owner/repo[:QUANT], owner/repo/file.
+
+    Broken entries (dangling links, files that are not GGUF) match too: they are the user's clutter.
+    """
     parsed = parse_spec(spec)
     if isinstance(parsed, Path):
         raise UsageError(f"{spec}: `edgellm rm` deletes downloaded models only; delete your own files yourself",
                          hint="see `edgellm ls` for downloaded models")
     found = []
-    for item in list_downloaded():
+    for item in list_downloaded(include_broken=True):
         if item.repo.lower() != parsed.repo.lower():
             continue
         if parsed.filename and item.filename != parsed.filename:
@@ -334,18 +380,18 @@ def remove(items: list[Downloaded]) -> int:
     freed = 0
     for item in items:
         pointer = item.path
-        blob = pointer.resolve()
+        blob = _target(pointer)
         folder = download.repo_folder(item.repo)
         pointer.unlink()
-        if blob != pointer and blob.exists():
+        if blob is not None and blob != pointer and blob.exists():
             still_used = any(
-                p.resolve() == blob for p in (folder / "snapshots").rglob("*") if p.is_symlink() or p.is_file()
+                _target(p) == blob for p in (folder / "snapshots").rglob("*") if p.is_symlink() or p.is_file()
             )
             if not still_used:
                 freed += blob.stat().st_size
                 blob.unlink()
         else:
-            freed += item.size
+            freed += item.size  # a file kept in the snapshot itself (no symlinks); 0 for a dangling link
         _prune_empty(pointer.parent, folder / "snapshots")
     return freed
 

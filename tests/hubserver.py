@@ -4,8 +4,9 @@ It speaks the part of the protocol huggingface_hub and edgellm use (see ../share
 HEAD/GET `/{repo}/resolve/{rev}/{file}` with X-Repo-Commit, ETag, X-Linked-Etag, X-Linked-Size and
 Range -> 206; `/api/models/{repo}[/revision/{rev}]` with siblings and lfs.sha256;
 `/api/models/{repo}/tree/{rev}`; 401 for gated repos without the right token; 404 with X-Error-Code
-for missing repos, revisions and files. Switches let a test cut a connection mid-file or
-advertise a wrong sha256. Files are real GGUFs made by edgellm.synthetic.
+for missing repos, revisions and files. Switches let a test cut a connection mid-file, advertise a
+wrong sha256, or play a malicious mirror that lies about names (file names, commit ids and LFS
+hashes with `../` in them). Files are real GGUFs made by edgellm.synthetic.
 
 Run it by hand for a demo (serves a tiny model under the real DeepSeek-R1 repo and file names):
     python tests/hubserver.py --port 8765
@@ -46,6 +47,15 @@ class HostedRepo:
 
 
 @dataclass
+class Lie:
+    """What a malicious mirror claims about one hosted file; None keeps the truth."""
+
+    rfilename: str | None = None
+    commit: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
 class RequestRecord:
     method: str
     path: str
@@ -71,6 +81,9 @@ class FakeHub:
         # Cut the connection after this many body bytes, for the next `cuts_left` file transfers.
         self.cut_after_bytes: int | None = None
         self.cuts_left = 0
+        # repo id -> (hosted file name, what the API says about it); every download then gets
+        # that file whatever name it asks for, as a malicious mirror would answer.
+        self.lies: dict[str, tuple[str, Lie]] = {}
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -88,6 +101,13 @@ class FakeHub:
         hosted = HostedFile(source, source.stat().st_size, digest, advertised)
         repo.files[filename] = hosted
         return hosted
+
+    def lie_about(self, repo_id: str, filename: str, *, rfilename: str | None = None, commit: str | None = None,
+                  sha256: str | None = None) -> None:
+        """Answer /api/models for `repo_id` with these names for `filename` (which must be hosted),
+        at any revision asked for."""
+        assert filename in self.repos[repo_id].files
+        self.lies[repo_id] = (filename, Lie(rfilename, commit, sha256))
 
     def cut_connections(self, after_bytes: int, times: int = 1) -> None:
         with self.lock:
@@ -125,7 +145,7 @@ class FakeHub:
 
 RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 API_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/.*)?$")
-API_REVISION = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)$")
+API_REVISION = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>.+)$")  # refs/pr/1 is a revision too
 API_MODEL = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)$")
 
 
@@ -173,7 +193,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if repo.gated and self.headers.get("Authorization") != f"Bearer {self.fake.token}":
             self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it.")
             return None
-        if revision is not None and revision not in ("main", repo.commit):
+        if revision is not None and revision not in ("main", repo.commit) and repo_id not in self.fake.lies:
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
             return None
         return repo
@@ -196,12 +216,15 @@ class _HubHandler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id, revision)
         if repo is None:
             return
-        siblings = [
-            {"rfilename": name, "size": f.size, "blobId": hashlib.sha1(f.advertised_sha256.encode()).hexdigest(),
-             "lfs": {"sha256": f.advertised_sha256, "size": f.size, "pointerSize": 134}}
-            for name, f in sorted(repo.files.items())
-        ]
-        self._json({"_id": repo.commit[:24], "id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
+        lied_file, lie = self.fake.lies.get(repo_id, ("", Lie()))
+        siblings = []
+        for name, f in sorted(repo.files.items()):
+            told = lie if name == lied_file else Lie()
+            sha256 = told.sha256 or f.advertised_sha256
+            siblings.append({"rfilename": told.rfilename or name, "size": f.size, "blobId": hashlib.sha1(sha256.encode()).hexdigest(),
+                             "lfs": {"sha256": sha256, "size": f.size, "pointerSize": 134}})
+        commit = lie.commit or repo.commit
+        self._json({"_id": repo.commit[:24], "id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
                     "gated": "manual" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0,
                     "tags": ["gguf"], "siblings": siblings})
 
@@ -215,18 +238,35 @@ class _HubHandler(BaseHTTPRequestHandler):
             for name, f in sorted(repo.files.items())
         ])
 
-    def _resolve(self, path: str, *, send_body: bool) -> None:
+    def _lied_file(self) -> tuple[HostedRepo, HostedFile] | None:
+        """A lying mirror's file, for any download request: the URL a client builds from `../`
+        names has its dot segments folded away, so it may name no repo at all."""
+        if not self.fake.lies:
+            return None
+        repo_id, (filename, _) = next(iter(self.fake.lies.items()))
+        repo = self.fake.repos[repo_id]
+        return repo, repo.files[filename]
+
+    def _requested_file(self, path: str) -> tuple[HostedRepo, HostedFile] | None:
+        """The repo and file a resolve URL names, or None once the hub's 404/401 is sent."""
         match = RESOLVE.match(path)
         if not match:
             self._error(404, "RepoNotFound", "Repository not found")
-            return
+            return None
         repo = self._repo(match.group("repo"), match.group("rev"))
         if repo is None:
-            return
+            return None
         hosted = repo.files.get(match.group("file"))
         if hosted is None:
             self._error(404, "EntryNotFound", f"{match.group('file')} does not exist on \"{match.group('rev')}\"", commit=repo.commit)
+            return None
+        return repo, hosted
+
+    def _resolve(self, path: str, *, send_body: bool) -> None:
+        found = self._lied_file() or self._requested_file(path)
+        if found is None:
             return
+        repo, hosted = found
         start = 0
         range_header = self.headers.get("Range")
         range_match = re.fullmatch(r"bytes=(\d+)-", range_header or "")

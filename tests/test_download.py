@@ -304,3 +304,15 @@ def test_disk_filling_up_mid_transfer_is_one_clear_error(online: FakeHub, small_
     with pytest.raises(download.DownloadError, match="disk full while writing") as failure:
         download.download(R1_REPO, listing.files[R1_Q4KM], commit=listing.commit, progress_factory=QuietProgress)  # type: ignore[arg-type]
     assert failure.value.hint
+
+
+def test_names_that_become_cache_paths() -> None:
+    from edgellm import download
+    from edgellm.errors import UsageError
+
+    for good in ("model-Q4_K_M.gguf", "sub/dir/model.gguf", "refs/pr/1", "main", "v1.0", "a..b.gguf"):
+        assert download.is_safe_relative_path(good), good
+    for bad in ("", "..", "../x", "a/../b", "/abs", "a//b", "a/", "./a", "a\\b", "a\x00b", "a\nb"):
+        assert not download.is_safe_relative_path(bad), bad
+    with pytest.raises(UsageError):
+        download.check_revision("../../x")
