@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -38,7 +39,10 @@ SOAK_WINDOW_S = 10.0  # one t/s and temperature sample per window during a soak
 SOAK_CHUNK = 32  # tokens decoded between clock checks during a soak
 HEAT_INTERVAL_S = 0.5
 COOL_TO_TIMEOUT_S = 600.0
+COOL_TO_RANGE_C = (1.0, 150.0)  # below, no CPU gets there under load; above, every sensor already is
+MAX_REPORT_BYTES = 16 * 1024**2  # a report with hundreds of tests is ~1 MiB
 SCHEMA = "edgellm-bench/1"
+MAX_LIST_VALUES = 4096  # -p/-n/-t/--depth lists: far more tests than anyone can wait for
 
 # --------------------------------------------------------------------------------------------------
 # Argument parsing helpers
@@ -54,7 +58,12 @@ def parse_int_list(text: str, option: str, *, minimum: int = 0) -> list[int]:
         if not match:
             raise UsageError(f"{option} {text!r}: expected numbers separated by commas, e.g. {option} 1,2,4")
         first, last, step = int(match.group(1)), match.group(2), match.group(3)
-        values.extend(range(first, int(last) + 1, int(step or 1)) if last else [first])
+        if step is not None and int(step) == 0:
+            raise UsageError(f"{option} {part!r}: a range's step must be at least 1")
+        span = range(first, int(last) + 1, int(step or 1)) if last else range(first, first + 1)
+        if len(values) + len(span) > MAX_LIST_VALUES:  # sized before expanding: 1-4000000000 is 4e9 ints
+            raise UsageError(f"{option} {text!r}: more than {MAX_LIST_VALUES} values")
+        values.extend(span)
     if not values or min(values) < minimum:
         raise UsageError(f"{option} {text!r}: every value must be at least {minimum}")
     return list(dict.fromkeys(values))
@@ -333,6 +342,18 @@ class BenchConfig:
     profile: str | None = None
     mem_budget: int | None = None
     sysroot: str = "/"
+
+    def __post_init__(self) -> None:
+        # Float options accept 'nan' and 'inf' (click parses them): sleep(nan) raises after the
+        # model has loaded, and a nan temperature target or an infinite soak never ends.
+        if not math.isfinite(self.cooldown_s) or self.cooldown_s < 0:
+            raise UsageError(f"--cooldown {self.cooldown_s}: expected seconds, 0 or more", hint="e.g. --cooldown 30")
+        if self.cool_to_c is not None:
+            low, high = COOL_TO_RANGE_C
+            if not (math.isfinite(self.cool_to_c) and low <= self.cool_to_c <= high):
+                raise UsageError(f"--cool-to {self.cool_to_c}: expected a temperature from {low:.0f} to {high:.0f} °C", hint="e.g. --cool-to 60")
+        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise UsageError(f"--duration {self.duration_s}: expected a positive, finite duration", hint="e.g. --duration 30m")
 
     def tests(self, plan_threads: int, plan_threads_batch: int) -> list[TestSpec]:
         """In llama-bench's order: for each thread count and depth, the pp tests then the tg tests."""
@@ -813,20 +834,111 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def load_reports(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Read `edgellm bench --json` files, refusing (one line, naming the file) anything else:
+    FIFOs and devices (only regular files are opened), huge files, non-JSON, the wrong shape."""
+    hint = "make it with: edgellm bench -m MODEL --json > FILE"
     reports = []
     for path in paths:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            raw = hardware.read_regular_file(path, MAX_REPORT_BYTES + 1)
+        except hardware.NotARegularFileError as exc:
+            raise UsageError(f"{path}: is {exc.kind}, not a JSON file", hint=hint) from None
         except OSError as exc:
             raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if len(raw) > MAX_REPORT_BYTES:
+            raise UsageError(f"{path}: larger than {MAX_REPORT_BYTES // 1024**2} MiB, not an `edgellm bench --json` result", hint=hint)
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise UsageError(f"{path}: not JSON (nested too deeply)", hint=hint) from None
         except ValueError as exc:
-            raise UsageError(f"{path}: not JSON ({exc})", hint="make it with: edgellm bench -m MODEL --json > FILE") from None
-        if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "device" not in data:
-            raise UsageError(f"{path}: not an `edgellm bench --json` result", hint="make it with: edgellm bench -m MODEL --json > FILE")
+            raise UsageError(f"{path}: not JSON ({exc})", hint=hint) from None
+        problem = report_shape_problem(data)
+        if problem:
+            raise UsageError(f"{path}: not an `edgellm bench --json` result: {problem}", hint=hint)
         reports.append(data)
     if not reports:
         raise UsageError("no result files given", hint="edgellm bench report pi5.json rk3588.json")
     return reports
+
+
+def report_shape_problem(data: Any) -> str | None:
+    """What keeps `data` from being a report merge_reports can read (None: nothing)."""
+    if not isinstance(data, dict):
+        return f"the top level is {_json_kind(data)}, not an object"
+    device, results = data.get("device"), data.get("results")
+    if not isinstance(device, dict):
+        return "no 'device' object" if device is None else f"'device' is {_json_kind(device)}, not an object"
+    for key in ("board", "soc", "cpu_model"):
+        if device.get(key) is not None and not isinstance(device[key], str):
+            return f"device.{key} is {_json_kind(device[key])}, not a string"
+    if not isinstance(results, list):
+        return "no 'results' list" if results is None else f"'results' is {_json_kind(results)}, not a list"
+    for index, row in enumerate(results):
+        where = f"results[{index}]"
+        if not isinstance(row, dict):
+            return f"{where} is {_json_kind(row)}, not an object"
+        for key, valid, expected, required in _RESULT_FIELDS:
+            value = row.get(key)
+            if value is None and not required:
+                continue
+            if value is None:
+                return f"{where} has no '{key}'"
+            if not valid(value):
+                return f"{where}.{key} is {_json_kind(value)}, not {expected}"
+        temp = (row.get("thermal") or {}).get("temp_max_c")
+        if temp is not None and not _is_number(temp):
+            return f"{where}.thermal.temp_max_c is {_json_kind(temp)}, not a number"
+    return None
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)  # a 400-digit integer cannot be formatted as t/s
+    except OverflowError:
+        return False
+    return True
+
+
+def _is_cpu_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_count(cpu) for cpu in value)
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+# What merge_reports reads from each result: key, check, what it must be, required.
+_RESULT_FIELDS: tuple[tuple[str, Callable[[Any], bool], str, bool], ...] = (
+    ("test", _is_text, "a string", True),
+    ("threads", _is_count, "a whole number", True),
+    ("tps_mean", _is_number, "a number", True),
+    ("tps_std", _is_number, "a number", True),
+    ("cores_choice", _is_text, "a string", False),
+    ("cores", _is_cpu_list, "a list of CPU ids", False),
+    ("thermal", _is_object, "an object", False),
+)
+
+
+def _json_kind(value: Any) -> str:
+    """'a list', 'the number 5', "the string 'fast'" (short: error messages are one line)."""
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return f"the number {str(value)[:40]}"
 
 
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:

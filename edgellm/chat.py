@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 
 from edgellm import ui
 from edgellm.errors import EdgeLLMError, UsageError
-from edgellm.hardware import cpu_temperature
+from edgellm.hardware import cpu_temperature, read_regular_file
 from edgellm.reasoning import ANSWER, REASONING
 from edgellm.runtime import Engine, Event, GenerationInterrupted, GenerationStats, SamplingParams  # llama_cpp loads lazily
 from edgellm.session import PlanOptions, Prepared
@@ -37,6 +37,7 @@ TRANSCRIPT_FORMAT = "edgellm-chat"
 TRANSCRIPT_VERSION = 1
 THINK_CHOICES = ("show", "hide")
 NO_LIMIT_WORDS = ("none", "off", "default", "random")
+MAX_TRANSCRIPT_BYTES = 64 * 1024**2  # a context's worth of text is well under 1 MiB
 
 COMMAND_HELP: dict[str, str] = {
     "/help": "show this help",
@@ -134,7 +135,10 @@ def conversation_from_json(data: Any, source: str) -> Conversation:
 
 def load_transcript(path: Path) -> Conversation:
     try:
-        text = path.expanduser().read_text(encoding="utf-8")
+        data = read_regular_file(path.expanduser(), MAX_TRANSCRIPT_BYTES + 1)
+        if len(data) > MAX_TRANSCRIPT_BYTES:
+            raise TranscriptError(f"{path}: larger than {MAX_TRANSCRIPT_BYTES // 1024**2} MiB; not a chat transcript")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TranscriptError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:

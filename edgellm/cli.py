@@ -309,12 +309,11 @@ MAX_CONSTRAINT_FILE_BYTES = 1024 * 1024  # grammars and schemas are KiBs; llama.
 def _read_text_file(path: Optional[Path], option: str) -> Optional[str]:
     if path is None:
         return None
+    from edgellm.hardware import read_regular_file
+
     try:
         # Only regular files: a FIFO or a device would block or never end.
-        if not path.is_file():
-            raise UsageError(f"{option} {path}: {'no such file' if not path.exists() else 'not a regular file'}")
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CONSTRAINT_FILE_BYTES + 1)
+        data = read_regular_file(path, MAX_CONSTRAINT_FILE_BYTES + 1)
         if len(data) > MAX_CONSTRAINT_FILE_BYTES:
             raise UsageError(f"{option} {path}: larger than {MAX_CONSTRAINT_FILE_BYTES // 1024} KiB")
         return data.decode("utf-8")

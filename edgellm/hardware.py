@@ -7,9 +7,11 @@ for bad or absent data. macOS has no /proc: `detect_macos` reads `sysctl` output
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -140,12 +142,79 @@ class Device:
 # small readers
 
 
-def read_text(root: Path, relative: str) -> str | None:
-    """Text of root/relative, or None when it is missing or unreadable (never raises)."""
+# The kernel's largest NR_CPUS (arm64 and x86 Kconfig): a CPU id at or beyond it is junk, and
+# expanding a range like 0-4000000000 would exhaust memory.
+MAX_CPUS = 8192
+# /proc/cpuinfo of a 256-core server is ~400 KiB; sysfs attributes are at most a page.
+READ_LIMIT_BYTES = 4 * 1024**2
+_CPU_ID = re.compile(r"\d{1,4}", re.ASCII)
+_CPU_RANGE = re.compile(r"(\d{1,6})(?:-(\d{1,6}))?", re.ASCII)
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+class NotARegularFileError(OSError):
+    """A path that names a directory, FIFO, device or socket where a file's contents were wanted."""
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"is {kind}, not a regular file", str(path))
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO (named pipe)', 'a directory', ... for an st_mode that is not a regular file."""
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_regular_file(path: Path | str) -> int:
+    """A read-only descriptor of `path`, refusing anything but a regular file (after symlinks).
+
+    Opening a FIFO blocks until a writer comes and /dev/zero never ends, so the type is checked
+    before opening; O_NONBLOCK and a second check on the open descriptor close the race.
+    Real /proc and /sys files are regular (with st_size 0), so they pass.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFileError(path, file_kind(mode))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        return (root / relative.lstrip("/")).read_text(encoding="utf-8", errors="replace")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(path, file_kind(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular_file(path: Path | str, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file (raises OSError, NotARegularFileError for the rest)."""
+    fd = open_regular_file(path)
+    try:
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1024**2))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text(root: Path, relative: str, limit: int = READ_LIMIT_BYTES) -> str | None:
+    """Text of root/relative (its first `limit` bytes), or None when it is missing, unreadable or
+    not a regular file (never raises, never blocks)."""
+    try:
+        data = read_regular_file(root / relative.lstrip("/"), limit)
     except (OSError, ValueError):
         return None
+    return data.decode("utf-8", errors="replace")
 
 
 def read_int(root: Path, relative: str) -> int | None:
@@ -159,20 +228,20 @@ def read_int(root: Path, relative: str) -> int | None:
 
 
 def parse_cpu_list(text: str | None) -> list[int]:
-    """Parse the kernel's CPU lists ('0-3,6,8-9', or related_cpus' '0 1 2 3') into sorted ids; junk yields []."""
+    """Parse the kernel's CPU lists ('0-3,6,8-9', or related_cpus' '0 1 2 3') into sorted ids.
+
+    Junk yields []: anything not a number or range, a reversed range, or an id of MAX_CPUS or more.
+    """
     cpus: set[int] = set()
     for part in (text or "").strip().strip("\x00").replace(",", " ").split():
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                low, high = part.split("-", 1)
-                cpus.update(range(int(low), int(high) + 1))
-            else:
-                cpus.add(int(part))
-        except ValueError:
+        match = _CPU_RANGE.fullmatch(part)
+        if match is None:
             return []
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if not low <= high < MAX_CPUS:
+            return []
+        cpus.update(range(low, high + 1))
     return sorted(cpus)
 
 
@@ -186,7 +255,7 @@ def parse_cpuinfo(text: str | None) -> tuple[dict[str, str], list[dict[str, str]
             continue
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
-        if key == "processor" and value.isdigit():
+        if key == "processor" and _CPU_ID.fullmatch(value):
             current = {"processor": value}
             processors.append(current)
         elif current is not None and key not in ("Hardware", "Revision", "Serial", "Model"):
@@ -200,7 +269,8 @@ def parse_meminfo(text: str | None) -> dict[str, int]:
     """/proc/meminfo values in bytes."""
     values: dict[str, int] = {}
     for line in (text or "").splitlines():
-        match = re.match(r"^(\w+(?:\(\w+\))?):\s+(\d+)(?:\s+kB)?", line)
+        # At most 20 digits: int() refuses longer numbers, and no machine has that many bytes.
+        match = re.match(r"^(\w+(?:\(\w+\))?):\s+(\d{1,20})(?!\d)(?:\s+kB)?", line, re.ASCII)
         if match:
             factor = 1024 if line.rstrip().endswith("kB") else 1
             values[match.group(1)] = int(match.group(2)) * factor
@@ -218,7 +288,7 @@ def split_nul(text: str | None) -> list[str]:
 def _cpu_ids(root: Path, processors: list[dict[str, str]]) -> tuple[list[int], int]:
     online = parse_cpu_list(read_text(root, "sys/devices/system/cpu/online"))
     possible = parse_cpu_list(read_text(root, "sys/devices/system/cpu/possible"))
-    from_cpuinfo = sorted(int(p["processor"]) for p in processors)
+    from_cpuinfo = sorted(cpu for cpu in {int(p["processor"]) for p in processors} if cpu < MAX_CPUS)
     cpus = online or from_cpuinfo
     return cpus, max(len(possible), len(cpus))
 
@@ -438,7 +508,7 @@ def _page_size(root: Path) -> int | None:
         except (ValueError, OSError, AttributeError):
             return None
     smaps = read_text(root, "proc/self/smaps") or ""
-    match = re.search(r"KernelPageSize:\s+(\d+) kB", smaps)
+    match = re.search(r"KernelPageSize:\s+(\d{1,12}) kB", smaps, re.ASCII)
     return int(match.group(1)) * 1024 if match else None
 
 

@@ -238,11 +238,19 @@ def parse_profile(text: str, source: str) -> Profile:
 
 
 def load_profile_file(path: Path) -> Profile:
+    from edgellm.hardware import read_regular_file  # noqa: PLC0415
+
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular_file(path, MAX_PROFILE_BYTES + 1)  # never a FIFO or /dev/zero
+        if len(data) > MAX_PROFILE_BYTES:
+            raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES // 1024} KiB; not a profile")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{path}: cannot read profile: {exc}") from None
+        raise ProfileError(f"{path}: cannot read profile: {getattr(exc, 'strerror', None) or exc}") from None
     return parse_profile(text, str(path))
+
+
+MAX_PROFILE_BYTES = 256 * 1024
 
 
 def edgellm_home() -> Path:
@@ -302,7 +310,7 @@ def select_profile(device: Device, requested: str | None = None, profiles: list[
     if requested:
         path = Path(requested).expanduser()
         if requested.endswith(".toml") or path.is_file():
-            if not path.is_file():
+            if not path.exists():
                 raise ProfileError(f"{requested}: profile file not found")
             return load_profile_file(path), f"--profile {requested}"
         profiles = profiles if profiles is not None else load_profiles()

@@ -250,6 +250,22 @@ def test_list_and_duration_parsing() -> None:
         bench.parse_duration("10 parsecs")
 
 
+def test_float_options_must_be_finite_and_meaningful() -> None:
+    for bad in ({"cool_to_c": float("nan")}, {"cool_to_c": float("inf")}, {"cool_to_c": -5.0}, {"cool_to_c": 500.0},
+                {"cooldown_s": float("nan")}, {"cooldown_s": -1.0}, {"duration_s": float("inf")}, {"duration_s": 0.0}):
+        with pytest.raises(UsageError):
+            bench.BenchConfig(synthetic="tiny", **bad)  # type: ignore[arg-type]
+    assert bench.BenchConfig(synthetic="tiny", cool_to_c=60.0, cooldown_s=30.0, duration_s=60.0).cool_to_c == 60.0
+
+
+def test_report_shape_problems_name_the_field() -> None:
+    row = {"test": "tg8", "threads": 2, "tps_mean": 1.0, "tps_std": 0.0}
+    assert bench.report_shape_problem({"device": {}, "results": [row]}) is None
+    assert bench.report_shape_problem({"device": {}, "results": [dict(row, threads=True)]}) == "results[0].threads is true, not a whole number"
+    assert bench.report_shape_problem({"device": {}, "results": [dict(row, cores_choice=["big"])]}) == "results[0].cores_choice is a list, not a string"
+    assert bench.report_shape_problem(None) == "the top level is null, not an object"
+
+
 def _write(root: Path, relative: str, text: str) -> Path:
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)

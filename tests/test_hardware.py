@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from conftest import CAPTURES, run_cli
-from edgellm.hardware import build_clusters, detect, parse_cpu_list, parse_cpuinfo, parse_sysctl_text, detect_macos
+from edgellm.hardware import (
+    MAX_CPUS,
+    build_clusters,
+    detect,
+    detect_macos,
+    parse_cpu_list,
+    parse_cpuinfo,
+    parse_sysctl_text,
+    read_text,
+)
 from edgellm.profiles import select_profile
 
 
@@ -129,6 +138,19 @@ def test_parse_cpu_list() -> None:
     assert parse_cpu_list("0-3,6,8-9\n") == [0, 1, 2, 3, 6, 8, 9]
     assert parse_cpu_list("4 5 6 7\n") == [4, 5, 6, 7]
     assert parse_cpu_list("") == [] and parse_cpu_list(None) == [] and parse_cpu_list("a-b") == []
+    # Beyond the kernel's NR_CPUS maximum a list is junk (expanding 0-4000000000 was a MemoryError).
+    assert parse_cpu_list(f"0-{MAX_CPUS - 1}") == list(range(MAX_CPUS))
+    assert parse_cpu_list(f"0-{MAX_CPUS}") == [] and parse_cpu_list("0-4000000000") == []
+    assert parse_cpu_list("3-1") == [] and parse_cpu_list("-1") == [] and parse_cpu_list("²") == []
+
+
+def test_read_text_opens_only_regular_files_and_reads_at_most_the_limit(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink("/dev/zero", tmp_path / "zero")
+    (tmp_path / "big").write_bytes(b"x" * 100)
+    assert read_text(tmp_path, "fifo") is None and read_text(tmp_path, "zero") is None
+    assert read_text(tmp_path, "big", limit=10) == "x" * 10
+    assert read_text(Path("/"), "proc/self/status") is not None  # procfs: regular, st_size 0
 
 
 def test_parse_cpuinfo_keeps_global_fields_apart() -> None:

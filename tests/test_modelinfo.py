@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gguf
@@ -87,3 +88,29 @@ def test_cli_messages_for_bad_files(tiny_q4km: Path, tmp_path: Path) -> None:
         assert result.returncode == 1
         assert lines[0].startswith("error: ") and len(lines) <= 2 and lines[-1].startswith(("hint:", "error:"))
         assert result.stdout == b""
+
+
+def test_non_regular_files_are_refused_before_opening(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.gguf")  # open() would block: read_gguf must not open it
+    with pytest.raises(ModelFileError, match="is a FIFO"):
+        read_gguf(tmp_path / "fifo.gguf")
+    os.symlink("loop.gguf", tmp_path / "loop.gguf")
+    with pytest.raises(ModelFileError, match="symlink loop"):
+        read_gguf(tmp_path / "loop.gguf")
+
+
+def test_per_layer_arrays_and_llama_cpp_limits(tiny_f32: Path, tmp_path: Path) -> None:
+    from test_hardening_files import craft, u32, u32_array
+
+    varied = craft(tiny_f32, tmp_path / "varied.gguf", {"qwen2.attention.head_count_kv": u32_array([1, 2])})
+    info = read_gguf(varied)
+    assert (info.n_head, info.n_head_kv) == (4, 2)  # planned with the largest KV cache
+    for key, value, message in (("qwen2.block_count", u32(0), "block_count is 0"),
+                                ("qwen2.expert_count", u32(4), "expert_used_count is 0 \\(or missing\\) with 4 experts")):
+        with pytest.raises(ModelFileError, match=message):
+            read_gguf(craft(tiny_f32, tmp_path / "bad.gguf", {key: value}))
+    # phi3 may rotate part of a head, but ggml's RoPE needs pairs inside it.
+    assert read_gguf(craft(tiny_f32, tmp_path / "phi3.gguf", {"phi3.rope.dimension_count": u32(32)}, arch="phi3")).arch == "phi3"
+    for odd in (33, 66):
+        with pytest.raises(ModelFileError, match=f"rope.dimension_count \\({odd}\\) must be even and at most the head size \\(64\\)"):
+            read_gguf(craft(tiny_f32, tmp_path / "phi3.gguf", {"phi3.rope.dimension_count": u32(odd)}, arch="phi3"))

@@ -225,3 +225,25 @@ def test_bench_thread_counts_llama_cpp_cannot_start_are_refused(tiny_f32: Path) 
     result = run_cli("bench", "-m", str(tiny_f32), "-t", "1000", "-p", "0", "-n", "4", "-r", "1")
     assert result.returncode == 2
     assert b"-t 1000: llama.cpp runs at most 512 threads" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["run", "-m", "MODEL", "hi", "--grammar", "FIFO"], "--grammar"),
+        (["run", "-m", "MODEL", "hi", "--schema", "FIFO"], "--schema"),
+        (["chat", "-m", "MODEL", "--load", "FIFO"], "FIFO"),
+        (["plan", "MODEL", "--profile", "FIFO.toml"], "FIFO"),
+        (["bench", "-m", "MODEL", "-t", "1-4000000000"], "more than 4096 values"),
+        (["bench", "-m", "MODEL", "-p", "1-8+0"], "step must be at least 1"),
+    ],
+)
+def test_option_files_and_lists_that_would_hang_or_exhaust_memory(tiny_q4km: Path, tmp_path: Path, args: list[str], words: str) -> None:
+    # Issue 16, item 3: only regular files are opened, and lists are sized before they are built.
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    real = [str(tiny_q4km) if a == "MODEL" else str(fifo) if a in ("FIFO", "FIFO.toml") else a for a in args]
+    result = run_cli(*real, input=b"", timeout=60)
+    err = result.stderr.decode()
+    assert result.returncode in (1, 2), err
+    assert words in err and err.count("error:") == 1 and "unexpected" not in err
