@@ -637,7 +637,8 @@ def serve(
     alias: Annotated[Optional[str], typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
     allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
     cors: Annotated[Optional[list[str]], typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
-    queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while one generates; more get 503.")] = 8,
+    parallel: Annotated[int, typer.Option("--parallel", "-np", min=1, max=64, help="Requests generated at once (continuous batching); each gets an equal share of the context.")] = 1,
+    queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while all slots generate; more get 503.")] = 8,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
@@ -664,9 +665,11 @@ def serve(
         raise UsageError(f"--max-tokens {max_tokens} is larger than the context ({plan_.n_ctx} tokens)", hint="raise --ctx, or lower --max-tokens")
     sock = server.listen(host, port)
     model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
-    ui.info(f"loading {model_id}: context {plan_.n_ctx}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
-    engine = Engine(prepared.model, plan_)
-    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=max_tokens or plan_.n_ctx, queue_size=queue,
+    slots = f", {parallel} slots of {plan_.n_ctx // parallel} tokens" if parallel > 1 else ""
+    ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
+    engine = Engine(prepared.model, plan_, sequences=parallel)
+    slot_ctx = plan_.n_ctx // parallel
+    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
                                  allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []))
     url = server.url_of(sock)
     ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")

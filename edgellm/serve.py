@@ -22,7 +22,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +39,7 @@ from edgellm import guards, ui
 from edgellm.errors import ContextOverflowError, EdgeLLMError, EmptyPromptError, GrammarError, UsageError
 from edgellm.reasoning import REASONING, held_prefix_length
 from edgellm.runtime import GenerationStats, Prompt, SamplingParams, TextEvent
+from edgellm.runtime.batch import Finished, Scheduler, SequenceRequest
 
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -197,65 +198,32 @@ class CompletionRequest(SamplingFields):
 
 
 class QueueFull(Exception):
-    """Every place in the queue is taken."""
+    """Every slot is busy and every place in the queue is taken."""
 
 
-class GenerationSlot:
-    """One generation at a time, first come first served, with at most `queue_size` waiting."""
+class Admission:
+    """How many requests the server holds: `slots` generating plus `queue_size` waiting.
 
-    def __init__(self, queue_size: int) -> None:
+    Entering is synchronous, so no other request can pass the room check between the check and
+    the entry (with --queue 1, four simultaneous requests were once all let in).
+    """
+
+    def __init__(self, slots: int, queue_size: int) -> None:
+        self.slots = slots
         self.queue_size = queue_size
-        self.busy = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.held = 0
 
     @property
-    def waiting(self) -> int:
-        return sum(1 for waiter in self._waiters if not waiter.done())
+    def capacity(self) -> int:
+        return self.slots + self.queue_size
 
-    def has_room(self) -> bool:
-        return not self.busy or self.waiting < self.queue_size
-
-    def reserve(self) -> asyncio.Future[None] | None:
-        """Take the slot (None) or a place in the queue (a future: done when the slot is ours).
-
-        Synchronous, so that no other request can pass the room check between the check and the
-        reservation (with --queue 1, four simultaneous requests were all let in).
-        """
-        if not self.busy and not self.waiting:
-            self.busy = True
-            return None
-        if self.waiting >= self.queue_size:
+    def enter(self) -> None:
+        if self.held >= self.capacity:
             raise QueueFull()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        return waiter
+        self.held += 1
 
-    def give_up(self, waiter: asyncio.Future[None]) -> None:
-        """A waiter leaves the queue; if the slot was handed to it meanwhile, it passes on."""
-        if waiter.done() and not waiter.cancelled():
-            self.release()
-        else:
-            waiter.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-
-    async def acquire(self) -> None:
-        waiter = self.reserve()
-        if waiter is None:
-            return
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            self.give_up(waiter)
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot stays busy, now for this waiter
-                return
-        self.busy = False
+    def leave(self) -> None:
+        self.held = max(self.held - 1, 0)
 
 
 # --- one generation, run in the worker thread ----------------------------------------------------
@@ -271,59 +239,37 @@ Item = Union[TextEvent, GenerationStats, Failure, object]
 
 
 class GenerationJob:
-    """Runs one Engine generator in the worker thread and posts its events to the event loop.
+    """One request's generation on the scheduler; its events arrive on the event loop's queue.
 
-    `on_finished` runs on the event loop once the worker has let go of the engine; it is posted
-    by the worker itself so that nothing on the loop side (cancellation included) can run it early.
+    `on_finished` runs on the event loop once the scheduler has let go of the request (after
+    its last event), so nothing on the loop side, cancellation included, can run it early.
     """
 
-    def __init__(
-        self,
-        events: Callable[[], Iterator[Any]],
-        loop: asyncio.AbstractEventLoop,
-        *,
-        count_stopped: Callable[[], int] | None = None,
-        on_finished: Callable[[], None] | None = None,
-    ) -> None:
-        self._make_events = events
-        self._count_stopped = count_stopped
+    def __init__(self, prompt: Prompt, params: SamplingParams, loop: asyncio.AbstractEventLoop,
+                 *, on_finished: Callable[[], None] | None = None) -> None:
         self._on_finished = on_finished
         self._loop = loop
         self.items: asyncio.Queue[Item] = asyncio.Queue()
-        self.cancelled = threading.Event()
         self.finished = asyncio.Event()
         self.stats: GenerationStats | None = None
-        self.stopped_tokens = 0  # tokens generated before a cancel (the stats never come then)
         self.cut_short = False  # cancelled by the server's shutdown: the answer is incomplete
+        self.request = SequenceRequest(prompt, params, self._emit)
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        self.request.cancel()  # the scheduler drops it at its next step
 
-    def _post(self, item: Item) -> None:
-        self._loop.call_soon_threadsafe(self.items.put_nowait, item)
-
-    def run(self) -> None:
-        events: Any = None
-        try:
-            events = self._make_events()
-            for event in events:
-                if self.cancelled.is_set():
-                    break
-                if isinstance(event, GenerationStats):
-                    self.stats = event
-                self._post(event)
-        except BaseException as exc:  # handed to the request, which answers it
-            with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is gone (shutdown)
-                self._post(Failure(exc))
-        finally:
-            if events is not None:
-                events.close()  # stops llama-cpp-python's generate loop
-            if self.stats is None and self._count_stopped is not None:
-                with contextlib.suppress(Exception):
-                    self.stopped_tokens = self._count_stopped()
-            with contextlib.suppress(RuntimeError):
-                self._post(END)
+    def _emit(self, event: Any) -> None:
+        """Called from the scheduler's thread."""
+        if isinstance(event, GenerationStats):
+            self.stats = event
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is gone (shutdown)
+            if isinstance(event, Finished):
+                if event.error is not None:
+                    self._loop.call_soon_threadsafe(self.items.put_nowait, Failure(event.error))
+                self._loop.call_soon_threadsafe(self.items.put_nowait, END)
                 self._loop.call_soon_threadsafe(self._finish)
+            else:
+                self._loop.call_soon_threadsafe(self.items.put_nowait, event)
 
     def _finish(self) -> None:
         self.finished.set()
@@ -332,10 +278,10 @@ class GenerationJob:
 
     @property
     def generated_tokens(self) -> int:
-        return self.stats.generated_tokens if self.stats is not None else self.stopped_tokens
+        return self.stats.generated_tokens if self.stats is not None else 0
 
     async def wait_finished(self) -> None:
-        """Wait for the worker to stop, even inside a cancelled request."""
+        """Wait for the scheduler to let go of this request, even inside a cancelled request."""
         with anyio.CancelScope(shield=True):
             await self.finished.wait()
 
@@ -389,13 +335,15 @@ async def wait_watching_client(future: Awaitable[Any], request: Request) -> None
 
 
 class Server:
-    """Owns the engine, the slot and the worker thread; builds the FastAPI app."""
+    """Owns the engine, its scheduler and the threads around it; builds the FastAPI app."""
 
     def __init__(self, engine: Any, config: ServerConfig) -> None:
         self.engine = engine
         self.config = config
-        self.slot = GenerationSlot(config.queue_size)
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-generate")
+        slots = int(getattr(engine, "sequences", 1))
+        self.scheduler = Scheduler(engine, slots)
+        self.admission = Admission(slots, config.queue_size)
+        self.generator = threading.Thread(target=self.scheduler.run, name="edgellm-generate", daemon=True)
         self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-prepare")
         self.max_piece_bytes = int(getattr(engine, "max_piece_bytes", 256))
         self.active_jobs: set[GenerationJob] = set()
@@ -404,40 +352,28 @@ class Server:
 
     # -- jobs --
 
-    async def start_job(
-        self, request: Request, events: Callable[[], Iterator[Any]], count_stopped: Callable[[], int]
-    ) -> GenerationJob:
-        """Wait for the slot (or 503 when the queue is full), then start generating in the worker."""
+    def start_job(self, prompt: Prompt, params: SamplingParams) -> GenerationJob:
+        """Hand a request to the scheduler, or 503 when every slot and queue place is taken."""
         if self.draining:
             raise _shutting_down()
         try:
-            waiter = self.slot.reserve()
+            self.admission.enter()
         except QueueFull:
             raise APIError(
                 503,
-                f"the server is busy: one generation is running and {self.slot.waiting} requests are waiting",
+                f"the server is busy: {self.admission.slots} generating and {self.config.queue_size} waiting",
                 type="server_error",
                 code="queue_full",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None
-        if waiter is not None:
-            try:
-                await wait_watching_client(waiter, request)
-            except BaseException:
-                self.slot.give_up(waiter)
-                raise
-        if self.draining:
-            self.slot.release()
-            raise _shutting_down()
-        loop = asyncio.get_running_loop()
 
         def finished() -> None:
             self.active_jobs.discard(job)
-            self.slot.release()
+            self.admission.leave()
 
-        job = GenerationJob(events, loop, count_stopped=count_stopped, on_finished=finished)
+        job = GenerationJob(prompt, params, asyncio.get_running_loop(), on_finished=finished)
         self.active_jobs.add(job)
-        loop.run_in_executor(self.worker, job.run)
+        self.scheduler.submit(job.request)
         return job
 
     def begin_shutdown(self) -> None:
@@ -458,7 +394,11 @@ class Server:
         self.cancel_all()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.preparer.shutdown, True)
-        await loop.run_in_executor(None, self.worker.shutdown, True)
+        for job in list(self.active_jobs):
+            await job.wait_finished()
+        self.scheduler.stop()
+        await loop.run_in_executor(None, self.generator.join)
+        self.scheduler.close()
 
     # -- the app --
 
@@ -466,6 +406,7 @@ class Server:
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             self._loop = asyncio.get_running_loop()
+            self.generator.start()
             yield
             await self.shutdown()
 
@@ -483,7 +424,9 @@ class Server:
             # it is only for those who hold the key.
             if not self.is_authorized(request):
                 return {"status": "ok"}
-            return {"status": "ok", "model": self.config.model_id, "busy": self.slot.busy, "queued": self.slot.waiting}
+            scheduler = self.scheduler
+            return {"status": "ok", "model": self.config.model_id, "busy": scheduler.busy > 0, "queued": scheduler.waiting,
+                    "slots": len(scheduler.slots), "slots_busy": scheduler.busy}
 
         @app.get("/v1/models")
         async def list_models(request: Request) -> dict[str, Any]:
@@ -598,10 +541,7 @@ class Server:
         prompt = await self.prepare(request, lambda: engine.prompt_from_messages(messages), params, param)
         # A raw `grammar` may spell out "...</think>answer" and is split like free text.
         reply = Reply(request, self, "chat.completion", body.stream, stop_strings(body.stop))
-        return await reply.respond(
-            lambda: engine.generate_prompt(prompt, params), lambda: engine.last_generated,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        )
+        return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     async def complete(self, request: Request, body: CompletionRequest) -> Response:
         if body.echo or body.suffix:
@@ -618,10 +558,7 @@ class Server:
         engine = self.engine
         prompt = await self.prepare(request, lambda: engine.prompt_from_text(text), params, "grammar")
         reply = Reply(request, self, "text_completion", body.stream, stop_strings(body.stop))
-        return await reply.respond(
-            lambda: engine.generate_prompt(prompt, params), lambda: engine.last_generated,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        )
+        return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     def check_size(self, n_messages: int, n_chars: int, param: str) -> None:
         """Refuse, without any template or tokenizer work, what cannot fit the context: every
@@ -722,10 +659,8 @@ class Reply:
         self.log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("edgellm", {})
         self.log["tokens"] = 0
 
-    async def respond(
-        self, events: Callable[[], Iterator[Any]], count_stopped: Callable[[], int], *, include_usage: bool
-    ) -> Response:
-        job = await self.server.start_job(self.request, events, count_stopped)
+    async def respond(self, prompt: Prompt, params: SamplingParams, *, include_usage: bool) -> Response:
+        job = self.server.start_job(prompt, params)
         reader = ItemReader(job, self.request)
         try:
             # Wait for the first event before answering, so that a prompt too long for the context

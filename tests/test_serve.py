@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from edgellm import synthetic
-from edgellm.serve import GenerationSlot, QueueFull, StopFilter, is_loopback
+from edgellm.serve import Admission, QueueFull, StopFilter, is_loopback
 from conftest import cli_env, run_cli
 
 API_KEY = "sk-edgellm-test"
@@ -484,46 +484,14 @@ def test_stop_filter_holds_back_a_possible_stop_sequence() -> None:
     assert free.feed("ab") + free.feed("xy") + free.feed("w") + free.flush() == "abxyw"
 
 
-def test_slot_is_first_come_first_served() -> None:
-    async def scenario() -> list[str]:
-        slot = GenerationSlot(queue_size=3)
-        order: list[str] = []
-        await slot.acquire()
-        assert slot.busy and slot.has_room()
-
-        async def waiter(name: str) -> None:
-            await slot.acquire()
-            order.append(name)
-            slot.release()
-
-        first = asyncio.ensure_future(waiter("first"))
-        gone = asyncio.ensure_future(waiter("gone"))
-        second = asyncio.ensure_future(waiter("second"))
-        await asyncio.sleep(0)
-        assert slot.waiting == 3 and not slot.has_room()
-        gone.cancel()  # a client that left while queued gives up its place
-        await asyncio.sleep(0)
-        assert slot.waiting == 2
-        slot.release()
-        await asyncio.gather(first, second)
-        assert not slot.busy
-        return order
-
-    assert asyncio.run(scenario()) == ["first", "second"]
-
-
-def test_slot_reservation_enforces_the_queue_bound_at_once() -> None:
+def test_admission_enforces_slots_plus_queue_at_once() -> None:
     # Issue 16, item 7: the room check and the reservation were split by an await, so with
-    # --queue 1 four simultaneous requests were all let in. Reservations are synchronous now.
-    async def scenario() -> None:
-        slot = GenerationSlot(queue_size=1)
-        assert slot.reserve() is None  # the slot itself
-        waiter = slot.reserve()
-        assert waiter is not None and slot.waiting == 1
-        with pytest.raises(QueueFull):
-            slot.reserve()
-        slot.give_up(waiter)
-        assert slot.waiting == 0
-        assert slot.reserve() is not None
-
-    asyncio.run(scenario())
+    # --queue 1 four simultaneous requests were all let in. Entering is synchronous now.
+    admission = Admission(slots=2, queue_size=1)
+    for _ in range(3):
+        admission.enter()
+    with pytest.raises(QueueFull):
+        admission.enter()
+    admission.leave()
+    admission.enter()
+    assert admission.held == 3

@@ -1,4 +1,5 @@
-"""The only module that imports llama_cpp.
+"""The only package that imports llama_cpp: the Engine (a loaded model) here, the batching
+scheduler that runs several sequences in one context in `edgellm.runtime.batch`.
 
 Importing llama_cpp loads a native library (a noticeable fraction of a second on a Pi), so every
 import here is lazy: `edgellm --help`, `detect` and `profiles` never pay for it.
@@ -198,6 +199,33 @@ def pin_to_cores(cores: list[int]) -> list[int] | None:
 
 
 @contextlib.contextmanager
+def _sequences(llama_cpp: ModuleType, n_seq_max: int) -> Iterator[None]:
+    """Create the context with room for n_seq_max sequences in one unified KV cache.
+
+    llama-cpp-python's Llama() has no parameter for it; its context-default function is wrapped
+    for the duration of the load, as for the model parameters below. Unified: the sequences
+    share the cache's cells (each is kept to its slot's share by the scheduler).
+    """
+    if n_seq_max <= 1:
+        yield
+        return
+    module = llama_cpp.llama_cpp
+    original = module.llama_context_default_params
+
+    def patched() -> Any:
+        params = original()
+        params.n_seq_max = n_seq_max
+        params.kv_unified = True
+        return params
+
+    module.llama_context_default_params = patched
+    try:
+        yield
+    finally:
+        module.llama_context_default_params = original
+
+
+@contextlib.contextmanager
 def _without_extra_buffer_types(llama_cpp: ModuleType, enabled: bool) -> Iterator[None]:
     """Load with use_extra_bufts=false, which keeps llama.cpp off its AMX buffer type.
 
@@ -230,7 +258,8 @@ MAX_SCHEMA_CHARS = 64 * 1024
 class Engine:
     """A model loaded with a plan. `generate()` is the one streaming generator everything uses."""
 
-    def __init__(self, model: ModelInfo, plan: Plan) -> None:
+    def __init__(self, model: ModelInfo, plan: Plan, *, sequences: int = 1) -> None:
+        """`sequences`: how many sequences the context holds at once (serve's --parallel)."""
         if model.path is None:
             raise ModelFileError("the model has no file to load")
         llama_cpp = load_llama_cpp()
@@ -240,7 +269,7 @@ class Engine:
         self.pinned_cores = pin_to_cores(plan.cores)
         started = time.perf_counter()
         try:
-            with _without_extra_buffer_types(llama_cpp, amx):
+            with _without_extra_buffer_types(llama_cpp, amx), _sequences(llama_cpp, sequences):
                 self.llm = llama_cpp.Llama(
                     model_path=str(model.path),
                     n_ctx=plan.n_ctx,
@@ -259,6 +288,7 @@ class Engine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelFileError(f"{model.path}: llama.cpp could not load the model: {exc}") from None
         self.load_s = time.perf_counter() - started
+        self.sequences = sequences
         self._vocab = self.llm._model.vocab
         self._llama_cpp = llama_cpp
         self._piece_buffer = ctypes.create_string_buffer(256)

@@ -1,0 +1,360 @@
+"""Continuous batching: several sequences in one llama.cpp context, one llama_decode per step.
+
+Each step builds ONE llama_batch with the next token of every generating sequence and a chunk of
+prompt tokens for sequences being admitted (chunked, so a long prompt does not stall the
+others), decodes it, and samples each sequence from its own logits row with its own sampler
+chain (penalties, grammar, top-k/typical/top-p/min-p, temperature, seed), the chain
+llama-cpp-python builds for one sequence. End of generation, max_tokens, the reasoning split
+and the grammar are per sequence. A request goes to the free slot whose cached tokens share
+the longest prefix with its prompt; only the rest is evaluated (llama_memory_seq_rm drops the
+tail), so a chat client's next turn costs its new tokens only.
+
+The scheduler is driven by `run()` in one worker thread (serve); front ends never touch
+llama_cpp. Events reach a request through its `emit` callback, from that thread: TextEvent
+pieces, then the GenerationStats, then `Finished`; a failure comes as `Finished(error=...)`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgellm.errors import GenerationError
+from edgellm.reasoning import ReasoningSplitter
+from edgellm.runtime import Engine, GenerationStats, Prompt, SamplingParams, TextEvent, peak_rss_bytes
+
+PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the window the penalties look at
+
+
+@dataclass
+class Finished:
+    """The last thing a request receives; `error` is set when it failed."""
+
+    error: BaseException | None = None
+
+
+@dataclass
+class SequenceRequest:
+    """One generation asked of the scheduler. `emit` is called from the scheduler's thread."""
+
+    prompt: Prompt
+    params: SamplingParams
+    emit: Callable[[Any], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _Slot:
+    """One sequence of the context: its cached tokens and, while busy, the request it serves."""
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []  # tokens whose K/V this sequence holds, positions 0..n-1
+        self.request: SequenceRequest | None = None
+        self.pending: list[int] = []  # prompt tokens still to evaluate
+        self.next_token = -1  # sampled, not yet decoded
+        self.sampler: Any = None
+        self.decoder: Any = None
+        self.splitter: ReasoningSplitter | None = None
+        self.stats = GenerationStats()
+        self.generated = 0
+        self.max_tokens = 0
+        self.stop_at_eog = True
+        self.started = 0.0
+        self.first_at = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.request is not None
+
+
+class Scheduler:
+    """Runs SequenceRequests on `slots` sequences of one Engine's context."""
+
+    def __init__(self, engine: Engine, slots: int) -> None:
+        if slots < 1 or slots > engine.sequences:
+            raise ValueError(f"the engine's context holds {engine.sequences} sequences, not {slots}")
+        self.engine = engine
+        self._llama = engine._llama_cpp
+        self.ctx = engine.llm._ctx.ctx
+        self.vocab = engine._vocab
+        self.memory = self._llama.llama_get_memory(self.ctx)
+        self.n_ctx = engine.n_ctx
+        self.slot_ctx = self.n_ctx // slots  # each sequence's share of the unified KV cache
+        self.n_batch = int(self._llama.llama_n_batch(self.ctx))
+        self.slots = [_Slot(seq_id) for seq_id in range(slots)]
+        self.batch = self._llama.llama_batch_init(self.n_batch, 0, 1)
+        self._waiting: deque[SequenceRequest] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        # The engine's own prefix cache (llama-cpp-python's) no longer describes sequence 0.
+        self._llama.llama_memory_clear(self.memory, True)
+        engine.llm.reset()
+        self.steps = 0
+
+    # -- submitting (any thread) --
+
+    def submit(self, request: SequenceRequest) -> None:
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+
+    @property
+    def waiting(self) -> int:
+        with self._wake:
+            return sum(1 for r in self._waiting if not r.cancelled.is_set())
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for slot in self.slots if slot.busy)
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+
+    def close(self) -> None:
+        for slot in self.slots:
+            self._free_sampler(slot)
+        if self.batch is not None:
+            self._llama.llama_batch_free(self.batch)
+            self.batch = None
+
+    # -- the loop (one thread) --
+
+    def run(self) -> None:
+        """Step until stop(); sleeps while there is nothing to do. Ends every request it holds."""
+        try:
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._waiting and not any(s.busy for s in self.slots):
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                self.step()
+        finally:
+            for slot in self.slots:
+                if slot.busy:
+                    self._finish(slot, "length", GenerationError("the server is shutting down"))
+            with self._wake:
+                left = list(self._waiting)
+                self._waiting.clear()
+            for request in left:
+                request.emit(Finished(GenerationError("the server is shutting down")))
+
+    def step(self) -> bool:
+        """Admit, decode one batch, sample. False when there was nothing to do."""
+        self._drop_cancelled()
+        self._admit()
+        rows = self._fill_batch()
+        if not rows:
+            return False
+        status = self._llama.llama_decode(self.ctx, self.batch)
+        self.steps += 1
+        if status != 0:
+            # 1: no room in the KV cache (should not happen: slots are kept to their share); <0: error.
+            error = GenerationError(f"llama_decode failed (status {status})")
+            for slot, _ in rows:
+                self._finish(slot, "stop", error)
+            return True
+        now = time.perf_counter()
+        for slot, index in rows:
+            if index is not None:
+                self._sample(slot, index, now)
+        return True
+
+    # -- admission --
+
+    def _drop_cancelled(self) -> None:
+        for slot in self.slots:
+            if slot.request is not None and slot.request.cancelled.is_set():
+                self._finish(slot, "interrupted")
+        with self._wake:
+            gone = [r for r in self._waiting if r.cancelled.is_set()]
+            for request in gone:
+                self._waiting.remove(request)
+        for request in gone:
+            request.emit(Finished())
+
+    def _admit(self) -> None:
+        while True:
+            free = [slot for slot in self.slots if not slot.busy]
+            with self._wake:
+                if not free or not self._waiting:
+                    return
+                request = self._waiting.popleft()
+            tokens = request.prompt.tokens
+            # The free slot that already holds the longest prefix of this prompt.
+            slot = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.seq_id))
+            try:
+                self._start(slot, request)
+            except BaseException as exc:  # a bad grammar, a prompt too long for a slot
+                slot.request = None
+                self._free_sampler(slot)
+                request.emit(Finished(exc))
+
+    def _start(self, slot: _Slot, request: SequenceRequest) -> None:
+        tokens = request.prompt.tokens
+        params = request.params
+        self.engine.check_prompt(tokens)
+        if len(tokens) >= self.slot_ctx:
+            from edgellm.errors import ContextOverflowError  # noqa: PLC0415
+
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but a slot holds {self.slot_ctx} "
+                f"({self.n_ctx} tokens of context shared by {len(self.slots)} slots)",
+                hint="shorten the input, or serve with fewer --parallel slots or a larger --ctx",
+            )
+        grammar = self.engine.grammar_text(params)
+        keep = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last one gives the logits
+        self._llama.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
+        slot.cached = list(tokens[:keep])
+        slot.pending = list(tokens[keep:])
+        slot.request = request
+        slot.sampler = self._make_sampler(params, grammar)
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        split = params.split_reasoning
+        slot.splitter = ReasoningSplitter(opened_by_template=request.prompt.opens_think and split,
+                                          thinks=self.engine.model.thinks and split)
+        room = self.slot_ctx - len(tokens)
+        slot.max_tokens = min(params.max_tokens, room) if params.max_tokens else room
+        slot.stop_at_eog = not params.ignore_eos or grammar is not None
+        slot.generated = 0
+        slot.next_token = -1
+        slot.started = slot.first_at = time.perf_counter()
+        slot.stats = GenerationStats(prompt_tokens=len(tokens), prompt_tokens_evaluated=len(tokens) - keep,
+                                     load_s=self.engine.load_s, n_ctx=self.slot_ctx)
+
+    def _make_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
+        """The chain llama-cpp-python's Llama._init_sampler builds, for one sequence."""
+        llama = self._llama
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            llama.llama_sampler_chain_add(chain, sampler)
+
+        add(llama.llama_sampler_init_penalties(int(llama.llama_vocab_n_tokens(self.vocab)), PENALTY_LAST_N,
+                                               params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
+        if grammar is not None:
+            sampler = llama.llama_sampler_init_grammar(self.vocab, grammar.encode("utf-8"), b"root")
+            if not sampler:  # checked by grammar_text already; never hand NULL to the chain
+                llama.llama_sampler_free(chain)
+                raise GenerationError("llama.cpp refused the grammar")
+            add(sampler)
+        if params.temperature == 0:
+            add(llama.llama_sampler_init_greedy())
+        else:
+            seed = params.seed if params.seed is not None else random.getrandbits(32)
+            add(llama.llama_sampler_init_top_k(params.top_k))
+            add(llama.llama_sampler_init_typical(1.0, 1))
+            add(llama.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama.llama_sampler_init_min_p(params.min_p, 1))
+            add(llama.llama_sampler_init_temp(params.temperature))
+            add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    # -- one batch --
+
+    def _fill_batch(self) -> list[tuple[_Slot, int | None]]:
+        """Next tokens of generating slots first, then prompt chunks; (slot, logits row or None)."""
+        batch = self.batch
+        rows: list[tuple[_Slot, int | None]] = []
+        n = 0
+
+        def put(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        for slot in self.slots:
+            if slot.busy and not slot.pending and slot.next_token >= 0:
+                put(slot.next_token, len(slot.cached), slot.seq_id, True)
+                slot.cached.append(slot.next_token)
+                slot.next_token = -1
+                rows.append((slot, n - 1))
+        for slot in self.slots:
+            if not slot.busy or not slot.pending or n >= self.n_batch:
+                continue
+            take = slot.pending[: self.n_batch - n]
+            del slot.pending[: len(take)]
+            for index, token in enumerate(take):
+                last = not slot.pending and index == len(take) - 1
+                put(token, len(slot.cached), slot.seq_id, last)
+                slot.cached.append(token)
+            rows.append((slot, n - 1 if not slot.pending else None))
+        batch.n_tokens = n
+        return rows
+
+    def _sample(self, slot: _Slot, index: int, now: float) -> None:
+        request = slot.request
+        assert request is not None and slot.splitter is not None
+        llama = self._llama
+        token = int(llama.llama_sampler_sample(slot.sampler, self.ctx, index))
+        if slot.generated == 0:
+            slot.first_at = now
+        if slot.stop_at_eog and llama.llama_vocab_is_eog(self.vocab, token):
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        text = slot.decoder.decode(self.engine._piece(token, token in self.engine._think_tokens))
+        if text:
+            for kind, chunk in slot.splitter.feed(text):
+                request.emit(TextEvent(kind, chunk))
+        if slot.generated >= slot.max_tokens or len(slot.cached) + 1 >= self.slot_ctx:
+            self._finish(slot, "length")
+            return
+        slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
+        request = slot.request
+        slot.request = None
+        slot.pending = []
+        self._free_sampler(slot)
+        if request is None:
+            return
+        if error is not None:
+            self._llama.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
+            slot.cached = []
+            request.emit(Finished(error))
+            return
+        if slot.splitter is not None and slot.decoder is not None:
+            for kind, chunk in slot.splitter.feed(slot.decoder.decode(b"", final=True)) + slot.splitter.finish():
+                request.emit(TextEvent(kind, chunk))
+        stats = slot.stats
+        ended = time.perf_counter()
+        stats.generated_tokens = slot.generated
+        stats.ttft_s = max(slot.first_at - slot.started, 0.0)
+        stats.prompt_tps = stats.prompt_tokens_evaluated / stats.ttft_s if stats.ttft_s > 0 else 0.0
+        stats.gen_tps = (slot.generated - 1) / (ended - slot.first_at) if slot.generated > 1 and ended > slot.first_at else 0.0
+        stats.peak_rss_bytes = peak_rss_bytes()
+        stats.finish_reason = reason
+        stats.context_used = len(slot.cached)
+        request.emit(stats)
+        request.emit(Finished())
+
+    def _free_sampler(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            self._llama.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

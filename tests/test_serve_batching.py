@@ -1,0 +1,154 @@
+"""Continuous batching in `edgellm serve --parallel N`: the real server, the real openai client.
+
+Random weights write noise, so grammars that leave exactly one path force each sequence's text:
+if two sequences read each other's logits rows, their forced texts could not both come out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from edgellm import synthetic
+from test_serve import API_KEY, USER, ServerProcess, http, wait_idle
+
+LONG = 2000  # more tokens than any test lets a generation run, within a slot (8192 / 4)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shape = dataclasses.replace(synthetic.TINY, context_length=8192)
+    return synthetic.write_tiny_model(tmp_path_factory.mktemp("batching") / "tiny-8k.gguf", shape=shape)
+
+
+@pytest.fixture(scope="module")
+def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(model, "--api-key", API_KEY, "--parallel", "4", "--queue", "2", home=tmp_path_factory.mktemp("home"))
+    yield process
+    process.stop()
+
+
+def forced(index: int) -> str:
+    return f"Sequence {index} says " + " ".join(["hello"] * (index + 2)) + "."
+
+
+def run_threads(work: list[threading.Thread]) -> None:
+    for thread in work:
+        thread.start()
+    for thread in work:
+        thread.join(timeout=300)
+
+
+def test_four_streams_each_get_their_own_forced_text(server: ServerProcess) -> None:
+    texts: dict[int, str] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def ask(index: int) -> None:
+        try:
+            barrier.wait()
+            parts = []
+            for chunk in server.client().chat.completions.create(
+                model="", messages=USER, stream=True, extra_body={"grammar": f'root ::= "</think>{forced(index)}"'}
+            ):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts.append(chunk.choices[0].delta.content)
+            texts[index] = "".join(parts)
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    run_threads([threading.Thread(target=ask, args=(i,)) for i in range(4)])
+    assert not errors
+    assert texts == {i: forced(i) for i in range(4)}
+
+
+def test_json_mode_and_free_text_share_a_batch(server: ServerProcess) -> None:
+    results: dict[str, object] = {}
+
+    def json_mode() -> None:
+        schema = {"type": "object", "properties": {"n": {"const": 7}}, "required": ["n"]}
+        reply = server.client().chat.completions.create(
+            model="", messages=USER, max_tokens=60,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+        results["json"] = json.loads(reply.choices[0].message.content or "")
+
+    def free() -> None:
+        reply = server.client().chat.completions.create(model="", messages=USER, max_tokens=200, extra_body={"ignore_eos": True})
+        results["free"] = reply.usage.completion_tokens if reply.usage else None
+
+    run_threads([threading.Thread(target=json_mode), threading.Thread(target=free)])
+    assert results == {"json": {"n": 7}, "free": 200}
+
+
+def test_cancelling_one_of_four_lets_the_others_finish_and_frees_its_slot(server: ServerProcess) -> None:
+    wait_idle(server)
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def steady() -> None:
+        try:
+            reply = server.client().chat.completions.create(model="", messages=USER, max_tokens=300, extra_body={"ignore_eos": True})
+            done.append(reply.usage.completion_tokens if reply.usage else -1)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    others = [threading.Thread(target=steady) for _ in range(3)]
+    stream = server.client().chat.completions.create(model="", messages=USER, max_tokens=LONG, stream=True, extra_body={"ignore_eos": True})
+    with stream:
+        chunks = iter(stream)
+        next(chunks)
+        for thread in others:
+            thread.start()
+        for _ in range(3):
+            next(chunks)
+    for thread in others:
+        thread.join(timeout=300)
+    assert not errors and done == [300, 300, 300]
+    line = server.wait_for_line(r"client disconnected")
+    assert int(line.split(" tokens")[0].rsplit("|", 1)[1]) < LONG
+    health = wait_idle(server)
+    assert health["slots"] == 4 and health["slots_busy"] == 0
+
+
+def test_beyond_slots_and_queue_is_503(server: ServerProcess) -> None:
+    wait_idle(server)
+    client = server.client()
+    streams = [client.chat.completions.create(model="", messages=USER, max_tokens=LONG, stream=True, extra_body={"ignore_eos": True})
+               for _ in range(4)]
+    try:
+        for stream in streams:
+            next(iter(stream))  # four slots generating
+        status, _, raw = http("GET", server.root + "/health", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert json.loads(raw)["slots_busy"] == 4
+        queued = [threading.Thread(target=lambda: client.chat.completions.create(model="", messages=USER, max_tokens=2,
+                                                                              extra_body={"ignore_eos": True})) for _ in range(2)]
+        for thread in queued:
+            thread.start()
+        with pytest.raises(openai.APIStatusError) as raised:
+            for _ in range(50):  # until both queued requests hold their places
+                client.chat.completions.create(model="", messages=USER, max_tokens=2)
+        assert raised.value.status_code == 503
+    finally:
+        for stream in streams:
+            stream.close()
+    for thread in queued:
+        thread.join(timeout=300)
+    wait_idle(server)
+
+
+def test_prompt_longer_than_a_slot_is_400(server: ServerProcess) -> None:
+    # 8192 tokens of context shared by 4 slots: 2048 each.
+    long = [{"role": "user", "content": "word " * 2500}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        server.client().chat.completions.create(model="", messages=long, max_tokens=2)
+    assert "a slot holds 2048" in str(raised.value)
+
+
+def test_no_tracebacks_in_the_log(server: ServerProcess) -> None:
+    assert "Traceback" not in server.stderr
