@@ -41,9 +41,9 @@ def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ServerProcess:
     """`python -m edgellm serve` on a free loopback port, its stderr collected line by line."""
 
-    def __init__(self, model: Path, *args: str, home: Path) -> None:
+    def __init__(self, model: Path, *args: str, home: Path, ctx: str = "8192") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgellm", "serve", "-m", str(model), "--port", "0", "--ctx", "8192", *args],
+            [sys.executable, "-m", "edgellm", "serve", "-m", str(model), "--port", "0", "--ctx", ctx, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_HOME=str(home)),
         )
         self._lines: list[str] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,30 +117,36 @@ def test_cancelling_one_of_four_lets_the_others_finish_and_frees_its_slot(server
     assert health["slots"] == 4 and health["slots_busy"] == 0
 
 
-def test_beyond_slots_and_queue_is_503(server: ServerProcess) -> None:
-    wait_idle(server)
-    client = server.client()
-    streams = [client.chat.completions.create(model="", messages=USER, max_tokens=LONG, stream=True, extra_body={"ignore_eos": True})
+def test_beyond_slots_and_queue_is_503(mid_model: Path, tmp_path: Path) -> None:
+    # The mid-size model: four long streams keep all four slots busy for seconds.
+    target = ServerProcess(mid_model, "--parallel", "4", "--queue", "2", home=tmp_path, ctx="4096")
+    client = target.client(api_key="unused")
+    streams = [client.chat.completions.create(model="", messages=USER, max_tokens=1000, stream=True, extra_body={"ignore_eos": True})
                for _ in range(4)]
+    queued: list[threading.Thread] = []
     try:
         for stream in streams:
             next(iter(stream))  # four slots generating
-        status, _, raw = http("GET", server.root + "/health", headers={"Authorization": f"Bearer {API_KEY}"})
-        assert json.loads(raw)["slots_busy"] == 4
         queued = [threading.Thread(target=lambda: client.chat.completions.create(model="", messages=USER, max_tokens=2,
                                                                               extra_body={"ignore_eos": True})) for _ in range(2)]
         for thread in queued:
             thread.start()
+        deadline = time.monotonic() + 60
+        while True:  # until both hold their places in the queue
+            health = json.loads(http("GET", target.root + "/health")[2])
+            if health["queued"] == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert health["slots_busy"] == 4 and health["queued"] == 2
         with pytest.raises(openai.APIStatusError) as raised:
-            for _ in range(50):  # until both queued requests hold their places
-                client.chat.completions.create(model="", messages=USER, max_tokens=2)
-        assert raised.value.status_code == 503
+            client.chat.completions.create(model="", messages=USER, max_tokens=2)
+        assert raised.value.status_code == 503 and raised.value.body["code"] == "queue_full"  # type: ignore[index]
     finally:
         for stream in streams:
             stream.close()
-    for thread in queued:
-        thread.join(timeout=300)
-    wait_idle(server)
+        for thread in queued:
+            thread.join(timeout=300)
+        assert target.stop() == 0
 
 
 def test_prompt_longer_than_a_slot_is_400(server: ServerProcess) -> None:

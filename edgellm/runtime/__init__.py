@@ -8,12 +8,14 @@ import here is lazy: `edgellm --help`, `detect` and `profiles` never pay for it.
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import ctypes
 import functools
 import json
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -376,6 +378,8 @@ class Engine:
 
     @property
     def tokens_in_context(self) -> int:
+        if "scheduler" in self.__dict__:
+            return max(len(slot.cached) for slot in self.scheduler.slots)
         return int(self.llm.n_tokens)
 
     # --- generation ------------------------------------------------------------------------------
@@ -394,80 +398,83 @@ class Engine:
     def generate_tokens(
         self, tokens: list[int], params: SamplingParams, *, opened_by_template: bool = False
     ) -> Iterator[Event]:
+        """Generate on the engine's scheduler (edgellm.runtime.batch), stepped in this thread.
+
+        One core for every front end: run and chat go through the same batch, sampler chains,
+        reasoning split and prefix reuse as serve. Ctrl-C becomes a flag the step loop checks
+        (a KeyboardInterrupt raised in the middle of a step could leave the cache's bookkeeping
+        half done), then GenerationInterrupted with the stats and the text the splitter held.
+        """
+        from edgellm.runtime.batch import Finished, SequenceRequest  # noqa: PLC0415
+
         self.last_generated = 0
         self.check_prompt(tokens)
-        n_ctx = self.n_ctx
-        room = n_ctx - len(tokens)
-        max_tokens = min(params.max_tokens, room) if params.max_tokens else room
-        llm = self.llm
-        reused = _common_prefix(llm._input_ids[: llm.n_tokens], tokens) if llm.n_tokens else 0
-        if params.seed is not None:
-            llm.set_seed(params.seed)
-        grammar = self._grammar(params)
-        # Under a grammar, end-of-generation means the grammar is complete: stop even with ignore_eos.
-        stop_at_eog = not params.ignore_eos or grammar is not None
-        split = params.split_reasoning
-        splitter = ReasoningSplitter(opened_by_template=opened_by_template and split, thinks=self.model.thinks and split)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        is_eog = self._llama_cpp.llama_vocab_is_eog
-        vocab = self._vocab
-        piece = self._piece
-        think_tags = self._think_tokens  # special tokens whose text must be rendered
-        stats = GenerationStats(prompt_tokens=len(tokens), load_s=self.load_s, n_ctx=n_ctx)
-        stats.prompt_tokens_evaluated = len(tokens) - max(min(reused, len(tokens) - 1), 0)
-        finish = "length"
-        generated = 0
-        started = time.perf_counter()
-        first_at = started
-        stream = llm.generate(
-            tokens,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            temp=params.temperature,
-            repeat_penalty=params.repeat_penalty,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            grammar=grammar,
-        )
-        try:
-            for token in stream:
-                if generated == 0:
-                    first_at = time.perf_counter()
-                if stop_at_eog and is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                generated += 1
-                self.last_generated = generated
-                text = decoder.decode(piece(token, token in think_tags))
-                if text:
-                    for kind, chunk in splitter.feed(text):
-                        yield TextEvent(kind, chunk)
-                if generated >= max_tokens:
-                    break
-        except KeyboardInterrupt:
-            # Ctrl-C arrived while llama.cpp was working; the caller keeps what was streamed.
-            self._finish_stats(stats, started, first_at, generated, "interrupted")
-            held = splitter.feed(decoder.decode(b"", final=True)) + splitter.finish()
-            raise GenerationInterrupted(stats, [TextEvent(kind, text) for kind, text in held]) from None
-        finally:
-            stream.close()
-        tail = decoder.decode(b"", final=True)
-        for kind, chunk in splitter.feed(tail) + splitter.finish():
-            yield TextEvent(kind, chunk)
-        self._finish_stats(stats, started, first_at, generated, finish)
-        yield stats
+        scheduler = self.scheduler
+        slot = scheduler.slots[0]
+        events: collections.deque[Any] = collections.deque()
+        request = SequenceRequest(Prompt(list(tokens), opened_by_template), params, events.append)
+        held: list[TextEvent] = []  # text that arrives once Ctrl-C was seen: handed over with the stats
+        final: list[GenerationStats] = []
 
-    def _finish_stats(self, stats: GenerationStats, started: float, first_at: float, generated: int, finish: str) -> None:
-        ended = time.perf_counter()
-        stats.generated_tokens = generated
-        stats.ttft_s = max(first_at - started, 0.0)
-        stats.prompt_tps = stats.prompt_tokens_evaluated / stats.ttft_s if stats.ttft_s > 0 else 0.0
-        # The first token comes with the prompt pass; the rest are pure generation.
-        stats.gen_tps = (generated - 1) / (ended - first_at) if generated > 1 and ended > first_at else 0.0
-        stats.peak_rss_bytes = peak_rss_bytes()
-        stats.finish_reason = finish
-        stats.context_used = int(self.llm.n_tokens)
+        def take(event: Any) -> Any:
+            """Sort one event; returns what to yield (None: nothing), or Finished."""
+            if isinstance(event, GenerationStats):
+                final.append(event)
+                self.last_generated = event.generated_tokens
+                return None if request.cancelled.is_set() else event
+            if isinstance(event, TextEvent) and request.cancelled.is_set():
+                held.append(event)
+                return None
+            return event
+
+        def interrupted() -> GenerationInterrupted:
+            stats = final[-1] if final else GenerationStats(prompt_tokens=len(tokens), finish_reason="interrupted")
+            stats.finish_reason = "interrupted"
+            return GenerationInterrupted(stats, held)
+
+        def drain() -> None:
+            request.cancel()
+            while True:
+                while events:
+                    if isinstance(take(events.popleft()), Finished):
+                        return
+                scheduler.step()
+
+        scheduler.submit(request)
+        try:
+            with _sigint_sets(request.cancelled):
+                while True:
+                    scheduler.step()
+                    if slot.request is request:
+                        self.last_generated = slot.generated
+                    while events:
+                        event = take(events.popleft())
+                        if isinstance(event, Finished):
+                            if event.error is not None:
+                                raise event.error
+                            if request.cancelled.is_set():
+                                raise interrupted()
+                            return
+                        if event is not None:
+                            yield event
+        except KeyboardInterrupt:
+            # Thrown in at a yield (chat hands over a Ctrl-C that landed while it wrote a token).
+            drain()
+            raise interrupted() from None
+        except GeneratorExit:
+            drain()  # the consumer stopped reading: free the sequence
+            raise
+
+    @functools.cached_property
+    def scheduler(self) -> Any:
+        from edgellm.runtime.batch import Scheduler  # noqa: PLC0415
+
+        return Scheduler(self, self.sequences)
+
+    def forget_cache(self) -> None:
+        """Something else (bench) used the context directly: no slot's cached tokens are valid now."""
+        if "scheduler" in self.__dict__:
+            self.scheduler.forget()
 
     def grammar_text(self, params: SamplingParams) -> str | None:
         """The GBNF text for params (a JSON Schema converted), checked so llama.cpp cannot crash on it.
@@ -567,6 +574,30 @@ class GenerationInterrupted(Exception):
         self.held = held or []
 
 
+class _SigintFlag:
+    fired = False
+
+
+@contextlib.contextmanager
+def _sigint_sets(flag: threading.Event) -> Iterator[_SigintFlag]:
+    """While generating in the main thread, SIGINT (Ctrl-C, or chat's Ctrl-D) sets `flag`
+    instead of raising wherever the interpreter happens to be."""
+    state = _SigintFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        state.fired = True
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -649,6 +680,7 @@ class BenchContext:
         """Empty the KV cache (llama-bench's llama_memory_clear before each repetition)."""
         self._llama_cpp.llama_memory_clear(self._llama_cpp.llama_get_memory(self.ctx), False)
         self.engine.llm.reset()  # so llama-cpp-python's own prefix matching does not trust the old tokens
+        self.engine.forget_cache()  # nor the scheduler's
 
     def set_threads(self, threads: int) -> None:
         self._llama_cpp.llama_set_n_threads(self.ctx, threads, threads)

@@ -117,6 +117,12 @@ class Scheduler:
     def busy(self) -> int:
         return sum(1 for slot in self.slots if slot.busy)
 
+    def forget(self) -> None:
+        """Drop every slot's cache bookkeeping (the context was used directly, or cleared)."""
+        self._llama.llama_memory_clear(self.memory, True)
+        for slot in self.slots:
+            slot.cached = []
+
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
