@@ -6,7 +6,8 @@ R1 distills write one of three forms:
                                        the prompt with `<think>\\n`);
   `answer`                          - no tags at all (the distills sometimes skip thinking).
 Tags may arrive split across tokens ('</', 'think', '>'), so a possible tag prefix is held back
-until the next chunk decides it. Only text that cannot be part of a tag is released.
+until the next chunk decides it, and never more: a reply whose template did not open <think> and
+that does not begin with it is answer text from its first characters.
 """
 
 from __future__ import annotations
@@ -79,16 +80,12 @@ class ReasoningSplitter:
                     continue
                 if len(stripped) < len(OPEN_TAG) and OPEN_TAG.startswith(stripped):
                     return out  # could still become <think>
-                index = self._buffer.find(CLOSE_TAG)
-                if index >= 0:
-                    reasoning = self._buffer[:index]
-                    if reasoning.strip():
-                        out.append((REASONING, reasoning))
-                    self._buffer = self._buffer[index + len(CLOSE_TAG):]
-                    self._state = _State.ANSWER
-                    self._at_answer_start = True
-                    continue
-                return out  # hold: the kind is decided by a later </think> or the end
+                # It does not begin with <think>: it is the answer, and streams from here (as
+                # llama-server's deepseek format decides). Holding it for a </think> that may come
+                # much later stalled the stream for most of the reply.
+                self._state = _State.ANSWER
+                self._at_answer_start = True
+                continue
             # REASONING
             index = self._buffer.find(CLOSE_TAG)
             if index >= 0:

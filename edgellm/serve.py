@@ -99,18 +99,23 @@ class ClientGone(Exception):
 # --- request bodies ------------------------------------------------------------------------------
 
 Strict = ConfigDict(extra="forbid")
+# Request bodies: known fields are validated strictly, unknown ones are accepted (Open WebUI
+# forwards Ollama options such as num_ctx to OpenAI connections) and logged once by name.
+Lenient = ConfigDict(extra="allow")
 
 
-class TextPart(BaseModel):
-    model_config = Strict
-    type: Literal["text"]
-    text: str
+class ContentPart(BaseModel):
+    """One part of a message's content list: text is used; anything else is refused in text()."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = Strict
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    content: Union[str, list[ContentPart], None] = None
     name: str | None = None
     # Sent back by clients that echo our replies; R1's guidance is not to feed reasoning back.
     reasoning_content: str | None = None
@@ -118,12 +123,20 @@ class ChatMessage(BaseModel):
     tool_calls: list[Any] | None = None
     tool_call_id: str | None = None
 
-    def text(self) -> str:
+    def text(self, index: int = 0) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        texts = []
+        for part in self.content:
+            if part.type != "text":
+                raise APIError(400, f"message {index + 1} has a '{part.type}' part: this model takes text only",
+                               param=f"messages.{index}.content", code="unsupported_content")
+            if part.text is None:
+                raise APIError(400, f"message {index + 1} has a text part without 'text'", param=f"messages.{index}.content")
+            texts.append(part.text)
+        return "".join(texts)
 
 
 class JsonSchemaFormat(BaseModel):
@@ -149,7 +162,7 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields both endpoints share; the last group are llama.cpp server extensions."""
 
-    model_config = Strict
+    model_config = Lenient
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -347,6 +360,7 @@ class Server:
         self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-prepare")
         self.max_piece_bytes = int(getattr(engine, "max_piece_bytes", 256))
         self.active_jobs: set[GenerationJob] = set()
+        self.ignored_fields: set[str] = set()  # unknown request fields already logged
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -495,6 +509,10 @@ class Server:
 
     def sampling(self, body: SamplingFields, max_tokens: int | None) -> SamplingParams:
         self.check_model(body.model)
+        for name in body.model_extra or {}:
+            if name not in self.ignored_fields and len(self.ignored_fields) < 1000:
+                self.ignored_fields.add(name)
+                ui.info(f"note: ignoring the request field '{name}' (not an OpenAI or llama.cpp field edgellm uses); said once")
         unsupported = {
             "logit_bias": bool(body.logit_bias),
             "logprobs": bool(body.logprobs),
@@ -533,7 +551,7 @@ class Server:
             params.grammar, params.json_schema = response_format_grammar(body.response_format)
             params.split_reasoning = False  # the grammar owns every token: all of it is the JSON answer
         messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)} for i, m in enumerate(body.messages)
         ]
         self.check_size(len(messages), sum(len(m["content"]) for m in messages), "messages")
         engine = self.engine

@@ -10,7 +10,9 @@ FORMS = [
     # (text, opened_by_template, reasoning, answer)
     ("<think>\nLet me add.\n</think>\n\nIt is 4.", False, "\nLet me add.\n", "It is 4."),
     ("Let me add.\n</think>\n\nIt is 4.", True, "Let me add.\n", "It is 4."),
-    ("Let me add.\n</think>\n\nIt is 4.", False, "Let me add.\n", "It is 4."),  # template opened it, we were not told
+    # Not opened by the template and not beginning with <think>: answer from the first word, so it
+    # streams at once (0.1 held it all, waiting for a </think> that might come at the very end).
+    ("Let me add.\n</think>\n\nIt is 4.", False, "", "Let me add.\n</think>\n\nIt is 4."),
     ("It is 4.", False, "", "It is 4."),
     ("  <think>a < b</think>x</thin", False, "a < b", "x</thin"),
     ("<think>unfinished thought", False, "unfinished thought", ""),
@@ -55,3 +57,12 @@ def test_models_that_do_not_think_stream_everything_as_answer() -> None:
     splitter = ReasoningSplitter(thinks=False)
     assert splitter.feed("<think>") == [(ANSWER, "<think>")]
     assert splitter.feed("x") == [(ANSWER, "x")]
+
+
+def test_a_reply_that_skips_thinking_streams_from_its_first_word() -> None:
+    # Issue 18: with the template form that does not open <think>, `run --think show` printed its
+    # first byte at 97% of a 300-token reply.
+    splitter = ReasoningSplitter(opened_by_template=False)
+    assert splitter.feed("<th") == []  # may still become <think>
+    assert splitter.feed("e") == [(ANSWER, "<the")]
+    assert splitter.feed(" answer") == [(ANSWER, " answer")]

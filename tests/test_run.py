@@ -247,3 +247,28 @@ def test_option_files_and_lists_that_would_hang_or_exhaust_memory(tiny_q4km: Pat
     err = result.stderr.decode()
     assert result.returncode in (1, 2), err
     assert words in err and err.count("error:") == 1 and "unexpected" not in err
+
+
+def test_a_reply_that_skips_thinking_streams_while_it_is_generated(slow_no_prefill: Path, tmp_path: Path) -> None:
+    # Issue 18: with the R1 template form that does not open <think>, a reply that does not begin
+    # with it was held back whole; the first byte came at 97% of the run. Now the first words
+    # arrive while the model is still generating (thousands of tokens remain).
+    grammar = grammar_file(tmp_path, 'root ::= [a-z]+ " " root')  # never complete, never a tag
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgellm", "run", "-m", str(slow_no_prefill), "hello", "--grammar", grammar,
+         "-n", "6000", "--ctx", "8192", "--think", "show"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+    )
+    assert process.stdout is not None
+    try:
+        os.set_blocking(process.stdout.fileno(), False)
+        received = b""
+        deadline = time.monotonic() + 120
+        while len(received.split()) < 3 and time.monotonic() < deadline and process.poll() is None:
+            received += process.stdout.read() or b""
+            time.sleep(0.05)
+        assert len(received.split()) >= 3, "no words before the end"
+        assert process.poll() is None  # still generating: the words were streamed, not held
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
