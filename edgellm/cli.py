@@ -639,6 +639,7 @@ def serve(
     cors: Annotated[Optional[list[str]], typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
     parallel: Annotated[int, typer.Option("--parallel", "-np", min=1, max=64, help="Requests generated at once (continuous batching); each gets an equal share of the context.")] = 1,
     queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while all slots generate; more get 503.")] = 8,
+    truncate: Annotated[str, typer.Option("--truncate", help="A chat history longer than a slot: drop the oldest turns (oldest; the system prompt stays) or answer 400 (error).")] = "oldest",
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
@@ -658,6 +659,8 @@ def serve(
 
     if not model:
         raise UsageError("no model: pass -m FILE.gguf", hint="edgellm serve -m ~/models/model.gguf")
+    if truncate not in ("oldest", "error"):
+        raise UsageError(f"--truncate must be oldest or error, not '{truncate}'")
     server.check_bind(host, api_key, insecure)
     prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True)
     plan_ = prepared.plan
@@ -670,7 +673,8 @@ def serve(
     engine = Engine(prepared.model, plan_, sequences=parallel)
     slot_ctx = plan_.n_ctx // parallel
     config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
-                                 allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []))
+                                 allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
+                                 truncate=truncate)
     url = server.url_of(sock)
     ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
     try:

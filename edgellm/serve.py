@@ -62,6 +62,8 @@ class ServerConfig:
     # None: any Host header (a public bind, protected by the key); else loopback names plus these.
     allowed_hosts: list[str] | None = None
     cors_origins: list[str] = field(default_factory=list)
+    # Chat histories longer than a slot: drop the oldest turns ("oldest", as `edgellm chat` does) or 400 ("error").
+    truncate: str = "oldest"
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -556,9 +558,19 @@ class Server:
         self.check_size(len(messages), sum(len(m["content"]) for m in messages), "messages")
         engine = self.engine
         param = "response_format" if body.response_format is not None else "grammar"
-        prompt = await self.prepare(request, lambda: engine.prompt_from_messages(messages), params, param)
+        dropped: list[int] = []
+
+        def fitted() -> Prompt:
+            prompt, count = self.fit_history(messages, params.max_tokens)
+            dropped.append(count)
+            return prompt
+
+        prompt = await self.prepare(request, fitted, params, param)
         # A raw `grammar` may spell out "...</think>answer" and is split like free text.
         reply = Reply(request, self, "chat.completion", body.stream, stop_strings(body.stop))
+        if dropped and dropped[0]:
+            reply.headers["X-Edgellm-Dropped-Messages"] = str(dropped[0])
+            reply.log["note"] = f"history too long for a slot: dropped the oldest {dropped[0]} messages"
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     async def complete(self, request: Request, body: CompletionRequest) -> Response:
@@ -577,6 +589,36 @@ class Server:
         prompt = await self.prepare(request, lambda: engine.prompt_from_text(text), params, "grammar")
         reply = Reply(request, self, "text_completion", body.stream, stop_strings(body.stop))
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    def fit_history(self, messages: list[dict[str, str]], max_tokens: int | None) -> tuple[Prompt, int]:
+        """The prompt for `messages`, dropping the oldest turns (the system prompt stays) until it
+        leaves a slot room for the reply, as `edgellm chat` does; returns it and how many messages
+        went. A last turn too long on its own is still refused (400)."""
+        engine = self.engine
+        slot_ctx = self.scheduler.slot_ctx
+        room = min(max_tokens or slot_ctx // 4, slot_ctx // 2)
+        head = 0
+        while head < len(messages) and messages[head]["role"] == "system":
+            head += 1
+        system, rest = messages[:head], list(messages[head:])
+        dropped = 0
+        while True:
+            prompt = engine.prompt_from_messages(system + rest, check=False)
+            if len(prompt.tokens) <= slot_ctx - room or self.config.truncate == "error":
+                break
+            cut = next((i for i in range(1, len(rest)) if rest[i]["role"] == "user"), None)
+            if cut is None:
+                break  # only the last turn is left: too long on its own
+            dropped += cut
+            rest = rest[cut:]
+        engine.check_prompt(prompt.tokens)
+        if len(prompt.tokens) >= slot_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt.tokens)} tokens but a slot holds {slot_ctx}"
+                + (f" ({engine.n_ctx} tokens of context shared by {len(self.scheduler.slots)} slots)" if len(self.scheduler.slots) > 1 else ""),
+                hint="send less, or start the server with a larger --ctx (or fewer --parallel slots)",
+            )
+        return prompt, dropped
 
     def check_size(self, n_messages: int, n_chars: int, param: str) -> None:
         """Refuse, without any template or tokenizer work, what cannot fit the context: every
@@ -675,6 +717,7 @@ class Reply:
         self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("edgellm", {})
+        self.headers: dict[str, str] = {}
         self.log["tokens"] = 0
 
     async def respond(self, prompt: Prompt, params: SamplingParams, *, include_usage: bool) -> Response:
@@ -698,7 +741,7 @@ class Reply:
         return StreamingResponse(
             self._sse(first, reader, include_usage),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers},
         )
 
     def _pieces(self, item: Item) -> list[tuple[str, str]]:
@@ -735,7 +778,8 @@ class Reply:
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         return JSONResponse(
             {"id": self.id, "object": self.kind, "created": self.created, "model": self.server.config.model_id,
-             "choices": [choice], "usage": _usage(reader.job)}
+             "choices": [choice], "usage": _usage(reader.job)},
+            headers=self.headers,
         )
 
     def _finish_reason(self, job: GenerationJob) -> str:

@@ -159,3 +159,19 @@ def test_prompt_longer_than_a_slot_is_400(server: ServerProcess) -> None:
 
 def test_no_tracebacks_in_the_log(server: ServerProcess) -> None:
     assert "Traceback" not in server.stderr
+
+
+def test_a_history_longer_than_a_slot_drops_its_oldest_turns(server: ServerProcess) -> None:
+    # Issue 18: a long Open WebUI conversation got 400 context_length_exceeded once it outgrew the context.
+    turn = "tell me about the weather and the sea " * 20  # about 200 tokens
+    history = [{"role": "system", "content": "You are brief."}]
+    for index in range(16):
+        history += [{"role": "user", "content": f"{index}: {turn}"}, {"role": "assistant", "content": turn}]
+    history.append({"role": "user", "content": "And now?"})
+    raw = server.client().chat.completions.with_raw_response.create(model="", messages=history, max_tokens=4,
+                                                                     extra_body={"ignore_eos": True})
+    dropped = int(raw.headers["x-edgellm-dropped-messages"])
+    assert dropped > 0 and dropped % 2 == 0  # whole turns
+    reply = raw.parse()
+    assert reply.usage is not None and reply.usage.prompt_tokens <= 2048 - 4
+    server.wait_for_line(rf"dropped the oldest {dropped} messages")

@@ -346,16 +346,17 @@ class Engine:
         # The template already wrote the BOS token when the model wants one.
         return list(self.llm.tokenize(data, add_bos=self._formatter is None, special=True))
 
-    def prompt_from_messages(self, messages: list[dict[str, str]]) -> Prompt:
-        return self.prompt_from_text(self.format_messages(messages))
+    def prompt_from_messages(self, messages: list[dict[str, str]], *, check: bool = True) -> Prompt:
+        return self.prompt_from_text(self.format_messages(messages), check=check)
 
-    def prompt_from_text(self, text: str) -> Prompt:
-        """Tokenize, and refuse what cannot be generated from (empty, or longer than the context).
+    def prompt_from_text(self, text: str, *, check: bool = True) -> Prompt:
+        """Tokenize, and (check) refuse what cannot be generated from: empty, or longer than the context.
 
         Safe to call from another thread while this engine generates (serve does it, so template
         and tokenizer work never holds the generation slot)."""
         tokens = self.tokenize(text)
-        self.check_prompt(tokens)
+        if check:
+            self.check_prompt(tokens)
         return Prompt(tokens, _opens_think(text))
 
     def check_prompt(self, tokens: list[int]) -> None:
