@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from edgellm import guards, ui
+from edgellm.metrics import Metrics
 from edgellm.errors import ContextOverflowError, EdgeLLMError, EmptyPromptError, GrammarError, UsageError
 from edgellm.reasoning import REASONING, held_prefix_length
 from edgellm.runtime import GenerationStats, Prompt, SamplingParams, TextEvent
@@ -268,6 +269,8 @@ class GenerationJob:
         self.finished = asyncio.Event()
         self.stats: GenerationStats | None = None
         self.cut_short = False  # cancelled by the server's shutdown: the answer is incomplete
+        self.created = time.perf_counter()
+        self.first_token_s: float | None = None  # from the request to its first text
         self.request = SequenceRequest(prompt, params, self._emit)
 
     def cancel(self) -> None:
@@ -277,6 +280,8 @@ class GenerationJob:
         """Called from the scheduler's thread."""
         if isinstance(event, GenerationStats):
             self.stats = event
+        elif isinstance(event, TextEvent) and self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self.created
         with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is gone (shutdown)
             if isinstance(event, Finished):
                 if event.error is not None:
@@ -363,12 +368,13 @@ class Server:
         self.max_piece_bytes = int(getattr(engine, "max_piece_bytes", 256))
         self.active_jobs: set[GenerationJob] = set()
         self.ignored_fields: set[str] = set()  # unknown request fields already logged
+        self.metrics = Metrics()
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- jobs --
 
-    def start_job(self, prompt: Prompt, params: SamplingParams) -> GenerationJob:
+    def start_job(self, prompt: Prompt, params: SamplingParams, request_id: str = "") -> GenerationJob:
         """Hand a request to the scheduler, or 503 when every slot and queue place is taken."""
         if self.draining:
             raise _shutting_down()
@@ -386,8 +392,13 @@ class Server:
         def finished() -> None:
             self.active_jobs.discard(job)
             self.admission.leave()
+            if job.stats is not None:
+                self.metrics.generation(job.stats.prompt_tokens, job.stats.generated_tokens)
+            if job.first_token_s is not None:
+                self.metrics.first_token(job.first_token_s)
 
         job = GenerationJob(prompt, params, asyncio.get_running_loop(), on_finished=finished)
+        job.request.id = request_id
         self.active_jobs.add(job)
         self.scheduler.submit(job.request)
         return job
@@ -444,6 +455,18 @@ class Server:
             return {"status": "ok", "model": self.config.model_id, "busy": scheduler.busy > 0, "queued": scheduler.waiting,
                     "slots": len(scheduler.slots), "slots_busy": scheduler.busy}
 
+        @app.get("/metrics")
+        async def metrics(request: Request) -> Response:
+            self.authorize(request)
+            scheduler = self.scheduler
+            text = self.metrics.render(slots=len(scheduler.slots), busy=scheduler.busy, queued=scheduler.waiting)
+            return Response(text, media_type="text/plain; version=0.0.4")
+
+        @app.get("/slots")
+        async def slots(request: Request) -> list[dict[str, Any]]:
+            self.authorize(request)
+            return self.scheduler.describe()
+
         @app.get("/v1/models")
         async def list_models(request: Request) -> dict[str, Any]:
             self.authorize(request)
@@ -477,7 +500,7 @@ class Server:
                                      allow_headers=["authorization", "content-type"], max_age=600)
         if self.config.allowed_hosts is not None:
             wrapped = guards.HostCheck(wrapped, self.config.allowed_hosts)
-        return RequestLog(wrapped)  # type: ignore[return-value]
+        return RequestLog(wrapped, self.metrics)  # type: ignore[return-value]
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.config.model_id, "object": "model", "created": self.config.created, "owned_by": "edgellm"}
@@ -721,7 +744,7 @@ class Reply:
         self.log["tokens"] = 0
 
     async def respond(self, prompt: Prompt, params: SamplingParams, *, include_usage: bool) -> Response:
-        job = self.server.start_job(prompt, params)
+        job = self.server.start_job(prompt, params, self.id)
         reader = ItemReader(job, self.request)
         try:
             # Wait for the first event before answering, so that a prompt too long for the context
@@ -958,11 +981,15 @@ async def _unexpected_error_handler(_: Request, error: Exception) -> JSONRespons
     return _as_api_error(error).response()
 
 
+KNOWN_PATHS = frozenset({"/health", "/metrics", "/slots", "/v1/models", "/v1/chat/completions", "/v1/completions"})
+
+
 class RequestLog:
     """ASGI middleware: one stderr line per request (method, path, status, tokens, tok/s, time)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -985,6 +1012,10 @@ class RequestLog:
                 traceback.print_exc()
         finally:
             line = request_log_line(scope, status["code"], time.perf_counter() - started)
+            if self.metrics is not None:
+                # Known paths only: a scanner's random URLs must not grow the label set without end.
+                known = scope["path"] in KNOWN_PATHS
+                self.metrics.request(scope["path"] if known else "other", status["code"] or 500)
             if failure is not None:
                 line += f" | error: {type(failure).__name__}: {failure}"
             ui.info(line)

@@ -175,3 +175,24 @@ def test_a_history_longer_than_a_slot_drops_its_oldest_turns(server: ServerProce
     reply = raw.parse()
     assert reply.usage is not None and reply.usage.prompt_tokens <= 2048 - 4
     server.wait_for_line(rf"dropped the oldest {dropped} messages")
+
+
+def test_metrics_and_slots_move_and_need_the_key(server: ServerProcess) -> None:
+    def metric(text: str, name: str) -> float:
+        match = next(line for line in text.splitlines() if line.startswith(name + " "))
+        return float(match.split()[-1])
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert http("GET", server.root + "/metrics")[0] == 401
+    assert http("GET", server.root + "/slots")[0] == 401
+    before = http("GET", server.root + "/metrics", headers=auth)[2].decode()
+    server.client().chat.completions.create(model="", messages=USER, max_tokens=5, extra_body={"ignore_eos": True})
+    after = http("GET", server.root + "/metrics", headers=auth)[2].decode()
+    assert metric(after, "edgellm_generated_tokens_total") == metric(before, "edgellm_generated_tokens_total") + 5
+    assert metric(after, "edgellm_time_to_first_token_seconds_count") == metric(before, "edgellm_time_to_first_token_seconds_count") + 1
+    assert 'edgellm_requests_total{path="/v1/chat/completions",status="200"}' in after
+    assert metric(after, "edgellm_slots") == 4
+    status, _, raw = http("GET", server.root + "/slots", headers=auth)
+    slots = json.loads(raw)
+    assert status == 200 and [slot["id"] for slot in slots] == [0, 1, 2, 3]
+    assert all(slot["state"] == "idle" for slot in slots) and any(slot["cached_tokens"] > 0 for slot in slots)

@@ -48,6 +48,7 @@ class SequenceRequest:
     emit: Callable[[Any], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.perf_counter)
+    id: str = ""  # the front end's name for it (serve: the response id)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -116,6 +117,22 @@ class Scheduler:
     @property
     def busy(self) -> int:
         return sum(1 for slot in self.slots if slot.busy)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each slot's state for GET /slots (read from another thread: a snapshot, not a lock)."""
+        now = time.perf_counter()
+        out = []
+        for slot in self.slots:
+            request = slot.request
+            state = "idle" if request is None else "prompt" if slot.pending else "generating"
+            elapsed = now - slot.first_at if request is not None and slot.generated > 1 else 0.0
+            out.append({
+                "id": slot.seq_id, "state": state, "cached_tokens": len(slot.cached),
+                "request": request.id if request is not None else None,
+                "generated_tokens": slot.generated if request is not None else 0,
+                "tps": round((slot.generated - 1) / elapsed, 2) if elapsed > 0 else 0.0,
+            })
+        return out
 
     def forget(self) -> None:
         """Drop every slot's cache bookkeeping (the context was used directly, or cleared)."""
