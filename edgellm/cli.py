@@ -215,6 +215,7 @@ def plan(
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
     sysroot: SysrootOpt = "/",
+    parallel: Annotated[Optional[int], typer.Option("--parallel", "-np", min=1, max=64, help="Plan for serve with N slots, each with --ctx tokens (the KV cache holds them all).")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Decide how to run MODEL here (context, KV cache, cores, threads, memory) without loading it.
@@ -224,7 +225,8 @@ def plan(
     from edgellm.planner import REFUSAL_HINT
     from edgellm.session import PlanOptions, prepare
 
-    options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, sysroot=sysroot)
+    options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, sysroot=sysroot,
+                          parallel=parallel or 1)
     prepared = prepare(model, options, require_fit=False)
     result = prepared.plan
     if json_output:
@@ -637,7 +639,7 @@ def serve(
     alias: Annotated[Optional[str], typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
     allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
     cors: Annotated[Optional[list[str]], typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
-    parallel: Annotated[int, typer.Option("--parallel", "-np", min=1, max=64, help="Requests generated at once (continuous batching); each gets an equal share of the context.")] = 1,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", "-np", min=1, max=64, help="Requests generated at once (continuous batching), each with --ctx tokens of context. Default: as many as fit memory, at most 4.")] = None,
     queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while all slots generate; more get 503.")] = 8,
     truncate: Annotated[str, typer.Option("--truncate", help="A chat history longer than a slot: drop the oldest turns (oldest; the system prompt stays) or answer 400 (error).")] = "oldest",
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
@@ -662,16 +664,18 @@ def serve(
     if truncate not in ("oldest", "error"):
         raise UsageError(f"--truncate must be oldest or error, not '{truncate}'")
     server.check_bind(host, api_key, insecure)
-    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True)
+    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads,
+                                          parallel=parallel), loading=True)
     plan_ = prepared.plan
-    if max_tokens is not None and max_tokens > plan_.n_ctx:
-        raise UsageError(f"--max-tokens {max_tokens} is larger than the context ({plan_.n_ctx} tokens)", hint="raise --ctx, or lower --max-tokens")
+    parallel = plan_.parallel
+    if max_tokens is not None and max_tokens > plan_.n_ctx_per_slot:
+        raise UsageError(f"--max-tokens {max_tokens} is larger than a slot's context ({plan_.n_ctx_per_slot} tokens)", hint="raise --ctx, or lower --max-tokens")
     sock = server.listen(host, port)
     model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
-    slots = f", {parallel} slots of {plan_.n_ctx // parallel} tokens" if parallel > 1 else ""
+    slots = f", {parallel} slots of {plan_.n_ctx_per_slot} tokens" if parallel > 1 else ""
     ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
     engine = Engine(prepared.model, plan_, sequences=parallel)
-    slot_ctx = plan_.n_ctx // parallel
+    slot_ctx = plan_.n_ctx_per_slot
     config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
                                  allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
                                  truncate=truncate)

@@ -18,6 +18,7 @@ from edgellm.profiles import Profile
 from edgellm.units import format_size
 
 MIN_CTX = 512
+MAX_AUTO_PARALLEL = 4  # serve's default slots at most: beyond, each user waits longer for little gain
 CTX_STEP = 256
 # Python + numpy + llama.cpp's code and small buffers, measured as the RSS of `edgellm run`
 # before the model loads plus llama.cpp's fixed allocations (see scripts/check_plan_rss.py).
@@ -47,6 +48,8 @@ class Plan:
     total_bytes: int
     budget_bytes: int | None
     predicted_tg_tps: float | None
+    parallel: int = 1  # sequences generated at once (serve's slots); n_ctx is their total
+    n_ctx_per_slot: int = 0
     reasons: dict[str, str] = field(default_factory=dict)
     refusal: str | None = None
     warnings: list[str] = field(default_factory=list)  # settings edgellm changed from what was asked
@@ -89,11 +92,15 @@ def make_plan(
     threads: int | None = None,
     threads_batch: int | None = None,
     build_repacks: bool = False,
+    parallel: int = 1,
 ) -> Plan:
     """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
 
     `build_repacks`: the installed llama.cpp repacks weights at load (system info `REPACK = 1`).
+    `parallel`: sequences served at once; each gets the context chosen here, and the KV cache
+    and compute buffer are sized for all of them (n_ctx is the total).
     """
+    parallel = max(parallel, 1)
     reasons: dict[str, str] = {}
 
     # Budget: what is free now minus what the OS needs, capped by --mem-budget.
@@ -125,8 +132,9 @@ def make_plan(
 
     def total_for(n_ctx: int, kv_type: str) -> tuple[int, int, int]:
         flash = kv_type != "f16"
-        kv = int(model.kv_bytes_per_token(kv_type) * n_ctx)
-        compute = compute_buffer_bytes(model, n_ctx, min(n_ubatch, n_ctx), flash)
+        cells = n_ctx * parallel  # one unified cache: every slot's share
+        kv = int(model.kv_bytes_per_token(kv_type) * cells)
+        compute = compute_buffer_bytes(model, cells, min(n_ubatch, cells), flash)
         return fixed + kv + compute, kv, compute
 
     def fits(n_ctx: int, kv_type: str) -> bool:
@@ -187,6 +195,9 @@ def make_plan(
         f"one per physical core ({physical})"
     )
 
+    if parallel > 1:
+        reasons["parallel"] = f"{parallel} slots of {n_ctx} tokens: one KV cache of {n_ctx * parallel} cells"
+    n_ctx_per_slot, n_ctx = n_ctx, n_ctx * parallel
     n_batch = min(profile.n_batch, n_ctx)
     use_mlock = profile.mlock and fits_budget
     use_mmap = profile.mmap and not build_repacks
@@ -207,8 +218,9 @@ def make_plan(
     if not fits_budget and budget is not None:
         refusal = (
             f"{model.name or 'model'} {model.quant} needs {format_size(total)} "
-            f"(weights {format_size(model.weights_bytes)} + KV {format_size(kv_bytes)} at {n_ctx} tokens + "
-            f"{format_size(compute + RUNTIME_OVERHEAD_BYTES)} runtime) but the budget is {format_size(budget)}"
+            f"(weights {format_size(model.weights_bytes)} + KV {format_size(kv_bytes)} at {n_ctx} tokens"
+            + (f" in {parallel} slots" if parallel > 1 else "")
+            + f" + {format_size(compute + RUNTIME_OVERHEAD_BYTES)} runtime) but the budget is {format_size(budget)}"
         )
     return Plan(
         profile=profile.name,
@@ -232,6 +244,8 @@ def make_plan(
         total_bytes=total,
         budget_bytes=budget,
         predicted_tg_tps=predicted,
+        parallel=parallel,
+        n_ctx_per_slot=n_ctx_per_slot,
         reasons=reasons,
         refusal=refusal,
         warnings=warnings,
@@ -239,3 +253,14 @@ def make_plan(
 
 
 REFUSAL_HINT = "try a smaller quant (Q4_K_S), a smaller --ctx, or a larger --mem-budget"
+
+
+def auto_parallel(plan_for: Any) -> int:
+    """Serve's default slots: the most (up to MAX_AUTO_PARALLEL) that fit the budget at the context
+    one slot would get alone. `plan_for(parallel)` makes the plan."""
+    alone = plan_for(1)
+    for parallel in range(MAX_AUTO_PARALLEL, 1, -1):
+        plan = plan_for(parallel)
+        if plan.fits and plan.n_ctx_per_slot >= alone.n_ctx_per_slot:
+            return parallel
+    return 1

@@ -637,8 +637,7 @@ class Server:
         engine.check_prompt(prompt.tokens)
         if len(prompt.tokens) >= slot_ctx:
             raise ContextOverflowError(
-                f"the prompt is {len(prompt.tokens)} tokens but a slot holds {slot_ctx}"
-                + (f" ({engine.n_ctx} tokens of context shared by {len(self.scheduler.slots)} slots)" if len(self.scheduler.slots) > 1 else ""),
+                f"the prompt is {len(prompt.tokens)} tokens but a slot holds {slot_ctx} (n_ctx)",
                 hint="send less, or start the server with a larger --ctx (or fewer --parallel slots)",
             )
         return prompt, dropped
@@ -646,7 +645,7 @@ class Server:
     def check_size(self, n_messages: int, n_chars: int, param: str) -> None:
         """Refuse, without any template or tokenizer work, what cannot fit the context: every
         message takes at least one token, and no token covers more than max_piece_bytes bytes."""
-        n_ctx = self.engine.n_ctx
+        n_ctx = self.scheduler.slot_ctx
         if n_messages >= n_ctx:
             raise APIError(400, f"{n_messages} messages cannot fit a context of {n_ctx} tokens", param=param,
                            code="context_length_exceeded")

@@ -18,7 +18,7 @@ from pathlib import Path
 from edgellm.errors import DownloadError, ModelNotFoundError, PlanError
 from edgellm.hardware import Device, detect
 from edgellm.modelinfo import ModelInfo
-from edgellm.planner import REFUSAL_HINT, Plan, make_plan
+from edgellm.planner import REFUSAL_HINT, Plan, auto_parallel, make_plan
 from edgellm.profiles import Profile, edgellm_home, select_profile
 
 
@@ -30,6 +30,7 @@ class PlanOptions:
     threads: int | None = None
     threads_batch: int | None = None
     sysroot: str = "/"
+    parallel: int | None = 1  # sequences at once (serve); None: as many as fit, at most 4
 
 
 @dataclass
@@ -87,16 +88,13 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
                 f"no -m given, so edgellm wants the {profile.name} profile's model {profile.default_model}: {exc.message}",
                 hint=hint,
             ) from None
-    plan = make_plan(
-        model,
-        device,
-        profile,
-        ctx=options.ctx,
-        mem_budget=options.mem_budget,
-        threads=options.threads,
-        threads_batch=options.threads_batch,
-        build_repacks=_build_repacks(options.sysroot, loading),
-    )
+    repacks = _build_repacks(options.sysroot, loading)
+
+    def plan_for(parallel: int) -> Plan:
+        return make_plan(model, device, profile, ctx=options.ctx, mem_budget=options.mem_budget, threads=options.threads,
+                         threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel)
+
+    plan = plan_for(options.parallel if options.parallel is not None else auto_parallel(plan_for))
     if require_fit and not plan.fits:
         raise PlanError(plan.refusal or "the model does not fit", hint=REFUSAL_HINT)
     if loading:

@@ -204,7 +204,10 @@ def render_plan(plan: Any, console: Console | None = None) -> None:
     r = plan.reasons
     table.add_row("model", f"{plan.model} ({plan.quant})", "")
     table.add_row("profile", plan.profile, "")
-    table.add_row("context", str(plan.n_ctx), r.get("n_ctx", ""))
+    if plan.parallel > 1:
+        table.add_row("context", f"{plan.n_ctx_per_slot} per slot, {plan.parallel} slots ({plan.n_ctx} in all)", r.get("parallel", ""))
+    else:
+        table.add_row("context", str(plan.n_ctx), r.get("n_ctx", ""))
     table.add_row("KV cache", plan.kv_type, r.get("kv_type", ""))
     table.add_row("cores", _cpus(plan.cores), r.get("cores", ""))
     table.add_row("threads", f"{plan.threads} generation, {plan.threads_batch} prompt", r.get("threads", ""))

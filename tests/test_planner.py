@@ -140,3 +140,33 @@ def test_more_threads_than_cpus_are_capped_with_a_warning() -> None:
     ]
     assert "capped" in plan.reasons["threads"]
     assert make_plan(r1_15b_q4km(), device, profile, threads=3).warnings == []
+
+
+def test_parallel_slots_each_get_the_context_and_share_one_cache() -> None:
+    device = device_with_ram("rk3588", 8 * GiB)
+    profile, _ = select_profile(device)
+    one = make_plan(r1_15b_q4km(), device, profile, ctx=4096)
+    four = make_plan(r1_15b_q4km(), device, profile, ctx=4096, parallel=4)
+    assert (four.parallel, four.n_ctx_per_slot, four.n_ctx) == (4, 4096, 16384)
+    assert four.kv_bytes == 4 * one.kv_bytes
+    assert four.total_bytes > one.total_bytes and "4 slots of 4096 tokens" in four.reasons["parallel"]
+
+
+def test_auto_parallel_takes_as_many_slots_as_fit_at_most_four() -> None:
+    from edgellm.planner import auto_parallel
+
+    profile, _ = select_profile(device_with_ram("rk3588", 8 * GiB))
+
+    def slots(ram: int) -> int:
+        device = device_with_ram("rk3588", ram)
+        return auto_parallel(lambda p: make_plan(r1_15b_q4km(), device, profile, ctx=4096, parallel=p))
+
+    assert slots(16 * GiB) == 4
+    # Less memory: fewer slots rather than shorter ones (each keeps the 4096 tokens it would get
+    # alone; a q8_0 cache is the planner's usual way to keep a context).
+    assert slots(int(1.65 * GiB)) == 3
+    assert slots(int(1.6 * GiB)) == 2
+    assert slots(int(1.4 * GiB)) == 1
+    device = device_with_ram("rk3588", int(1.6 * GiB))
+    two = make_plan(r1_15b_q4km(), device, profile, ctx=4096, parallel=2)
+    assert two.fits and two.n_ctx_per_slot == 4096

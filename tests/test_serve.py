@@ -402,7 +402,7 @@ def test_disconnect_mid_stream_stops_generation_and_frees_the_slot(server: Serve
 
 
 def test_full_queue_gets_503_with_retry_after(long_model: Path, tmp_path: Path) -> None:
-    busy = ServerProcess(long_model, "--queue", "0", home=tmp_path)
+    busy = ServerProcess(long_model, "--queue", "0", "--parallel", "1", home=tmp_path)
     try:
         client = busy.client(api_key="unused")
         with client.chat.completions.create(

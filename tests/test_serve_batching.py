@@ -19,7 +19,7 @@ import pytest
 from edgellm import synthetic
 from test_serve import API_KEY, USER, ServerProcess, http, wait_idle
 
-LONG = 2000  # more tokens than any test lets a generation run, within a slot (8192 / 4)
+LONG = 2000  # more tokens than any test lets a generation run, within a slot (--ctx 2048)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(model, "--api-key", API_KEY, "--parallel", "4", "--queue", "2", home=tmp_path_factory.mktemp("home"))
+    process = ServerProcess(model, "--api-key", API_KEY, "--parallel", "4", "--queue", "2", home=tmp_path_factory.mktemp("home"), ctx="2048")
     yield process
     process.stop()
 
@@ -150,7 +150,7 @@ def test_beyond_slots_and_queue_is_503(mid_model: Path, tmp_path: Path) -> None:
 
 
 def test_prompt_longer_than_a_slot_is_400(server: ServerProcess) -> None:
-    # 8192 tokens of context shared by 4 slots: 2048 each.
+    # --ctx 2048: each of the 4 slots holds 2048 tokens.
     long = [{"role": "user", "content": "word " * 2500}]
     with pytest.raises(openai.BadRequestError) as raised:
         server.client().chat.completions.create(model="", messages=long, max_tokens=2)

@@ -193,7 +193,7 @@ def test_cors_is_off_by_default(server: ServerProcess) -> None:
 
 def test_queue_bound_holds_under_simultaneous_requests(model: Path, tmp_path: Path) -> None:
     # 0.1: with --queue 1 and 4 simultaneous requests all 4 were accepted (/health showed queued: 3).
-    target = ServerProcess(model, "--queue", "1", home=tmp_path)
+    target = ServerProcess(model, "--queue", "1", "--parallel", "1", home=tmp_path)
     try:
         client = target.client(api_key="unused")
         with client.chat.completions.create(model="", messages=USER, max_tokens=LONG, stream=True,
@@ -244,7 +244,7 @@ def test_twenty_thousand_messages_are_refused_without_template_work(server: Serv
 def test_request_preparation_does_not_wait_for_the_slot(model: Path, tmp_path: Path) -> None:
     # Template, tokenizer and grammar work happen before a request queues: with the only slot
     # busy and no queue, a bad grammar is still told so (400), not "busy" (503).
-    target = ServerProcess(model, "--queue", "0", home=tmp_path)
+    target = ServerProcess(model, "--queue", "0", "--parallel", "1", home=tmp_path)
     try:
         client = target.client(api_key="unused")
         with client.chat.completions.create(model="", messages=USER, max_tokens=LONG, stream=True,

@@ -233,8 +233,7 @@ class Scheduler:
             from edgellm.errors import ContextOverflowError  # noqa: PLC0415
 
             raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but a slot holds {self.slot_ctx} "
-                f"({self.n_ctx} tokens of context shared by {len(self.slots)} slots)",
+                f"the prompt is {len(tokens)} tokens but a slot holds {self.slot_ctx}",
                 hint="shorten the input, or serve with fewer --parallel slots or a larger --ctx",
             )
         grammar = self.engine.grammar_text(params)
