@@ -650,8 +650,9 @@ def serve(
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
 
-    Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health.
-    Reasoning goes to `reasoning_content`; one request generates at a time, others queue.
+    Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,
+    GET /metrics, GET /slots. Reasoning goes to `reasoning_content`. Several requests generate at
+    once (--parallel slots, continuous batching); more wait in the queue.
 
     Example: edgellm serve -m model.gguf --port 8080
     """

@@ -1,9 +1,10 @@
 """`edgellm serve`: an OpenAI-compatible HTTP API over one loaded Engine (FastAPI on uvicorn).
 
-One generation runs at a time (llama.cpp has one KV cache per context); other requests wait in a
-bounded FIFO and get 503 + Retry-After when it is full. Generation runs in one worker thread and
-hands events to the event loop; a client that goes away sets the job's cancel flag, the worker
-closes Engine.generate's generator (which stops llama.cpp) and the slot passes to the next request.
+Requests are prepared (template, tokens, grammar) in a preparation thread, then handed to the
+engine's scheduler (edgellm.runtime.batch), which one worker thread steps: every step decodes one
+batch for all the slots. Beyond the slots, requests wait in the scheduler's queue; more than
+slots + --queue get 503 + Retry-After. Events come back to the event loop through each job's
+queue; a client that goes away cancels its job and the scheduler frees the slot at its next step.
 Reasoning goes to `reasoning_content`, as DeepSeek's API and llama.cpp's server do.
 """
 
