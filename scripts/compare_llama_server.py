@@ -181,15 +181,18 @@ def main() -> None:
     else:
         raise SystemExit("give MODEL.gguf or --synthetic NAME")
 
-    plan = json.loads(subprocess.run([sys.executable, "-m", "edgellm", "plan", str(model), "--ctx", str(args.ctx), "--json"]
+    per_slot = args.ctx // args.parallel  # edgellm's --ctx is per slot; llama-server's -c is the total
+    plan = json.loads(subprocess.run([sys.executable, "-m", "edgellm", "plan", str(model), "--ctx", str(per_slot),
+                                      "--parallel", str(args.parallel), "--json"]
                                      + (["-t", str(args.threads)] if args.threads else []),
                                      capture_output=True, text=True, check=True).stdout)
     threads, n_batch, n_ubatch = plan["threads"], plan["n_batch"], plan["n_ubatch"]
-    say(f"model {model.name}: {args.parallel} slots, context {plan['n_ctx']}, {threads} threads, batch {n_batch}/{n_ubatch}")
+    say(f"model {model.name}: {args.parallel} slots of {plan['n_ctx_per_slot']} tokens, context {plan['n_ctx']} in all, "
+        f"{threads} threads, batch {n_batch}/{n_ubatch}")
 
     def edgellm(port: int) -> Server:
         return Server("edgellm", [sys.executable, "-m", "edgellm", "serve", "-m", str(model), "--port", str(port),
-                                  "--ctx", str(args.ctx), "-t", str(threads), "--parallel", str(args.parallel),
+                                  "--ctx", str(per_slot), "-t", str(threads), "--parallel", str(args.parallel),
                                   "--queue", "64", "--alias", "m"], port)
 
     def llama(port: int) -> Server:
