@@ -439,7 +439,8 @@ class Engine:
                 while events:
                     if isinstance(take(events.popleft()), Finished):
                         return
-                scheduler.step()
+                if not scheduler.step() and not events:
+                    return  # closed (the engine went first), or nothing left to do
 
         scheduler.submit(request)
         try:
@@ -562,6 +563,8 @@ class Engine:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            if "scheduler" in self.__dict__:
+                self.scheduler.close()  # its batch and samplers, before the context they belong to
             self.llm.close()
 
 

@@ -175,7 +175,9 @@ class Scheduler:
                 request.emit(Finished(GenerationError("the server is shutting down")))
 
     def step(self) -> bool:
-        """Admit, decode one batch, sample. False when there was nothing to do."""
+        """Admit, decode one batch, sample. False when there was nothing to do (or it is closed)."""
+        if self.batch is None:
+            return False
         self._drop_cancelled()
         self._admit()
         rows = self._fill_batch()
