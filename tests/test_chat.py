@@ -32,9 +32,11 @@ def long_context_model(models_dir: Path) -> Path:
 
 def spawn_chat(*args: str, cwd: Path) -> pexpect.spawn:
     env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm-256color")
+    # A generous timeout and a bounded search window: replies are kilobytes of noise, and
+    # searching all of it after every read made these tests CPU-bound (and time out on a busy machine).
     child = pexpect.spawn(
         sys.executable, ["-m", "edgellm", "chat", *args], cwd=str(cwd), env=env,
-        dimensions=(50, 250), encoding="utf-8", codec_errors="replace", timeout=60,
+        dimensions=(50, 250), encoding="utf-8", codec_errors="replace", timeout=180, searchwindowsize=8000,
     )
     child.expect_exact("Ctrl-D exits")
     child.expect_exact(PROMPT)
