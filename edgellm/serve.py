@@ -22,7 +22,6 @@ import threading
 import time
 import traceback
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -580,7 +579,6 @@ class Server:
             {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)} for i, m in enumerate(body.messages)
         ]
         self.check_size(len(messages), sum(len(m["content"]) for m in messages), "messages")
-        engine = self.engine
         param = "response_format" if body.response_format is not None else "grammar"
         dropped: list[int] = []
 

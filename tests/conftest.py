@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -58,6 +59,13 @@ def tiny_q4ks(models_dir: Path, tiny_f32: Path) -> Path:
 def tiny_no_prefill(models_dir: Path) -> Path:
     """Same tokenizer, but the chat template does not open <think> (the model must)."""
     return synthetic.write_tiny_model(models_dir / "tiny-noprefill-F32.gguf", chat_template=TEMPLATE_WITHOUT_THINK_PREFILL)
+
+
+@pytest.fixture(scope="session")
+def tiny_8k(models_dir: Path) -> Path:
+    """The tiny test model with an 8k context, so a generation can outlast what a test needs."""
+    shape = dataclasses.replace(synthetic.TINY, context_length=8192)
+    return synthetic.write_tiny_model(models_dir / "tiny-8k.gguf", shape=shape)
 
 
 # Big enough that weights, KV cache and compute dominate the interpreter's own ~60 MiB, and slow

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import re
 import signal
@@ -21,7 +19,6 @@ from typing import Any
 import openai
 import pytest
 
-from edgellm import synthetic
 from edgellm.serve import Admission, QueueFull, StopFilter, is_loopback
 from conftest import cli_env, run_cli
 
@@ -32,10 +29,8 @@ THINK_GRAMMAR = 'root ::= "Thinking it over." "</think>" "The answer is 42."'
 
 
 @pytest.fixture(scope="module")
-def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny test model with an 8k context, so a generation can outlast what a test needs."""
-    shape = dataclasses.replace(synthetic.TINY, context_length=8192)
-    return synthetic.write_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-8k.gguf", shape=shape)
+def long_model(tiny_8k: Path) -> Path:
+    return tiny_8k
 
 
 class ServerProcess:

@@ -6,7 +6,6 @@ if two sequences read each other's logits rows, their forced texts could not bot
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -16,16 +15,14 @@ from pathlib import Path
 import openai
 import pytest
 
-from edgellm import synthetic
 from test_serve import API_KEY, USER, ServerProcess, http, wait_idle
 
 LONG = 2000  # more tokens than any test lets a generation run, within a slot (--ctx 2048)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    shape = dataclasses.replace(synthetic.TINY, context_length=8192)
-    return synthetic.write_tiny_model(tmp_path_factory.mktemp("batching") / "tiny-8k.gguf", shape=shape)
+def model(tiny_8k: Path) -> Path:
+    return tiny_8k
 
 
 @pytest.fixture(scope="module")

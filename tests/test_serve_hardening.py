@@ -5,7 +5,6 @@ Each test reproduces one reported attack; the comment says what the 0.1 server d
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import select
 import socket
@@ -17,7 +16,6 @@ from pathlib import Path
 import openai
 import pytest
 
-from edgellm import synthetic
 from edgellm.guards import HEAD_TIMEOUT_S
 from test_serve import API_KEY, LONG, USER, ServerProcess, http
 
@@ -26,9 +24,8 @@ AUTH = {**JSON, "Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    shape = dataclasses.replace(synthetic.TINY, context_length=8192)
-    return synthetic.write_tiny_model(tmp_path_factory.mktemp("hardening") / "tiny-8k.gguf", shape=shape)
+def model(tiny_8k: Path) -> Path:
+    return tiny_8k
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import here is lazy: `edgellm --help`, `detect` and `profiles` never pay for it.
 
 from __future__ import annotations
 
-import codecs
 import collections
 import contextlib
 import ctypes
@@ -37,7 +36,6 @@ from edgellm.errors import (
 from edgellm.grammar import check_grammar
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import Plan
-from edgellm.reasoning import ReasoningSplitter
 
 # llama.cpp's llama_ftype values for the quantizations edgellm makes (llama.h, enum llama_ftype).
 FTYPE_BY_QUANT: dict[str, int] = {
@@ -201,55 +199,26 @@ def pin_to_cores(cores: list[int]) -> list[int] | None:
 
 
 @contextlib.contextmanager
-def _sequences(llama_cpp: ModuleType, n_seq_max: int) -> Iterator[None]:
-    """Create the context with room for n_seq_max sequences in one unified KV cache.
-
-    llama-cpp-python's Llama() has no parameter for it; its context-default function is wrapped
-    for the duration of the load, as for the model parameters below. Unified: the sequences
-    share the cache's cells (each is kept to its slot's share by the scheduler).
-    """
-    if n_seq_max <= 1:
+def _overriding_defaults(llama_cpp: ModuleType, function: str, **fields: Any) -> Iterator[None]:
+    """While Llama() loads, make llama.cpp's `function` (a default-params constructor) return
+    params with `fields` set: llama-cpp-python's Llama() has no parameter for them."""
+    if not fields:
         yield
         return
     module = llama_cpp.llama_cpp
-    original = module.llama_context_default_params
+    original = getattr(module, function)
 
     def patched() -> Any:
         params = original()
-        params.n_seq_max = n_seq_max
-        params.kv_unified = True
+        for name, value in fields.items():
+            setattr(params, name, value)
         return params
 
-    module.llama_context_default_params = patched
+    setattr(module, function, patched)
     try:
         yield
     finally:
-        module.llama_context_default_params = original
-
-
-@contextlib.contextmanager
-def _without_extra_buffer_types(llama_cpp: ModuleType, enabled: bool) -> Iterator[None]:
-    """Load with use_extra_bufts=false, which keeps llama.cpp off its AMX buffer type.
-
-    llama-cpp-python's Llama() has no parameter for it, so its default-params function is wrapped
-    for the duration of the load. Only used when the build has AMX (it also drops ARM repacking).
-    """
-    if not enabled:
-        yield
-        return
-    module = llama_cpp.llama_cpp
-    original = module.llama_model_default_params
-
-    def patched() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    module.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        module.llama_model_default_params = original
+        setattr(module, function, original)
 
 
 GGML_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
@@ -271,7 +240,12 @@ class Engine:
         self.pinned_cores = pin_to_cores(plan.cores)
         started = time.perf_counter()
         try:
-            with _without_extra_buffer_types(llama_cpp, amx), _sequences(llama_cpp, sequences):
+            # use_extra_bufts=false keeps llama.cpp off its AMX buffer type (only when the build has
+            # AMX; it also drops ARM repacking). n_seq_max: room for `sequences` in one unified KV
+            # cache, each kept to its slot's share by the scheduler.
+            with _overriding_defaults(llama_cpp, "llama_model_default_params", **({"use_extra_bufts": False} if amx else {})), \
+                    _overriding_defaults(llama_cpp, "llama_context_default_params",
+                                         **({"n_seq_max": sequences, "kv_unified": True} if sequences > 1 else {})):
                 self.llm = llama_cpp.Llama(
                     model_path=str(model.path),
                     n_ctx=plan.n_ctx,
@@ -297,7 +271,6 @@ class Engine:
         self._formatter = self._make_formatter()
         self._grammar_cache: dict[str, None] = {}  # grammars already checked, oldest first
         self._grammar_lock = threading.Lock()  # serve checks grammars outside the generation thread
-        self.last_generated = 0  # tokens of the current or last generation, also when it was closed early
 
     # --- prompt formatting -----------------------------------------------------------------------
 
@@ -408,10 +381,8 @@ class Engine:
         """
         from edgellm.runtime.batch import Finished, SequenceRequest  # noqa: PLC0415
 
-        self.last_generated = 0
         self.check_prompt(tokens)
         scheduler = self.scheduler
-        slot = scheduler.slots[0]
         events: collections.deque[Any] = collections.deque()
         request = SequenceRequest(Prompt(list(tokens), opened_by_template), params, events.append)
         held: list[TextEvent] = []  # text that arrives once Ctrl-C was seen: handed over with the stats
@@ -421,7 +392,6 @@ class Engine:
             """Sort one event; returns what to yield (None: nothing), or Finished."""
             if isinstance(event, GenerationStats):
                 final.append(event)
-                self.last_generated = event.generated_tokens
                 return None if request.cancelled.is_set() else event
             if isinstance(event, TextEvent) and request.cancelled.is_set():
                 held.append(event)
@@ -447,8 +417,6 @@ class Engine:
             with _sigint_sets(request.cancelled):
                 while True:
                     scheduler.step()
-                    if slot.request is request:
-                        self.last_generated = slot.generated
                     while events:
                         event = take(events.popleft())
                         if isinstance(event, Finished):
@@ -543,14 +511,6 @@ class Engine:
             self._grammar_cache[text] = None
         return text
 
-    def _grammar(self, params: SamplingParams) -> Any:
-        text = self.grammar_text(params)
-        if text is None:
-            return None
-        from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
-
-        return LlamaGrammar.from_string(text, verbose=False)
-
     @functools.cached_property
     def _think_tokens(self) -> frozenset[int]:
         """Ids of <think> and </think> when they are single special tokens (R1's vocabulary)."""
@@ -640,15 +600,6 @@ def _empty_choice(schema: Any) -> str | None:
 
 def _opens_think(prompt: str) -> bool:
     return prompt.rstrip().endswith("<think>")
-
-
-def _common_prefix(a: Any, b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # ------------------------------------------------------------------------------------------------
