@@ -31,7 +31,7 @@ def test_the_installed_build_has_no_amx_kernels() -> None:
 def test_loading_without_extra_buffer_types_only_while_asked() -> None:
     llama_cpp = runtime.load_llama_cpp()
     defaults = llama_cpp.llama_cpp.llama_model_default_params
-    with runtime._without_extra_buffer_types(llama_cpp, True):
+    with runtime._overriding_defaults(llama_cpp, "llama_model_default_params", use_extra_bufts=False):
         assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is False
     assert llama_cpp.llama_cpp.llama_model_default_params is defaults
     assert defaults().use_extra_bufts is True
