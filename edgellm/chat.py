@@ -26,8 +26,15 @@ from typing import IO, Any, Protocol
 from edgellm import ui
 from edgellm.errors import EdgeLLMError, UsageError
 from edgellm.hardware import cpu_temperature, read_regular_file
-from edgellm.reasoning import ANSWER, REASONING
-from edgellm.runtime import Engine, Event, GenerationInterrupted, GenerationStats, SamplingParams  # llama_cpp loads lazily
+from edgellm.reasoning import ANSWER
+from edgellm.response import Response
+from edgellm.runner import stream
+from edgellm.runtime import (  # llama_cpp loads lazily
+    Engine,
+    Event,
+    GenerationStats,
+    SamplingParams,
+)
 from edgellm.session import PlanOptions, Prepared
 
 PROMPT = ">>> "
@@ -390,6 +397,7 @@ class ChatSession:
         self.failures = 0  # turns and commands that ended in an error (a script's exit code says so)
         self.leave = False  # Ctrl-D during a reply: leave once it has stopped
         self.typed_ahead = ""  # keys typed while a reply streamed, for the next prompt
+        self.stopped_by_ctrl_d = False  # the last reply was stopped by Ctrl-D rather than Ctrl-C
 
     # loop --------------------------------------------------------------------------------------
 
@@ -571,55 +579,26 @@ class ChatSession:
     def _count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.engine.tokenize(self.engine.format_messages(messages)))
 
-    def _stream(self, events: Iterator[Event]) -> StreamedReply:
+    def _stream(self, events: Iterator[Event]) -> Response:
         keys = ReplyKeys(enabled=self.options.interactive and sys.stdin.isatty())
         try:
             with keys:
-                return self._stream_with(events, keys)
+                response = Response(events)
+                render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
+                # Ctrl-C (or Ctrl-D, which ReplyKeys turns into SIGINT) stops the reply; what was
+                # said stays, as in a real conversation.
+                stream(response, lambda event: render.answer(event.text) if event.kind == ANSWER else render.reasoning(event.text))
+                render.finish(response.interrupted)
+                self.stopped_by_ctrl_d = keys.eof
+                return response
         finally:
             self.typed_ahead = keys.typed_text()
             if keys.eof:
                 self.leave = True
 
-    def _stream_with(self, events: Iterator[Event], keys: ReplyKeys) -> StreamedReply:
-        reply = StreamedReply()
-        render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
-        try:
-            for event in events:
-                if isinstance(event, GenerationStats):
-                    reply.stats = event
-                elif event.kind == ANSWER:
-                    reply.answer.append(event.text)
-                    render.answer(event.text)
-                elif event.kind == REASONING:
-                    reply.reasoning.append(event.text)
-                    render.reasoning(event.text)
-        except GenerationInterrupted as stopped:
-            reply.stats = stopped.stats
-            reply.interrupted = True
-            for event in stopped.held:
-                (reply.answer if event.kind == ANSWER else reply.reasoning).append(event.text)
-        except KeyboardInterrupt:
-            # Ctrl-C landed here, while writing a token: hand it to the engine, which stops
-            # generating and reports the stats of the partial reply.
-            reply.interrupted = True
-            throw = getattr(events, "throw", None)  # engine.generate is a generator
-            try:
-                if throw is not None:
-                    throw(KeyboardInterrupt())
-            except GenerationInterrupted as stopped:
-                reply.stats = stopped.stats
-                for event in stopped.held:
-                    (reply.answer if event.kind == ANSWER else reply.reasoning).append(event.text)
-            except (KeyboardInterrupt, StopIteration):
-                pass
-        render.finish(reply.interrupted)
-        reply.stopped_by_ctrl_d = keys.eof
-        return reply
-
-    def _remember(self, reply: StreamedReply) -> None:
-        message = {"role": "assistant", "content": "".join(reply.answer)}
-        reasoning = "".join(reply.reasoning)
+    def _remember(self, reply: Response) -> None:
+        message = {"role": "assistant", "content": reply.answer}
+        reasoning = reply.reasoning
         if reasoning:
             message["reasoning"] = reasoning
         # Kept even when interrupted: what was said stays in the history, as in a real conversation.
@@ -631,19 +610,10 @@ class ChatSession:
         if reply.interrupted and not self.options.interactive:
             raise KeyboardInterrupt  # a script's Ctrl-C stops the script (the CLI exits 130)
         if reply.interrupted:
-            how = "stopped by Ctrl-D" if reply.stopped_by_ctrl_d else "interrupted"
+            how = "stopped by Ctrl-D" if self.stopped_by_ctrl_d else "interrupted"
             ui.info(f"{how}; the partial reply stays in the history")
         if reply.stats is not None:
             ui.chat_status(reply.stats, cpu_temperature(self.options.sysroot))
-
-
-@dataclass
-class StreamedReply:
-    answer: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    stats: GenerationStats | None = None
-    interrupted: bool = False
-    stopped_by_ctrl_d: bool = False
 
 
 class ReplyRenderer:

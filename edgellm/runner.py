@@ -6,16 +6,17 @@ warnings and errors go to stderr. `--json` prints one object, `--jsonl` one line
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from edgellm import ui
 from edgellm.errors import UsageError
 from edgellm.reasoning import ANSWER, REASONING
+from edgellm.response import Response
+from edgellm.runtime import GenerationInterrupted, GenerationStats, TextEvent
 
 THINK_MODES = ("hide", "show", "stderr")
 
@@ -29,13 +30,6 @@ class RunRequest:
     jsonl: bool = False
     show_stats: bool = False
     sampling: Any = None  # runtime.SamplingParams, built by the CLI
-
-
-@dataclass
-class Reply:
-    answer: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    stats: Any = None
 
 
 def read_stdin(stream: IO[bytes] | None = None) -> tuple[str | None, bool]:
@@ -77,26 +71,23 @@ def resolve_think(mode: str | None) -> str:
 
 
 class StreamWriter:
-    """Writes events to the terminal or pipe as they arrive, collecting the reply as it goes."""
+    """Writes text events to the terminal or pipe as they arrive: the answer to `out`, the
+    reasoning where --think says (inside <think> tags with show, dimmed on stderr with stderr)."""
 
     def __init__(self, think: str, out: IO[str]) -> None:
         self.think = think
         self.out = out
-        self.reply = Reply()
         self.in_reasoning = False
 
-    def feed(self, event: Any) -> None:
-        kind = getattr(event, "kind", None)
+    def write(self, event: TextEvent) -> None:
         out = self.out
-        if kind == ANSWER:
+        if event.kind == ANSWER:
             if self.in_reasoning and self.think == "show":
                 out.write("\n</think>\n\n")
             self.in_reasoning = False
-            self.reply.answer.append(event.text)
             out.write(event.text)
             out.flush()
-        elif kind == REASONING:
-            self.reply.reasoning.append(event.text)
+        elif event.kind == REASONING:
             if self.think == "show":
                 if not self.in_reasoning:
                     out.write("<think>\n")
@@ -105,95 +96,48 @@ class StreamWriter:
             elif self.think == "stderr":
                 ui.write_reasoning(event.text)
             self.in_reasoning = True
-        else:
-            self.reply.stats = event
 
-    def finish(self) -> Reply:
+    def finish(self) -> None:
         if self.in_reasoning and self.think == "show":
             self.out.write("\n</think>\n")
         if self.in_reasoning and self.think == "stderr":
             sys.stderr.write("\n")
         self.out.flush()
-        return self.reply
 
 
-def stream_reply(events: Iterator[Any], think: str, out: IO[str]) -> Reply:
-    """Write an event stream to the terminal/pipe as it arrives; collect the reply."""
-    writer = StreamWriter(think, out)
-    consume(events, writer.feed)
-    return writer.finish()
-
-
-def collect_reply(events: Iterator[Any]) -> Reply:
-    writer = StreamWriter("hide", io.StringIO())
-    consume(events, writer.feed)
-    return writer.reply
-
-
-def consume(events: Iterator[Any], feed: Callable[[Any], None]) -> None:
-    """Feed every event; on Ctrl-C, feed what the engine still held, then raise GenerationInterrupted.
-
-    Ctrl-C lands either inside llama.cpp (the engine raises GenerationInterrupted) or here,
-    between tokens; then it is handed to the engine, which stops and reports the same way.
-    """
-    from edgellm.runtime import GenerationInterrupted  # noqa: PLC0415  (llama_cpp is loaded already)
-
+def stream(response: Response, write: Callable[[TextEvent], None] | None = None) -> Response:
+    """Read `response` to its end, passing each text event to `write`; a Ctrl-C between two events
+    stops the generation and keeps the partial reply (response.interrupted)."""
     try:
-        try:
-            for event in events:
-                feed(event)
-        except KeyboardInterrupt:
-            throw = getattr(events, "throw", None)
-            if throw is None:
-                raise
-            throw(KeyboardInterrupt())
-            raise  # the engine did not turn it into GenerationInterrupted: stop as plain Ctrl-C
-    except GenerationInterrupted as stopped:
-        for event in stopped.held:  # text the reasoning splitter held (a possible tag)
-            feed(event)
-        feed(stopped.stats)
-        raise
-
-
-def reply_json(reply: Reply, prompt: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    if prompt is not None:
-        data["prompt"] = prompt
-    data.update(
-        answer="".join(reply.answer),
-        reasoning="".join(reply.reasoning),
-        finish_reason=reply.stats.finish_reason if reply.stats else None,
-        stats=reply.stats.to_json() if reply.stats else None,
-    )
-    return data
+        for event in response:
+            if write is not None:
+                write(event)
+    except KeyboardInterrupt:
+        for event in response.interrupt():
+            if write is not None:
+                write(event)
+    return response
 
 
 def run_one(engine: Any, request: RunRequest, prompt: str) -> int:
     """Generate one reply; returns the exit code. On Ctrl-C what was generated is still written
     (with --json: the partial reply, finish_reason "interrupted"), then GenerationInterrupted rises."""
-    from edgellm.runtime import GenerationInterrupted  # noqa: PLC0415
-
-    events = engine.generate(messages_for(prompt, request.system), request.sampling)
+    response = Response(engine.generate(messages_for(prompt, request.system), request.sampling))
     if request.json_output:
-        writer = StreamWriter("hide", io.StringIO())
         try:
-            consume(events, writer.feed)
+            stream(response)
         finally:
-            ui.print_json(reply_json(writer.reply))
-        reply = writer.reply
+            ui.print_json(response.to_json())
     else:
         writer = StreamWriter(resolve_think(request.think), sys.stdout)
-        try:
-            consume(events, writer.feed)
-        except GenerationInterrupted:
-            writer.finish()
-            raise
-        reply = writer.finish()
-        if sys.stdout.isatty() and not "".join(reply.answer).endswith("\n"):
+        stream(response, writer.write)
+        writer.finish()
+        if not response.interrupted and sys.stdout.isatty() and not response.answer.endswith("\n"):
             sys.stdout.write("\n")
         sys.stdout.flush()
-    if request.show_stats and reply.stats is not None:
-        ui.print_stats(reply.stats)
+    _raise_if_interrupted(response)
+    if request.show_stats and response.stats is not None:
+        ui.print_stats(response.stats)
     return 0
 
 
@@ -205,16 +149,22 @@ def run_jsonl(engine: Any, request: RunRequest, lines: str) -> int:
         if not line.strip():
             continue
         prompt = build_prompt(request.prompt, line)
-        writer = StreamWriter("hide", io.StringIO())
+        response = Response(engine.generate(messages_for(prompt, request.system), request.sampling))
         try:
-            consume(engine.generate(messages_for(prompt, request.system), request.sampling), writer.feed)
+            stream(response)
         finally:
-            sys.stdout.write(json.dumps(reply_json(writer.reply, prompt=line), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps({"prompt": line, **response.to_json()}, ensure_ascii=False) + "\n")
             sys.stdout.flush()
-        reply = writer.reply
+        _raise_if_interrupted(response)
         count += 1
-        if request.show_stats and reply.stats is not None:
-            ui.print_stats(reply.stats)
+        if request.show_stats and response.stats is not None:
+            ui.print_stats(response.stats)
     if count == 0:
         raise UsageError("--jsonl reads one prompt per stdin line, and stdin had none")
     return 0
+
+
+def _raise_if_interrupted(response: Response) -> None:
+    """The CLI turns this into "interrupted after N tokens" and exit 130."""
+    if response.interrupted:
+        raise GenerationInterrupted(response.stats or GenerationStats(finish_reason="interrupted"))

@@ -19,7 +19,9 @@ from typing import Any
 import openai
 import pytest
 
-from edgellm.serve import Admission, QueueFull, StopFilter, is_loopback
+from edgellm.serve import is_loopback
+from edgellm.serve.jobs import Admission, QueueFull
+from edgellm.stops import StopFilter
 from conftest import cli_env, run_cli
 
 API_KEY = "sk-edgellm-test"

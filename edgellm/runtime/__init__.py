@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -124,6 +124,8 @@ class SamplingParams:
     # False: no reasoning split, every piece is answer text with the model's tags as written
     # (JSON mode, where the grammar owns every token; raw completions).
     split_reasoning: bool = True
+    # Answer text ends before the first of these (not included); the sequence stops generating.
+    stop: list[str] = field(default_factory=list)
 
 
 @dataclass

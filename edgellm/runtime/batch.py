@@ -12,6 +12,10 @@ tail), so a chat client's next turn costs its new tokens only.
 The scheduler is driven by `run()` in one worker thread (serve); front ends never touch
 llama_cpp. Events reach a request through its `emit` callback, from that thread: TextEvent
 pieces, then the GenerationStats, then `Finished`; a failure comes as `Finished(error=...)`.
+
+Everything the scheduler asks of llama.cpp goes through `LlamaBackend` (batch, decode, sampler
+chains, cache edits, pieces), so tests can run the same slot, queue, stop and cancel logic on
+a scripted backend (tests/fake_engine.py) in-process, without a model.
 """
 
 from __future__ import annotations
@@ -26,8 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgellm.errors import GenerationError
-from edgellm.reasoning import ReasoningSplitter
-from edgellm.runtime import Engine, GenerationStats, Prompt, SamplingParams, TextEvent, peak_rss_bytes
+from edgellm.reasoning import ANSWER, ReasoningSplitter
+from edgellm.runtime import (
+    Engine,
+    GenerationStats,
+    Prompt,
+    SamplingParams,
+    TextEvent,
+    peak_rss_bytes,
+)
+from edgellm.stops import StopFilter
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the window the penalties look at
 
@@ -54,6 +66,99 @@ class SequenceRequest:
         self.cancelled.set()
 
 
+class LlamaBackend:
+    """The llama.cpp side of the scheduler: one context, its llama_batch, per-sequence sampler
+    chains, KV cache edits and token pieces. Nothing else in the scheduler calls llama_cpp."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._llama = llama = engine._llama_cpp
+        self.ctx = engine.llm._ctx.ctx
+        self.vocab = engine._vocab
+        self.memory = llama.llama_get_memory(self.ctx)
+        self.n_ctx = engine.n_ctx
+        self.n_batch = int(llama.llama_n_batch(self.ctx))
+        self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
+        self.batch: Any = llama.llama_batch_init(self.n_batch, 0, 1)
+        self.rows = 0
+        self._think_tokens = engine._think_tokens
+
+    @property
+    def closed(self) -> bool:
+        return self.batch is None
+
+    def clear(self) -> None:
+        """Empty every sequence; llama-cpp-python's own prefix cache no longer describes sequence 0."""
+        self._llama.llama_memory_clear(self.memory, True)
+        self.engine.llm.reset()
+
+    def keep_prefix(self, seq_id: int, keep: int) -> None:
+        """Drop sequence `seq_id`'s cached positions from `keep` on."""
+        self._llama.llama_memory_seq_rm(self.memory, seq_id, keep, -1)
+
+    def put(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Add one token to the next batch; returns its row (where its logits will be)."""
+        batch, n = self.batch, self.rows
+        batch.token[n] = token
+        batch.pos[n] = pos
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq_id
+        batch.logits[n] = logits
+        self.rows = n + 1
+        return n
+
+    def decode(self) -> int:
+        """Decode the batch built by put(); llama_decode's status (0: done)."""
+        self.batch.n_tokens, self.rows = self.rows, 0
+        return int(self._llama.llama_decode(self.ctx, self.batch))
+
+    def new_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
+        """The chain llama-cpp-python's Llama._init_sampler builds, for one sequence."""
+        llama = self._llama
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            llama.llama_sampler_chain_add(chain, sampler)
+
+        add(llama.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N,
+                                               params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
+        if grammar is not None:
+            sampler = llama.llama_sampler_init_grammar(self.vocab, grammar.encode("utf-8"), b"root")
+            if not sampler:  # checked by grammar_text already; never hand NULL to the chain
+                llama.llama_sampler_free(chain)
+                raise GenerationError("llama.cpp refused the grammar")
+            add(sampler)
+        if params.temperature == 0:
+            add(llama.llama_sampler_init_greedy())
+        else:
+            seed = params.seed if params.seed is not None else random.getrandbits(32)
+            add(llama.llama_sampler_init_top_k(params.top_k))
+            add(llama.llama_sampler_init_typical(1.0, 1))
+            add(llama.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama.llama_sampler_init_min_p(params.min_p, 1))
+            add(llama.llama_sampler_init_temp(params.temperature))
+            add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def free_sampler(self, sampler: Any) -> None:
+        self._llama.llama_sampler_free(sampler)
+
+    def sample(self, sampler: Any, row: int) -> int:
+        return int(self._llama.llama_sampler_sample(sampler, self.ctx, row))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._llama.llama_vocab_is_eog(self.vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        """The token's bytes; <think> and </think> written out, other special tokens not."""
+        return self.engine._piece(token, token in self._think_tokens)
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self._llama.llama_batch_free(self.batch)
+            self.batch = None
+
+
 class _Slot:
     """One sequence of the context: its cached tokens and, while busy, the request it serves."""
 
@@ -66,6 +171,7 @@ class _Slot:
         self.sampler: Any = None
         self.decoder: Any = None
         self.splitter: ReasoningSplitter | None = None
+        self.stop = StopFilter()
         self.stats = GenerationStats()
         self.generated = 0
         self.max_tokens = 0
@@ -79,27 +185,25 @@ class _Slot:
 
 
 class Scheduler:
-    """Runs SequenceRequests on `slots` sequences of one Engine's context."""
+    """Runs SequenceRequests on `slots` sequences of one Engine's context.
 
-    def __init__(self, engine: Engine, slots: int) -> None:
+    `engine` supplies the checks (check_prompt, grammar_text), `model.thinks` and `load_s`;
+    `backend` does the llama.cpp work (default: a LlamaBackend over the engine's context).
+    """
+
+    def __init__(self, engine: Any, slots: int, backend: Any = None) -> None:
         if slots < 1 or slots > engine.sequences:
             raise ValueError(f"the engine's context holds {engine.sequences} sequences, not {slots}")
         self.engine = engine
-        self._llama = engine._llama_cpp
-        self.ctx = engine.llm._ctx.ctx
-        self.vocab = engine._vocab
-        self.memory = self._llama.llama_get_memory(self.ctx)
-        self.n_ctx = engine.n_ctx
-        self.slot_ctx = self.n_ctx // slots  # each sequence's share of the unified KV cache
-        self.n_batch = int(self._llama.llama_n_batch(self.ctx))
+        self.backend = backend if backend is not None else LlamaBackend(engine)
+        self.n_ctx = self.backend.n_ctx
+        self.slot_ctx = self.n_ctx // slots  # each sequence's share of the KV cache
+        self.n_batch = self.backend.n_batch
         self.slots = [_Slot(seq_id) for seq_id in range(slots)]
-        self.batch = self._llama.llama_batch_init(self.n_batch, 0, 1)
         self._waiting: deque[SequenceRequest] = deque()
         self._wake = threading.Condition()
         self._stopping = False
-        # The engine's own prefix cache (llama-cpp-python's) no longer describes sequence 0.
-        self._llama.llama_memory_clear(self.memory, True)
-        engine.llm.reset()
+        self.backend.clear()
         self.steps = 0
 
     # -- submitting (any thread) --
@@ -136,7 +240,7 @@ class Scheduler:
 
     def forget(self) -> None:
         """Drop every slot's cache bookkeeping (the context was used directly, or cleared)."""
-        self._llama.llama_memory_clear(self.memory, True)
+        self.backend.clear()
         for slot in self.slots:
             slot.cached = []
 
@@ -148,9 +252,7 @@ class Scheduler:
     def close(self) -> None:
         for slot in self.slots:
             self._free_sampler(slot)
-        if self.batch is not None:
-            self._llama.llama_batch_free(self.batch)
-            self.batch = None
+        self.backend.close()
 
     # -- the loop (one thread) --
 
@@ -176,14 +278,14 @@ class Scheduler:
 
     def step(self) -> bool:
         """Admit, decode one batch, sample. False when there was nothing to do (or it is closed)."""
-        if self.batch is None:
+        if self.backend.closed:
             return False
         self._drop_cancelled()
         self._admit()
         rows = self._fill_batch()
         if not rows:
             return False
-        status = self._llama.llama_decode(self.ctx, self.batch)
+        status = self.backend.decode()
         self.steps += 1
         if status != 0:
             # 1: no room in the KV cache (should not happen: slots are kept to their share); <0: error.
@@ -240,15 +342,16 @@ class Scheduler:
             )
         grammar = self.engine.grammar_text(params)
         keep = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last one gives the logits
-        self._llama.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
+        self.backend.keep_prefix(slot.seq_id, keep)
         slot.cached = list(tokens[:keep])
         slot.pending = list(tokens[keep:])
         slot.request = request
-        slot.sampler = self._make_sampler(params, grammar)
+        slot.sampler = self.backend.new_sampler(params, grammar)
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         split = params.split_reasoning
         slot.splitter = ReasoningSplitter(opened_by_template=request.prompt.opens_think and split,
                                           thinks=self.engine.model.thinks and split)
+        slot.stop = StopFilter(params.stop)
         room = self.slot_ctx - len(tokens)
         slot.max_tokens = min(params.max_tokens, room) if params.max_tokens else room
         slot.stop_at_eog = not params.ignore_eos or grammar is not None
@@ -258,105 +361,88 @@ class Scheduler:
         slot.stats = GenerationStats(prompt_tokens=len(tokens), prompt_tokens_evaluated=len(tokens) - keep,
                                      load_s=self.engine.load_s, n_ctx=self.slot_ctx)
 
-    def _make_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
-        """The chain llama-cpp-python's Llama._init_sampler builds, for one sequence."""
-        llama = self._llama
-        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-
-        def add(sampler: Any) -> None:
-            llama.llama_sampler_chain_add(chain, sampler)
-
-        add(llama.llama_sampler_init_penalties(int(llama.llama_vocab_n_tokens(self.vocab)), PENALTY_LAST_N,
-                                               params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
-        if grammar is not None:
-            sampler = llama.llama_sampler_init_grammar(self.vocab, grammar.encode("utf-8"), b"root")
-            if not sampler:  # checked by grammar_text already; never hand NULL to the chain
-                llama.llama_sampler_free(chain)
-                raise GenerationError("llama.cpp refused the grammar")
-            add(sampler)
-        if params.temperature == 0:
-            add(llama.llama_sampler_init_greedy())
-        else:
-            seed = params.seed if params.seed is not None else random.getrandbits(32)
-            add(llama.llama_sampler_init_top_k(params.top_k))
-            add(llama.llama_sampler_init_typical(1.0, 1))
-            add(llama.llama_sampler_init_top_p(params.top_p, 1))
-            add(llama.llama_sampler_init_min_p(params.min_p, 1))
-            add(llama.llama_sampler_init_temp(params.temperature))
-            add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
-
     # -- one batch --
 
     def _fill_batch(self) -> list[tuple[_Slot, int | None]]:
         """Next tokens of generating slots first, then prompt chunks; (slot, logits row or None)."""
-        batch = self.batch
+        put = self.backend.put
         rows: list[tuple[_Slot, int | None]] = []
         n = 0
-
-        def put(token: int, pos: int, seq_id: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq_id
-            batch.logits[n] = logits
-            n += 1
-
         for slot in self.slots:
             if slot.busy and not slot.pending and slot.next_token >= 0:
-                put(slot.next_token, len(slot.cached), slot.seq_id, True)
+                rows.append((slot, put(slot.next_token, len(slot.cached), slot.seq_id, True)))
                 slot.cached.append(slot.next_token)
                 slot.next_token = -1
-                rows.append((slot, n - 1))
+                n += 1
         for slot in self.slots:
             if not slot.busy or not slot.pending or n >= self.n_batch:
                 continue
             take = slot.pending[: self.n_batch - n]
             del slot.pending[: len(take)]
+            row = -1
             for index, token in enumerate(take):
                 last = not slot.pending and index == len(take) - 1
-                put(token, len(slot.cached), slot.seq_id, last)
+                row = put(token, len(slot.cached), slot.seq_id, last)
                 slot.cached.append(token)
-            rows.append((slot, n - 1 if not slot.pending else None))
-        batch.n_tokens = n
+            n += len(take)
+            rows.append((slot, row if not slot.pending else None))
         return rows
 
     def _sample(self, slot: _Slot, index: int, now: float) -> None:
         request = slot.request
         assert request is not None and slot.splitter is not None
-        llama = self._llama
-        token = int(llama.llama_sampler_sample(slot.sampler, self.ctx, index))
+        token = self.backend.sample(slot.sampler, index)
         if slot.generated == 0:
             slot.first_at = now
-        if slot.stop_at_eog and llama.llama_vocab_is_eog(self.vocab, token):
+        if slot.stop_at_eog and self.backend.is_eog(token):
             self._finish(slot, "stop")
             return
         slot.generated += 1
-        text = slot.decoder.decode(self.engine._piece(token, token in self.engine._think_tokens))
+        text = slot.decoder.decode(self.backend.piece(token))
         if text:
-            for kind, chunk in slot.splitter.feed(text):
-                request.emit(TextEvent(kind, chunk))
+            self._emit(slot, slot.splitter.feed(text))
+            if slot.stop.stopped:  # a stop sequence: the reply ends here, without its text
+                self._finish(slot, "stop")
+                return
         if slot.generated >= slot.max_tokens or len(slot.cached) + 1 >= self.slot_ctx:
             self._finish(slot, "length")
             return
         slot.next_token = token
 
+    def _emit(self, slot: _Slot, pieces: list[tuple[str, str]]) -> None:
+        """Send split pieces; answer text goes through the stop filter, nothing after a stop."""
+        request = slot.request
+        assert request is not None
+        for kind, chunk in pieces:
+            if slot.stop.stopped:
+                return
+            if kind == ANSWER:
+                chunk = slot.stop.feed(chunk)
+            if chunk:
+                request.emit(TextEvent(kind, chunk))
+
     def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
         request = slot.request
-        slot.request = None
-        slot.pending = []
-        self._free_sampler(slot)
         if request is None:
+            slot.pending = []
+            self._free_sampler(slot)
             return
         if error is not None:
-            self._llama.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
+            slot.request = None
+            slot.pending = []
+            self._free_sampler(slot)
+            self.backend.keep_prefix(slot.seq_id, 0)
             slot.cached = []
             request.emit(Finished(error))
             return
-        if slot.splitter is not None and slot.decoder is not None:
-            for kind, chunk in slot.splitter.feed(slot.decoder.decode(b"", final=True)) + slot.splitter.finish():
-                request.emit(TextEvent(kind, chunk))
+        if slot.splitter is not None and slot.decoder is not None and not slot.stop.stopped:
+            self._emit(slot, slot.splitter.feed(slot.decoder.decode(b"", final=True)) + slot.splitter.finish())
+            rest = slot.stop.flush()  # held as a possible stop sequence; it was not one
+            if rest and not slot.stop.stopped:
+                request.emit(TextEvent(ANSWER, rest))
+        slot.request = None
+        slot.pending = []
+        self._free_sampler(slot)
         stats = slot.stats
         ended = time.perf_counter()
         stats.generated_tokens = slot.generated
@@ -364,14 +450,14 @@ class Scheduler:
         stats.prompt_tps = stats.prompt_tokens_evaluated / stats.ttft_s if stats.ttft_s > 0 else 0.0
         stats.gen_tps = (slot.generated - 1) / (ended - slot.first_at) if slot.generated > 1 and ended > slot.first_at else 0.0
         stats.peak_rss_bytes = peak_rss_bytes()
-        stats.finish_reason = reason
+        stats.finish_reason = "stop" if slot.stop.stopped else reason
         stats.context_used = len(slot.cached)
         request.emit(stats)
         request.emit(Finished())
 
     def _free_sampler(self, slot: _Slot) -> None:
         if slot.sampler is not None:
-            self._llama.llama_sampler_free(slot.sampler)
+            self.backend.free_sampler(slot.sampler)
             slot.sampler = None
 
 

@@ -1,0 +1,115 @@
+"""One generation's result, built from its event stream: the one consumer every front end uses.
+
+Modelled on simonw/llm's `Response`: iterate it to stream the text as it is generated (the
+engine's events can be read once); iterate it again and it replays what it kept. `answer`,
+`reasoning`, `stats` and `interrupted` say how it ended. Ctrl-C ends the stream early with the
+partial result instead of an exception: the engine's GenerationInterrupted is folded in, and a
+consumer that catches KeyboardInterrupt between events calls `interrupt()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from edgellm.reasoning import ANSWER, REASONING
+from edgellm.runtime import Event, GenerationInterrupted, GenerationStats, TextEvent
+
+
+class Response:
+    """The events of one generation: streamed once, then replayed; or fed one by one with add()."""
+
+    def __init__(self, events: Iterable[Event] | None = None) -> None:
+        self._source: Iterator[Event] | None = iter(events) if events is not None else None
+        self.pieces: list[TextEvent] = []
+        self.stats: GenerationStats | None = None
+        self.interrupted = False
+        self._live: Iterator[Event] | None = None  # the source while it is being streamed
+
+    # -- filling it --
+
+    def add(self, event: Any) -> TextEvent | None:
+        """Record one event; returns it when it is text. Front ends that receive events some
+        other way (serve, from the scheduler's thread) feed them here."""
+        if isinstance(event, GenerationStats):
+            self.stats = event
+            if event.finish_reason == "interrupted":
+                self.interrupted = True
+            return None
+        if isinstance(event, TextEvent):
+            self.pieces.append(event)
+            return event
+        return None
+
+    def __iter__(self) -> Iterator[TextEvent]:
+        """Text as it is generated the first time; what was kept on later passes."""
+        source, self._source = self._source, None
+        if source is None:
+            yield from list(self.pieces)
+            return
+        self._live = source
+        try:
+            for event in source:
+                text = self.add(event)
+                if text is not None:
+                    yield text
+        except GenerationInterrupted as stopped:
+            yield from self._take_interrupted(stopped)
+
+    def interrupt(self) -> list[TextEvent]:
+        """Ctrl-C landed in the consumer, between two events: stop the generation and keep the
+        partial result. Returns text the engine still held (a possible tag), now recorded too."""
+        source = self._live or self._source
+        self._source = None
+        self.interrupted = True
+        throw = getattr(source, "throw", None)
+        if throw is None:
+            return []
+        try:
+            throw(KeyboardInterrupt())
+        except GenerationInterrupted as stopped:
+            return list(self._take_interrupted(stopped))
+        except (KeyboardInterrupt, StopIteration):
+            pass
+        return []
+
+    def _take_interrupted(self, stopped: GenerationInterrupted) -> Iterator[TextEvent]:
+        self.interrupted = True
+        for event in stopped.held:  # text the reasoning splitter held: it belongs to the reply
+            self.add(event)
+            yield event
+        self.add(stopped.stats)
+
+    def finish(self) -> Response:
+        """Read the rest of the stream (nothing is printed); returns self."""
+        for _ in self:
+            pass
+        return self
+
+    # -- reading it --
+
+    @property
+    def answer(self) -> str:
+        return "".join(piece.text for piece in self.pieces if piece.kind == ANSWER)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(piece.text for piece in self.pieces if piece.kind == REASONING)
+
+    @property
+    def finish_reason(self) -> str | None:
+        if self.interrupted:
+            return "interrupted"
+        return self.stats.finish_reason if self.stats is not None else None
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.stats.generated_tokens if self.stats is not None else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "reasoning": self.reasoning,
+            "finish_reason": self.finish_reason,
+            "stats": self.stats.to_json() if self.stats is not None else None,
+        }

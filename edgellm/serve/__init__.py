@@ -1,0 +1,27 @@
+"""`edgellm serve`: an OpenAI-compatible HTTP API over one loaded Engine (FastAPI on uvicorn).
+
+Requests are prepared (template, tokens, grammar) in a preparation thread, then handed to the
+engine's scheduler (edgellm.runtime.batch), which one worker thread steps: every step decodes one
+batch for all the slots. Beyond the slots, requests wait in the scheduler's queue; more than
+slots + --queue get 503 + Retry-After. Events come back to the event loop through each job's
+queue; a client that goes away cancels its job and the scheduler frees the slot at its next step.
+Reasoning goes to `reasoning_content`, as DeepSeek's API and llama.cpp's server do.
+
+The parts, as llama.cpp's tools/server splits them:
+  schemas     request bodies (pydantic)           errors      OpenAI-shaped errors and handlers
+  jobs        admission, queue, one job's events  replies     events -> JSON body or SSE
+  app         routes, auth, prompt preparation    access_log  one log line per request, metrics
+  startup     bind, key check, uvicorn and signals
+"""
+
+from edgellm.serve.app import Server, ServerConfig, create_app
+from edgellm.serve.startup import (
+    allowed_hosts,
+    check_bind,
+    is_loopback,
+    listen,
+    serve,
+    url_of,
+)
+
+__all__ = ["Server", "ServerConfig", "allowed_hosts", "check_bind", "create_app", "is_loopback", "listen", "serve", "url_of"]

@@ -1,0 +1,445 @@
+"""The HTTP app: routes, authorisation, request -> prompt and sampling, history fitting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+
+from edgellm import guards, ui
+from edgellm.errors import ContextOverflowError, EdgeLLMError, GrammarError
+from edgellm.metrics import Metrics
+from edgellm.runtime import Prompt, SamplingParams
+from edgellm.serve.access_log import RequestLog
+from edgellm.serve.errors import (
+    RETRY_AFTER_SECONDS,
+    APIError,
+    ClientGone,
+    as_api_error,
+    install_handlers,
+    shutting_down,
+)
+from edgellm.serve.jobs import Admission, GenerationJob, QueueFull, wait_watching_client
+from edgellm.serve.replies import Reply
+from edgellm.serve.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseFormat,
+    SamplingFields,
+)
+from edgellm.stops import check_stops
+
+DEFAULT_QUEUE_SIZE = 8
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 5
+# A body has this long to arrive once its head has: a client trickling bytes holds nothing longer.
+BODY_TIMEOUT_SECONDS = 30
+
+
+@dataclass
+class ServerConfig:
+    model_id: str
+    api_key: str | None = None
+    max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
+    queue_size: int = DEFAULT_QUEUE_SIZE  # requests that may wait while one generates
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # None: any Host header (a public bind, protected by the key); else loopback names plus these.
+    allowed_hosts: list[str] | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    # Chat histories longer than a slot: drop the oldest turns ("oldest", as `edgellm chat` does) or 400 ("error").
+    truncate: str = "oldest"
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+
+
+class Server:
+    """Owns the engine, its scheduler and the threads around it; builds the FastAPI app."""
+
+    def __init__(self, engine: Any, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.scheduler = engine.scheduler  # the engine's one scheduler (run and chat use it too)
+        slots = len(self.scheduler.slots)
+        self.admission = Admission(slots, config.queue_size)
+        self.generator = threading.Thread(target=self.scheduler.run, name="edgellm-generate", daemon=True)
+        self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-prepare")
+        self.max_piece_bytes = int(getattr(engine, "max_piece_bytes", 256))
+        self.active_jobs: set[GenerationJob] = set()
+        self.ignored_fields: set[str] = set()  # unknown request fields already logged
+        self.metrics = Metrics()
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- jobs --
+
+    def start_job(self, prompt: Prompt, params: SamplingParams, request_id: str = "") -> GenerationJob:
+        """Hand a request to the scheduler, or 503 when every slot and queue place is taken."""
+        if self.draining:
+            raise shutting_down()
+        try:
+            self.admission.enter()
+        except QueueFull:
+            raise APIError(
+                503,
+                f"the server is busy: {self.admission.slots} generating and {self.config.queue_size} waiting",
+                type="server_error",
+                code="queue_full",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+
+        def finished() -> None:
+            self.active_jobs.discard(job)
+            self.admission.leave()
+            if job.stats is not None:
+                self.metrics.generation(job.stats.prompt_tokens, job.stats.generated_tokens)
+            if job.first_token_s is not None:
+                self.metrics.first_token(job.first_token_s)
+
+        job = GenerationJob(prompt, params, asyncio.get_running_loop(), on_finished=finished)
+        job.request.id = request_id
+        self.active_jobs.add(job)
+        self.scheduler.submit(job.request)
+        return job
+
+    def begin_shutdown(self) -> None:
+        """On SIGTERM/Ctrl-C (called from the signal handler): take no new work, give the running
+        generation SHUTDOWN_GRACE_SECONDS to finish, then cancel it so its response ends cleanly."""
+        self.draining = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.call_later, SHUTDOWN_GRACE_SECONDS, self.cancel_all)
+
+    def cancel_all(self) -> None:
+        for job in list(self.active_jobs):
+            job.cut_short = True
+            job.cancel()
+
+    async def shutdown(self) -> None:
+        """Stop in-flight generation and wait for the worker to let go of the engine."""
+        self.draining = True
+        self.cancel_all()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.preparer.shutdown, True)
+        for job in list(self.active_jobs):
+            await job.wait_finished()
+        self.scheduler.stop()
+        await loop.run_in_executor(None, self.generator.join)
+        self.scheduler.close()
+
+    # -- the app --
+
+    def app(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            self._loop = asyncio.get_running_loop()
+            self.generator.start()
+            yield
+            await self.shutdown()
+
+        app = FastAPI(title="edgellm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+        install_handlers(app)
+
+        @app.get("/health")
+        async def health(request: Request) -> dict[str, Any]:
+            # Liveness for anyone (load balancers, systemd checks); what is served and how busy
+            # it is only for those who hold the key.
+            if not self.is_authorized(request):
+                return {"status": "ok"}
+            scheduler = self.scheduler
+            return {"status": "ok", "model": self.config.model_id, "busy": scheduler.busy > 0, "queued": scheduler.waiting,
+                    "slots": len(scheduler.slots), "slots_busy": scheduler.busy}
+
+        @app.get("/metrics")
+        async def metrics(request: Request) -> Response:
+            self.authorize(request)
+            scheduler = self.scheduler
+            text = self.metrics.render(slots=len(scheduler.slots), busy=scheduler.busy, queued=scheduler.waiting)
+            return Response(text, media_type="text/plain; version=0.0.4")
+
+        @app.get("/slots")
+        async def slots(request: Request) -> list[dict[str, Any]]:
+            self.authorize(request)
+            return self.scheduler.describe()
+
+        @app.get("/v1/models")
+        async def list_models(request: Request) -> dict[str, Any]:
+            self.authorize(request)
+            return {"object": "list", "data": [self.model_card()]}
+
+        @app.get("/v1/models/{model_id:path}")
+        async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+            self.authorize(request)
+            self.check_model(model_id)
+            return self.model_card()
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request) -> Response:
+            self.authorize(request)
+            require_json(request)
+            body = ChatCompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
+            return await self.chat(request, body)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            self.authorize(request)
+            require_json(request)
+            body = CompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
+            return await self.complete(request, body)
+
+        wrapped: Any = app
+        if self.config.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware  # noqa: PLC0415
+
+            wrapped = CORSMiddleware(wrapped, allow_origins=self.config.cors_origins, allow_methods=["GET", "POST"],
+                                     allow_headers=["authorization", "content-type"], max_age=600)
+        if self.config.allowed_hosts is not None:
+            wrapped = guards.HostCheck(wrapped, self.config.allowed_hosts)
+        return RequestLog(wrapped, self.metrics)  # type: ignore[return-value]
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.config.model_id, "object": "model", "created": self.config.created, "owned_by": "edgellm"}
+
+    def is_authorized(self, request: Request) -> bool:
+        key = self.config.api_key
+        if key is None:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode("utf-8", "replace"), key.encode())
+
+    def authorize(self, request: Request) -> None:
+        if not self.is_authorized(request):
+            raise APIError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+
+    def check_model(self, model: str | None) -> None:
+        if model and model != self.config.model_id:
+            raise APIError(
+                404,
+                f"the model '{model}' is not served here; this server serves '{self.config.model_id}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    # -- request -> sampling --
+
+    def sampling(self, body: SamplingFields, max_tokens: int | None) -> SamplingParams:
+        self.check_model(body.model)
+        for name in body.model_extra or {}:
+            if name not in self.ignored_fields and len(self.ignored_fields) < 1000:
+                self.ignored_fields.add(name)
+                ui.info(f"note: ignoring the request field '{name}' (not an OpenAI or llama.cpp field edgellm uses); said once")
+        unsupported = {
+            "logit_bias": bool(body.logit_bias),
+            "logprobs": bool(body.logprobs),
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise APIError(400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter")
+        if max_tokens is not None and max_tokens > self.config.max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens is {max_tokens} but this server allows at most {self.config.max_tokens_limit}",
+                param="max_tokens",
+            )
+        defaults = SamplingParams()
+        return SamplingParams(
+            max_tokens=max_tokens or self.config.max_tokens_limit,
+            temperature=defaults.temperature if body.temperature is None else body.temperature,
+            top_p=defaults.top_p if body.top_p is None else body.top_p,
+            top_k=defaults.top_k if body.top_k is None else body.top_k,
+            min_p=defaults.min_p if body.min_p is None else body.min_p,
+            repeat_penalty=defaults.repeat_penalty if body.repeat_penalty is None else body.repeat_penalty,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
+            seed=body.seed,
+            grammar=body.grammar,
+            ignore_eos=bool(body.ignore_eos),
+            stop=stop_sequences(body.stop),
+        )
+
+    async def chat(self, request: Request, body: ChatCompletionRequest) -> Response:
+        if body.tools:
+            raise APIError(400, "tools (function calling) are not supported by this server", param="tools", code="unsupported_parameter")
+        params = self.sampling(body, body.max_completion_tokens or body.max_tokens)
+        if body.response_format is not None and body.response_format.type != "text":
+            if body.grammar:
+                raise APIError(400, "use either response_format or grammar, not both", param="grammar")
+            params.grammar, params.json_schema = response_format_grammar(body.response_format)
+            params.split_reasoning = False  # the grammar owns every token: all of it is the JSON answer
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)} for i, m in enumerate(body.messages)
+        ]
+        self.check_size(len(messages), sum(len(m["content"]) for m in messages), "messages")
+        param = "response_format" if body.response_format is not None else "grammar"
+        dropped: list[int] = []
+
+        def fitted() -> Prompt:
+            prompt, count = self.fit_history(messages, params.max_tokens)
+            dropped.append(count)
+            return prompt
+
+        prompt = await self.prepare(request, fitted, params, param)
+        # A raw `grammar` may spell out "...</think>answer" and is split like free text.
+        reply = Reply(request, self, "chat.completion", body.stream)
+        if dropped and dropped[0]:
+            reply.headers["X-Edgellm-Dropped-Messages"] = str(dropped[0])
+            reply.log["note"] = f"history too long for a slot: dropped the oldest {dropped[0]} messages"
+        return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    async def complete(self, request: Request, body: CompletionRequest) -> Response:
+        if body.echo or body.suffix:
+            raise APIError(400, "'echo' and 'suffix' are not supported by this server", code="unsupported_parameter")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise APIError(400, "send one prompt per request", param="prompt")
+        if not prompts[0]:
+            raise APIError(400, "the prompt is empty: give the model some text to continue", param="prompt")
+        params = self.sampling(body, body.max_tokens)
+        params.split_reasoning = False  # raw completions return the model's text as written, tags included
+        text = prompts[0]
+        self.check_size(1, len(text), "prompt")
+        engine = self.engine
+        prompt = await self.prepare(request, lambda: engine.prompt_from_text(text), params, "grammar")
+        reply = Reply(request, self, "text_completion", body.stream)
+        return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    def fit_history(self, messages: list[dict[str, str]], max_tokens: int | None) -> tuple[Prompt, int]:
+        """The prompt for `messages`, dropping the oldest turns (the system prompt stays) until it
+        leaves a slot room for the reply, as `edgellm chat` does; returns it and how many messages
+        went. A last turn too long on its own is still refused (400)."""
+        engine = self.engine
+        slot_ctx = self.scheduler.slot_ctx
+        room = min(max_tokens or slot_ctx // 4, slot_ctx // 2)
+        head = 0
+        while head < len(messages) and messages[head]["role"] == "system":
+            head += 1
+        system, rest = messages[:head], list(messages[head:])
+        dropped = 0
+        while True:
+            prompt = engine.prompt_from_messages(system + rest, check=False)
+            if len(prompt.tokens) <= slot_ctx - room or self.config.truncate == "error":
+                break
+            cut = next((i for i in range(1, len(rest)) if rest[i]["role"] == "user"), None)
+            if cut is None:
+                break  # only the last turn is left: too long on its own
+            dropped += cut
+            rest = rest[cut:]
+        engine.check_prompt(prompt.tokens)
+        if len(prompt.tokens) >= slot_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt.tokens)} tokens but a slot holds {slot_ctx} (n_ctx)",
+                hint="send less, or start the server with a larger --ctx (or fewer --parallel slots)",
+            )
+        return prompt, dropped
+
+    def check_size(self, n_messages: int, n_chars: int, param: str) -> None:
+        """Refuse, without any template or tokenizer work, what cannot fit the context: every
+        message takes at least one token, and no token covers more than max_piece_bytes bytes."""
+        n_ctx = self.scheduler.slot_ctx
+        if n_messages >= n_ctx:
+            raise APIError(400, f"{n_messages} messages cannot fit a context of {n_ctx} tokens", param=param,
+                           code="context_length_exceeded")
+        if n_chars > n_ctx * self.max_piece_bytes:
+            raise APIError(400, f"{n_chars} characters of input cannot fit a context of {n_ctx} tokens", param=param,
+                           code="context_length_exceeded")
+
+    async def prepare(self, request: Request, make_prompt: Callable[[], Prompt], params: SamplingParams, param: str) -> Prompt:
+        """Template, tokenizer and grammar work in the preparation thread, before the generation
+        slot is taken: a huge or hostile request costs its own time, not everyone's."""
+        engine = self.engine
+
+        def work() -> Prompt:
+            text = engine.grammar_text(params)
+            params.grammar, params.json_schema = text, None  # checked once; generation reuses it
+            return make_prompt()
+
+        future = asyncio.get_running_loop().run_in_executor(self.preparer, work)
+        # A client that leaves does not stop the work already running; its outcome is dropped.
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await wait_watching_client(future, request)
+        try:
+            return future.result()
+        except GrammarError as exc:
+            raise APIError(400, exc.message, param=param, code="invalid_grammar") from None
+        except EdgeLLMError as exc:
+            raise as_api_error(exc) from None
+
+
+
+
+def stop_sequences(stop: str | list[str] | None) -> list[str]:
+    try:
+        return check_stops([stop] if isinstance(stop, str) else list(stop or []))
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="stop") from None
+
+
+def response_format_grammar(response_format: ResponseFormat) -> tuple[str | None, str | None]:
+    """(grammar, json_schema) for SamplingParams: any JSON object, or JSON matching a schema."""
+    if response_format.type == "json_schema":
+        schema = response_format.json_schema.schema_ if response_format.json_schema else None
+        if not schema:
+            raise APIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+        return None, json.dumps(schema)
+    from edgellm.runtime import json_grammar  # noqa: PLC0415
+
+    return json_grammar(), None
+
+
+
+
+def require_json(request: Request) -> None:
+    """POST bodies must say they are JSON: a web page can send text/plain to any site without a
+    CORS preflight, so accepting it would let any page the user opens use a loopback server."""
+    if not guards.is_json_media_type(request.headers.get("content-type")):
+        raise APIError(415, "the request body must be JSON: send the header 'Content-Type: application/json'",
+                       code="unsupported_media_type")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing bodies over `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with anyio.fail_after(BODY_TIMEOUT_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone() from None  # left mid-body: a 499 in the log, not a 500
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {BODY_TIMEOUT_SECONDS} s", code="request_timeout") from None
+    try:
+        return guards.parse_json_body(b"".join(chunks))
+    except guards.BodyError as exc:
+        raise APIError(400, f"the request body is not acceptable: {exc}", code="invalid_json") from None
+
+
+
+
+def create_app(engine: Any, config: ServerConfig) -> Any:
+    """The ASGI app serving `engine` (an edgellm.runtime.Engine, or anything with its generate API)."""
+    return Server(engine, config).app()
+
+

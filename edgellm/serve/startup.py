@@ -1,0 +1,106 @@
+"""Binding, the refusal to expose a model without a key, and running uvicorn until a signal."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+from typing import Any
+
+from edgellm import guards
+from edgellm.errors import UsageError
+from edgellm.serve.app import SHUTDOWN_GRACE_SECONDS, Server, ServerConfig
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def allowed_hosts(bind_host: str, extra: list[str]) -> list[str] | None:
+    """The Host values to answer: on loopback, loopback names plus `extra`; elsewhere any (None),
+    unless `extra` names some (then loopback names plus those)."""
+    if is_loopback(bind_host) or extra:
+        return list(extra)
+    return None
+
+
+def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to expose the model beyond this machine without a key (or an explicit --insecure)."""
+    if is_loopback(host) or api_key or insecure:
+        return
+    raise UsageError(
+        f"refusing to listen on {host} without an API key: anyone who can reach it could use the model",
+        hint=f"edgellm serve --host {host} --api-key \"$(openssl rand -hex 16)\"  (or add --insecure on a trusted network)",
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen before the model loads, so a taken port fails fast with a clear error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, IndexError) as exc:
+        raise UsageError(f"cannot listen on {host}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint=f"pick another port: edgellm serve --port {port + 1 if port else 8080}",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def serve(engine: Any, config: ServerConfig, sock: socket.socket) -> list[int]:
+    """Serve until SIGTERM or Ctrl-C; uvicorn drains in-flight requests, then we cancel the rest.
+
+    Returns the signals that stopped it.
+    """
+    import uvicorn  # noqa: PLC0415
+
+    edge = Server(engine, config)
+
+    class SignalAwareServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            edge.begin_shutdown()
+
+    uv_config = uvicorn.Config(
+        edge.app(),
+        log_level="warning",
+        access_log=False,  # RequestLog writes one line per request instead
+        lifespan="on",
+        # A backstop: begin_shutdown cancels generation after the grace period, ending responses.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 10,
+        # No connection limit: uvicorn counts silent connections against it, so 63 idle sockets
+        # shut everyone out. Connections that send no request head in time are closed instead,
+        # and the generation queue bounds the real work.
+        limit_concurrency=None,
+        http=guards.head_deadline_protocol(),
+    )
+    server = SignalAwareServer(uv_config)
+    received: list[int] = []
+    # uvicorn re-raises the signal that stopped it once it is done; catch that here so that a
+    # SIGTERM ends with exit code 0 after a clean shutdown instead of killing the process.
+    previous = {sig: signal.signal(sig, lambda number, _frame: received.append(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received
