@@ -285,3 +285,19 @@ def test_a_reply_that_skips_thinking_streams_while_it_is_generated(slow_no_prefi
     finally:
         process.kill()
         process.communicate(timeout=60)
+
+
+def test_stop_sequence_ends_the_answer_before_it(tiny_q4km: Path, tmp_path: Path) -> None:
+    grammar = grammar_file(tmp_path, 'root ::= "hm</think>alpha beta\\n\\ngamma delta"')
+    result = run_cli("run", "-m", str(tiny_q4km), "hi", "--grammar", grammar, "--stop", "\\n\\n", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["answer"] == "alpha beta" and data["reasoning"] == "hm" and data["finish_reason"] == "stop"
+    piped = run_cli("run", "-m", str(tiny_q4km), "hi", "--grammar", grammar, "--stop", " delta", "--stop", "zzz")
+    assert piped.returncode == 0 and piped.stdout == b"alpha beta\n\ngamma", piped.stdout
+
+
+def test_too_many_stop_sequences_is_one_clear_line(tiny_q4km: Path) -> None:
+    result = run_cli("run", "-m", str(tiny_q4km), "hi", *[arg for s in "abcde" for arg in ("--stop", s)])
+    assert result.returncode != 0 and b"--stop: at most 4 stop sequences" in result.stderr
+    assert b"Traceback" not in result.stderr
