@@ -151,3 +151,29 @@ def test_four_streams_share_batches_and_each_gets_its_own_text() -> None:
             t.join(timeout=60)
     assert results == {w: w * 20 for w in ("ab", "cd", "ef", "gh")}
     assert any(len(batch) >= 3 for batch in engine.backend.batches)  # decoded together
+
+
+def test_a_long_history_drops_the_fewest_oldest_turns_in_a_few_template_runs() -> None:
+    engine = FakeEngine("ok", slots=1, n_ctx=4096)
+    runs = []
+    original = engine.prompt_from_messages
+
+    def counting(messages, *, check=True):  # type: ignore[no-untyped-def]
+        runs.append(len(messages))
+        return original(messages, check=check)
+
+    engine.prompt_from_messages = counting  # type: ignore[method-assign]
+    turns = []
+    for i in range(400):  # 400 turns of ~40 characters (tokens) each: 4x what a slot holds
+        turns += [{"role": "user", "content": f"question {i:04d} " + "q" * 10}, {"role": "assistant", "content": "a" * 10}]
+    messages = [{"role": "system", "content": "be brief"}, *turns]
+    with start(engine) as running:
+        response = httpx.post(running.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 8}, timeout=30)
+    assert response.status_code == 200, response.text
+    dropped = int(response.headers["x-edgellm-dropped-messages"])
+    assert dropped % 2 == 0  # whole turns: the history restarts at a user message
+    kept = [messages[0], *turns[dropped:]]
+    limit = 4096 - 8
+    assert len(engine.format_messages(kept)) <= limit < len(engine.format_messages([messages[0], *turns[dropped - 2:]]))
+    assert engine.backend.prompts[-1] == engine.format_messages(kept)  # the system prompt stayed
+    assert len(runs) <= 12, len(runs)  # a binary search, not one template run per dropped turn

@@ -330,16 +330,30 @@ class Server:
         while head < len(messages) and messages[head]["role"] == "system":
             head += 1
         system, rest = messages[:head], list(messages[head:])
-        dropped = 0
-        while True:
-            prompt = engine.prompt_from_messages(system + rest, check=False)
-            if len(prompt.tokens) <= slot_ctx - room or self.config.truncate == "error":
-                break
-            cut = next((i for i in range(1, len(rest)) if rest[i]["role"] == "user"), None)
-            if cut is None:
-                break  # only the last turn is left: too long on its own
-            dropped += cut
-            rest = rest[cut:]
+        limit = slot_ctx - room
+
+        made: dict[int, Prompt] = {}
+
+        def prompt_from(cut: int) -> Prompt:
+            if cut not in made:
+                made[cut] = engine.prompt_from_messages(system + rest[cut:], check=False)
+            return made[cut]
+
+        # Turns are dropped whole: the history restarts at a user message. Dropping more never
+        # makes the prompt longer, so a binary search over those starts finds the fewest to drop
+        # in a handful of template runs, not one per turn (a 4,000-turn body made 4,000).
+        starts = [0] + [i for i in range(1, len(rest)) if rest[i]["role"] == "user"]
+        low = 0
+        if len(prompt_from(0).tokens) > limit and self.config.truncate != "error":
+            low, high = 1, len(starts) - 1  # if nothing fits, the last turn alone (then refused below)
+            while low < high:
+                middle = (low + high) // 2
+                if len(prompt_from(starts[middle]).tokens) <= limit:
+                    high = middle
+                else:
+                    low = middle + 1
+            low = min(low, len(starts) - 1)
+        prompt, dropped = prompt_from(starts[low]), starts[low]
         engine.check_prompt(prompt.tokens)
         if len(prompt.tokens) >= slot_ctx:
             raise ContextOverflowError(
