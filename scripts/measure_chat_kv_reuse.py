@@ -9,6 +9,11 @@ the same Engine and chat.Conversation code the `chat` command runs. Heavy: minut
 
     python scripts/measure_chat_kv_reuse.py                  # 1.5B Q4_K_M, ~1,500 tokens, 2 rounds
     python scripts/measure_chat_kv_reuse.py --model m.gguf --json
+    python scripts/measure_chat_kv_reuse.py --serve          # the same through `edgellm serve` over HTTP
+
+With --serve, a chat client of `edgellm serve --parallel 1` asks the next turn right after the
+previous one (its slot still holds the history), against the same request after an unrelated
+prompt of the same size took the slot (the history is evaluated again).
 """
 
 from __future__ import annotations
@@ -94,12 +99,12 @@ def measure(engine: Engine, conversation: Conversation, rounds: int) -> dict[str
         previous = Conversation(conversation.system, conversation.messages[:-1])
         order = ("reuse", "full") if round_index % 2 == 0 else ("full", "reuse")
         for kind in order:
-            engine.llm.reset()  # forget any cached prefix
+            engine.forget_cache()  # forget any cached prefix
             _, reply = first_token(engine, previous.for_model())
             turn = Conversation(previous.system, previous.messages + [{"role": "assistant", "content": reply}])
             messages = turn.for_model(NEXT_QUESTION)
             if kind == "full":
-                engine.llm.reset()  # re-evaluate the history, as without prefix reuse
+                engine.forget_cache()  # re-evaluate the history, as without prefix reuse
             stats, _ = first_token(engine, messages)
             (reuse if kind == "reuse" else full).append(stats)
             print(f"round {round_index + 1} {kind:5}: first token {stats.ttft_s:.2f}s, evaluated "
@@ -125,6 +130,67 @@ def measure(engine: Engine, conversation: Conversation, rounds: int) -> dict[str
     }
 
 
+def measure_serve(path: Path, conversation: Conversation, args: argparse.Namespace) -> dict[str, Any]:
+    """The same two first tokens, asked of `edgellm serve` over HTTP by a chat client."""
+    import socket  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    import openai  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "edgellm", "serve", "-m", str(path), "--port", str(port), "--parallel", "1",
+               "--ctx", str(args.ctx)] + (["-t", str(args.threads)] if args.threads else [])
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"edgellm serve did not start: {server.stderr.read() if server.stderr else ''}") from None
+                time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600, max_retries=0)
+
+        def ask(messages: list[dict[str, str]]) -> tuple[float, str]:
+            started = time.perf_counter()
+            reply = client.chat.completions.create(model="", messages=messages, max_tokens=1, temperature=0.0,  # type: ignore[arg-type]
+                                                   extra_body={"ignore_eos": True})
+            return time.perf_counter() - started, reply.choices[0].message.content or ""
+
+        previous = Conversation(conversation.system, conversation.messages[:-1])
+        other = Conversation(conversation.system, [dict(m, content=m["content"][::-1]) for m in conversation.messages])
+        reuse: list[float] = []
+        full: list[float] = []
+        for round_index in range(args.rounds):
+            order = ("reuse", "full") if round_index % 2 == 0 else ("full", "reuse")
+            for kind in order:
+                _, reply = ask(previous.for_model())  # the previous turn: the slot now holds the history
+                turn = Conversation(previous.system, previous.messages + [{"role": "assistant", "content": reply}])
+                if kind == "full":
+                    ask(other.for_model())  # an unrelated conversation of the same size takes the slot
+                seconds, _ = ask(turn.for_model(NEXT_QUESTION))
+                (reuse if kind == "reuse" else full).append(seconds)
+                print(f"round {round_index + 1} {kind:5}: first token {seconds:.2f}s", file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    ttft_reuse, ttft_full = statistics.median(reuse), statistics.median(full)
+    return {
+        "mode": "serve --parallel 1",
+        "ttft_with_reuse_s": round(ttft_reuse, 3),
+        "ttft_reevaluating_s": round(ttft_full, 3),
+        "reuse_over_reevaluating": round(ttft_reuse / ttft_full, 3) if ttft_full > 0 else None,
+        "rounds": args.rounds,
+        "ttft_with_reuse_samples_s": [round(x, 3) for x in reuse],
+        "ttft_reevaluating_samples_s": [round(x, 3) for x in full],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a .gguf file (default: the 1.5B-shaped synthetic Q4_K_M)")
@@ -138,6 +204,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="threads (default: the profile's)")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each kind, alternating (default 2)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.add_argument("--serve", action="store_true", help="measure through `edgellm serve --parallel 1` over HTTP")
     args = parser.parse_args()
 
     path = args.model or synthetic_model(args.cache_dir)
@@ -147,7 +214,18 @@ def main() -> int:
     print(f"loaded {path.name} in {time.perf_counter() - started:.1f}s: {prepared.plan.threads} threads, "
           f"{prepared.plan.threads_batch} for prompts, n_ctx {engine.n_ctx}", file=sys.stderr)
     try:
-        result = measure(engine, build_history(engine, args.history_tokens), args.rounds)
+        conversation = build_history(engine, args.history_tokens)
+        if args.serve:
+            tokens = next_prompt_tokens(engine, conversation)
+            engine.close()  # the server loads its own
+            result = {"next_prompt_tokens": tokens, "turns_of_history": conversation.turns,
+                      **measure_serve(path, conversation, args)}
+            print(json.dumps(result, indent=2) if args.json else
+                  f"serve, next turn of {tokens} prompt tokens: first token {result['ttft_with_reuse_s']:.2f}s with the "
+                  f"slot's cache, {result['ttft_reevaluating_s']:.2f}s re-evaluating: "
+                  f"{100 * (result['reuse_over_reevaluating'] or 0):.1f}% (target <= 10%)")
+            return 0
+        result = measure(engine, conversation, args.rounds)
     finally:
         engine.close()
     if args.json:

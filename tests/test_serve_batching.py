@@ -193,3 +193,17 @@ def test_metrics_and_slots_move_and_need_the_key(server: ServerProcess) -> None:
     slots = json.loads(raw)
     assert status == 200 and [slot["id"] for slot in slots] == [0, 1, 2, 3]
     assert all(slot["state"] == "idle" for slot in slots) and any(slot["cached_tokens"] > 0 for slot in slots)
+
+
+def test_slots_within_the_training_context_raise_no_overflow_warning(mid_model: Path, tmp_path: Path) -> None:
+    # 0.1's unified cache made llama.cpp compare the TOTAL context of all slots (8192) with the
+    # model's training context (4096) and warn "possible training context overflow" at start.
+    process = ServerProcess(mid_model, "--parallel", "2", home=tmp_path, ctx="4096")
+    try:
+        process.wait_for_line(r"^serving ")
+        assert "2 slots of 4096 tokens" in process.stderr
+        assert "n_ctx_train" not in process.stderr, process.stderr
+        slots = json.loads(http("GET", process.root + "/slots")[2])
+        assert len(slots) == 2
+    finally:
+        process.stop()

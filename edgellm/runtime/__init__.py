@@ -243,11 +243,13 @@ class Engine:
         started = time.perf_counter()
         try:
             # use_extra_bufts=false keeps llama.cpp off its AMX buffer type (only when the build has
-            # AMX; it also drops ARM repacking). n_seq_max: room for `sequences` in one unified KV
-            # cache, each kept to its slot's share by the scheduler.
+            # AMX; it also drops ARM repacking). n_seq_max: `sequences` KV streams of n_ctx/sequences
+            # cells each, as llama-server -np makes them: a token attends over its own sequence's
+            # cells only (a unified cache attends over every slot's, masked: 4x the work with 4 full
+            # slots), and llama.cpp checks each slot's share against the training context.
             with _overriding_defaults(llama_cpp, "llama_model_default_params", **({"use_extra_bufts": False} if amx else {})), \
                     _overriding_defaults(llama_cpp, "llama_context_default_params",
-                                         **({"n_seq_max": sequences, "kv_unified": True} if sequences > 1 else {})):
+                                         **({"n_seq_max": sequences, "kv_unified": False} if sequences > 1 else {})):
                 self.llm = llama_cpp.Llama(
                     model_path=str(model.path),
                     n_ctx=plan.n_ctx,

@@ -77,6 +77,7 @@ class LlamaBackend:
         self.vocab = engine._vocab
         self.memory = llama.llama_get_memory(self.ctx)
         self.n_ctx = engine.n_ctx
+        self.n_ctx_seq = int(llama.llama_n_ctx_seq(self.ctx))  # one sequence's KV stream (padded by llama.cpp)
         self.n_batch = int(llama.llama_n_batch(self.ctx))
         self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
         self.batch: Any = llama.llama_batch_init(self.n_batch, 0, 1)
@@ -197,7 +198,8 @@ class Scheduler:
         self.engine = engine
         self.backend = backend if backend is not None else LlamaBackend(engine)
         self.n_ctx = self.backend.n_ctx
-        self.slot_ctx = self.n_ctx // slots  # each sequence's share of the KV cache
+        # Each sequence's share of the KV cache: its own stream of cells.
+        self.slot_ctx = min(self.n_ctx // slots, getattr(self.backend, "n_ctx_seq", self.n_ctx))
         self.n_batch = self.backend.n_batch
         self.slots = [_Slot(seq_id) for seq_id in range(slots)]
         self._waiting: deque[SequenceRequest] = deque()
