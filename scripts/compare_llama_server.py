@@ -3,11 +3,12 @@
 
 llama-server is built from the llama.cpp sources vendored in the sdist of the installed
 llama-cpp-python (so both run the same ggml code) without the AMX kernels, and cached. For each
-number of concurrent clients the two servers run alternately, ROUNDS times each, on the same
-model, threads, batch sizes, slots and total context. Every client streams one completion of
+number of concurrent clients the two servers (both up, the idle one asleep) take turns, ROUNDS
+times each, on the same model, threads, batch sizes, slots and total context. Every client streams one completion of
 --tokens tokens (ignore_eos) with a prompt of its own; aggregate tok/s is all generated tokens
 over the wall time from the first request to the last token, TTFT the time to a client's first
-streamed token. Medians of the rounds are printed, side by side and as edgellm/llama-server.
+streamed token. Medians of the rounds are printed side by side, and the ratios
+(edgellm/llama-server) as the median of the back-to-back pairs' ratios.
 
 Usage:
     python scripts/compare_llama_server.py MODEL.gguf [--clients 1,2,4,8] [--parallel 4] [--ctx 4096]
@@ -203,22 +204,30 @@ def main() -> None:
 
     clients = [int(n) for n in args.clients.split(",")]
     results: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for round_index in range(args.rounds):
-        # Alternate which server goes first, so drift hits both alike.
-        order = [edgellm, llama] if round_index % 2 == 0 else [llama, edgellm]
-        for start in order:
-            server = start(free_port())
-            try:
-                load(server.port, 1, 8, -1)  # warm-up
-                for n in clients:
+    ratios: dict[int, list[tuple[float, float]]] = {}  # per pair of back-to-back runs: (tok/s, TTFT) ratios
+    # Both servers stay up (an idle one sleeps) and take turns on every measurement, the order
+    # swapped each round: on a shared machine, drift then hits both sides of each pair alike.
+    servers = [edgellm(free_port()), llama(free_port())]
+    try:
+        for server in servers:
+            load(server.port, 1, 8, -1)  # warm-up
+        for round_index in range(args.rounds):
+            for n in clients:
+                order = servers if (round_index + n) % 2 == 0 else servers[::-1]
+                pair: dict[str, tuple[float, float]] = {}
+                for server in order:
                     tps, ttft, _ = load(server.port, n, args.tokens, round_index)
+                    pair[server.name] = (tps, ttft)
                     results.setdefault((server.name, n), []).append((tps, ttft))
                     say(f"round {round_index + 1}/{args.rounds} {server.name:12s} {n} clients: {tps:6.1f} tok/s, median TTFT {ttft:.2f}s")
-            finally:
-                server.stop()
+                ours, theirs = pair["edgellm"], pair["llama-server"]
+                ratios.setdefault(n, []).append((ours[0] / theirs[0], ours[1] / theirs[1]))
+    finally:
+        for server in servers:
+            server.stop()
 
     print(f"\n{model.name}, {args.parallel} slots, context {plan['n_ctx']}, {threads} threads, {args.tokens} tokens per client, "
-          f"median of {args.rounds} alternating rounds")
+          f"median of {args.rounds} rounds, servers alternated on every measurement")
     print("| clients | edgellm tok/s | llama-server tok/s | ratio | edgellm TTFT | llama-server TTFT | TTFT ratio |")
     print("|---|---|---|---|---|---|---|")
     for n in clients:
@@ -226,8 +235,10 @@ def main() -> None:
         theirs = results[("llama-server", n)]
         tps, ref_tps = statistics.median(r[0] for r in ours), statistics.median(r[0] for r in theirs)
         ttft, ref_ttft = statistics.median(r[1] for r in ours), statistics.median(r[1] for r in theirs)
-        print(f"| {n} | {tps:.1f} | {ref_tps:.1f} | {tps / ref_tps:.3f} | {ttft:.2f}s | {ref_ttft:.2f}s | {ttft / ref_ttft:.2f} |")
-
+        # Ratios: the median of the per-pair ratios (each pair ran back to back).
+        tps_ratio = statistics.median(r[0] for r in ratios[n])
+        ttft_ratio = statistics.median(r[1] for r in ratios[n])
+        print(f"| {n} | {tps:.1f} | {ref_tps:.1f} | {tps_ratio:.3f} | {ttft:.2f}s | {ref_ttft:.2f}s | {ttft_ratio:.2f} |")
 
 if __name__ == "__main__":
     main()
