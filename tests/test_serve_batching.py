@@ -207,3 +207,68 @@ def test_slots_within_the_training_context_raise_no_overflow_warning(mid_model: 
         assert len(slots) == 2
     finally:
         process.stop()
+
+
+def test_a_long_prompt_admitted_while_three_stream_does_not_stop_them(server: ServerProcess) -> None:
+    """A 1,500-token prompt arrives while three requests stream: it is evaluated in chunks beside
+    their tokens, so they keep going. Reports the inter-token gaps (no timing is asserted)."""
+    wait_idle(server)
+    arrivals: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    errors: list[BaseException] = []
+    started = threading.Barrier(4)
+    long_sent: list[float] = []
+    long_first: list[float] = []
+
+    def stream(index: int) -> None:
+        try:
+            chunks = server.client().chat.completions.create(model="", messages=USER, max_tokens=400, stream=True,
+                                                              extra_body={"ignore_eos": True})
+            for chunk in chunks:
+                if chunk.choices and (chunk.choices[0].delta.content or getattr(chunk.choices[0].delta, "reasoning_content", None)):
+                    arrivals[index].append(time.perf_counter())
+                    if len(arrivals[index]) == 20:
+                        started.wait(timeout=120)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    started.wait(timeout=120)  # all three are streaming
+    prompt = " ".join(["word"] * 500)  # ~1,500 tokens with the tiny tokenizer
+    long_sent.append(time.perf_counter())
+    for chunk in server.client().completions.create(model="", prompt=prompt, max_tokens=4, stream=True, extra_body={"ignore_eos": True}):
+        if chunk.choices and chunk.choices[0].text and not long_first:
+            long_first.append(time.perf_counter())
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors
+    # Each stream went on after the long request was sent (chunks may carry several tokens).
+    assert all(times and times[-1] > long_first[0] for times in arrivals.values())
+    usage_line = server.wait_for_line(r"POST /v1/completions 200")
+    assert "4 tokens" in usage_line
+    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:])]
+    during = [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if long_sent[0] <= b <= long_first[0] + 0.05]
+    gaps.sort()
+    print(f"\ninter-token gap of the three streams: median {1000 * gaps[len(gaps) // 2]:.1f} ms, "
+          f"largest while the 1,500-token prompt went in {1000 * max(during, default=0.0):.1f} ms "
+          f"(prompt to first token {1000 * (long_first[0] - long_sent[0]):.0f} ms)")
+    # They were not held until the long prompt was done: tokens kept arriving while it went in.
+    assert all(any(long_sent[0] <= t <= long_first[0] for t in times) for times in arrivals.values())
+
+
+def test_a_reply_that_skips_thinking_streams_over_sse_as_it_is_decoded(tiny_no_prefill: Path, tmp_path: Path) -> None:
+    # The R1 template form that does not open <think>, and a reply that never writes it (forced).
+    # 0.1 held such a reply until its end and sent it in one piece.
+    process = ServerProcess(tiny_no_prefill, home=tmp_path, ctx="2048")
+    try:
+        deltas = []
+        for chunk in process.client().chat.completions.create(model="", messages=USER, stream=True, max_tokens=300,
+                                                               extra_body={"grammar": 'root ::= [a-z]+ " " root'}):
+            if chunk.choices and chunk.choices[0].delta.content:
+                deltas.append(chunk.choices[0].delta.content)
+        assert len(deltas) > 30, deltas[:5]  # streamed in pieces, not released at the end
+        assert len(deltas[0]) <= 24, deltas[0]  # the first piece is a token or a few, not the reply
+        assert len("".join(deltas).split()) > 30
+    finally:
+        process.stop()
