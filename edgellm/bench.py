@@ -7,6 +7,15 @@ cache (after `depth` untimed tokens when asked), timing pp (a batch of random to
 tokens decoded one at a time, end-of-sequence ignored). t/s per repetition, then mean and sample
 standard deviation. The decoding itself is edgellm.runtime.BenchContext; this module plans the tests,
 samples heat, and writes the report (JSON is the source; table, CSV and markdown are views of it).
+
+`--parallel 1,2,4` measures instead as llama.cpp's llama-batched-bench does: for each number of
+sequences B (and each -p/-n), on an empty KV cache, B different random prompts of -p tokens decoded
+as one batch, then -n steps that each decode ONE batch holding the next token of all B sequences.
+Aggregate generation speed S_TG = B * n / t_tg (and S_PP = B * p / t_pp) is what tells how many users
+a board can serve at once. Prompts are not shared (llama-batched-bench's default, and what separate
+users send). The context is the one `edgellm serve --parallel B` makes (Engine(..., sequences=B),
+sized by the planner for B slots); whether its KV cache is unified is read back and reported. The
+decoding is edgellm.runtime.batched_bench.BatchedBench.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ COOL_TO_RANGE_C = (1.0, 150.0)  # below, no CPU gets there under load; above, ev
 MAX_REPORT_BYTES = 16 * 1024**2  # a report with hundreds of tests is ~1 MiB
 SCHEMA = "edgellm-bench/1"
 MAX_LIST_VALUES = 4096  # -p/-n/-t/--depth lists: far more tests than anyone can wait for
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: a context holds at most this many sequences
 
 # --------------------------------------------------------------------------------------------------
 # Argument parsing helpers
@@ -67,6 +77,15 @@ def parse_int_list(text: str, option: str, *, minimum: int = 0) -> list[int]:
     if not values or min(values) < minimum:
         raise UsageError(f"{option} {text!r}: every value must be at least {minimum}")
     return list(dict.fromkeys(values))
+
+
+def parse_parallel(text: str) -> list[int]:
+    """--parallel '1,2,4' -> [1, 2, 4]: numbers of sequences decoded at once, 1 to MAX_SEQUENCES."""
+    values = parse_int_list(text, "--parallel", minimum=1)
+    if max(values) > MAX_SEQUENCES:
+        raise UsageError(f"--parallel {text!r}: at most {MAX_SEQUENCES} sequences (llama.cpp's limit)",
+                         hint="e.g. --parallel 1,2,4")
+    return values
 
 
 def parse_duration(text: str) -> float:
@@ -339,6 +358,7 @@ class BenchConfig:
     cooldown_s: float = 0.0
     cool_to_c: float | None = None
     duration_s: float | None = None  # a soak instead of the tests
+    parallel: list[int] | None = None  # numbers of sequences: llama-batched-bench's tests instead
     profile: str | None = None
     mem_budget: int | None = None
     sysroot: str = "/"
@@ -354,6 +374,25 @@ class BenchConfig:
                 raise UsageError(f"--cool-to {self.cool_to_c}: expected a temperature from {low:.0f} to {high:.0f} °C", hint="e.g. --cool-to 60")
         if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > 0):
             raise UsageError(f"--duration {self.duration_s}: expected a positive, finite duration", hint="e.g. --duration 30m")
+        if self.parallel is not None:
+            if not self.parallel or min(self.parallel) < 1 or max(self.parallel) > MAX_SEQUENCES:
+                raise UsageError(f"--parallel: every value must be from 1 to {MAX_SEQUENCES}", hint="e.g. --parallel 1,2,4")
+            if self.duration_s is not None:
+                raise UsageError("--parallel and --duration cannot be combined", hint="soak one sequence: --duration 30m")
+            if any(self.depths):
+                raise UsageError("--parallel and --depth cannot be combined (each sequence starts on an empty context)")
+            if not any(n > 0 for n in self.gens):
+                raise UsageError("--parallel measures generation: -n must be at least 1", hint="e.g. --parallel 1,2,4 -n 128")
+
+    def parallel_tests(self, plan_threads: int, plan_threads_batch: int) -> list[ParallelSpec]:
+        """In llama-batched-bench's order (for each -p, each -n, each number of sequences), per -t."""
+        return [
+            ParallelSpec(p, n, b, threads or plan_threads, threads or plan_threads_batch)
+            for threads in self.threads or [0]
+            for p in self.prompts
+            for n in self.gens if n > 0
+            for b in self.parallel or []
+        ]
 
     def tests(self, plan_threads: int, plan_threads_batch: int) -> list[TestSpec]:
         """In llama-bench's order: for each thread count and depth, the pp tests then the tg tests."""
@@ -363,6 +402,31 @@ class BenchConfig:
                 specs += [TestSpec(p, 0, depth, threads or plan_threads_batch) for p in self.prompts if p > 0]
                 specs += [TestSpec(0, n, depth, threads or plan_threads) for n in self.gens if n > 0]
         return specs
+
+
+@dataclass(frozen=True)
+class ParallelSpec:
+    """One llama-batched-bench test: `sequences` prompts of n_prompt tokens, then n_gen steps."""
+
+    n_prompt: int
+    n_gen: int
+    sequences: int
+    threads: int  # what llama.cpp decodes a one-token batch with (one sequence generating)
+    threads_batch: int  # and any larger batch: prompts, and generation steps of 2+ sequences
+
+    @property
+    def name(self) -> str:
+        base = f"pp{self.n_prompt}+tg{self.n_gen}" if self.n_prompt else f"tg{self.n_gen}"
+        return f"{base} x{self.sequences}"
+
+    @property
+    def generation_threads(self) -> int:
+        return self.threads if self.sequences == 1 else self.threads_batch
+
+    @property
+    def n_kv(self) -> int:
+        """KV cells the test fills: llama-batched-bench's N_KV (prompts not shared)."""
+        return self.sequences * (self.n_prompt + self.n_gen)
 
 
 @dataclass
@@ -396,6 +460,53 @@ class TestResult:
         }
 
 
+@dataclass
+class ParallelResult:
+    spec: ParallelSpec
+    cores: list[int]
+    prompt_ns: list[int]  # per repetition: the prompts of all sequences
+    gen_ns: list[int]  # per repetition: the n_gen batched steps
+    heat: HeatRecord
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        gen_tps = [1e9 * spec.sequences * spec.n_gen / ns for ns in self.gen_ns]
+        pp_tps = [1e9 * spec.sequences * spec.n_prompt / ns for ns in self.prompt_ns] if spec.n_prompt else []
+        all_tps = [1e9 * spec.n_kv / (p + g) for p, g in zip(self.prompt_ns, self.gen_ns)]
+        mean = statistics.fmean(gen_tps)
+        return {
+            "test": spec.name,
+            "threads": spec.generation_threads,
+            "threads_batch": spec.threads_batch,
+            "cores": self.cores,
+            "sequences": spec.sequences,
+            "n_prompt": spec.n_prompt,
+            "n_gen": spec.n_gen,
+            "depth": 0,
+            "n_kv": spec.n_kv,
+            "reps": len(self.gen_ns),
+            # llama-batched-bench's S_TG: generated tokens of all sequences per second of generation
+            "tps_mean": round(mean, 3),
+            "tps_std": _stdev(gen_tps),
+            "samples_tps": [round(x, 3) for x in gen_tps],
+            "tps_per_sequence": round(mean / spec.sequences, 3),
+            # S_PP: prompt tokens of all sequences per second of prompt processing (None: -p 0)
+            "pp_tps_mean": round(statistics.fmean(pp_tps), 3) if pp_tps else None,
+            "pp_tps_std": _stdev(pp_tps) if pp_tps else None,
+            "pp_samples_tps": [round(x, 3) for x in pp_tps],
+            # S: every token (prompts and generated) per second of the whole test
+            "total_tps_mean": round(statistics.fmean(all_tps), 3),
+            "t_pp_s": round(statistics.fmean(self.prompt_ns) / 1e9, 6),
+            "t_tg_s": round(statistics.fmean(self.gen_ns) / 1e9, 6),
+            "predicted_tps": None,
+            "thermal": self.heat.to_json(),
+        }
+
+
+def _stdev(values: list[float]) -> float:
+    return round(statistics.stdev(values), 3) if len(values) > 1 else 0.0
+
+
 ProgressFn = Callable[[str, int, int], None]  # (label, done, total)
 
 
@@ -419,6 +530,30 @@ def measure_test(bench_ctx: Any, spec: TestSpec, reps: int) -> list[int]:
             bench_ctx.generate(spec.n_gen)
         samples.append(time.perf_counter_ns() - started)
     return samples
+
+
+def measure_parallel(batched: Any, spec: ParallelSpec, reps: int) -> tuple[list[int], list[int]]:
+    """llama-batched-bench's test, `reps` times: each on an empty KV cache, the prompts of all
+    sequences (one batch, in n_batch pieces) then n_gen steps of one batch with a token of each.
+    One untimed generation-shaped step first warms the threads up for this batch shape."""
+    batched.set_threads(spec.threads, spec.threads_batch)
+    batched.warm_up_step(spec.sequences)
+    prompt_ns: list[int] = []
+    gen_ns: list[int] = []
+    for _ in range(reps):
+        batched.clear()
+        batched.prepare_prompt(spec.n_prompt, spec.sequences)  # random tokens: untimed, as there
+        started = time.perf_counter_ns()
+        batched.prompt(spec.n_prompt, spec.sequences)
+        prompted = time.perf_counter_ns()
+        upcoming = batched.prepare_generation(spec.n_gen, spec.sequences)
+        generating = time.perf_counter_ns()
+        batched.generate(upcoming, spec.n_prompt, spec.sequences)
+        ended = time.perf_counter_ns()
+        prompt_ns.append(prompted - started)
+        gen_ns.append(ended - generating)
+    batched.clear()
+    return prompt_ns, gen_ns
 
 
 def cool_down(probe: HeatProbe, seconds: float, target_c: float | None, say: Callable[[str], None]) -> None:
@@ -543,63 +678,75 @@ def resolve_cores(choice: str | None, device: Any, plan_cores: list[int]) -> tup
 
 
 def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Load the model once, run every test (or the soak) and return the JSON report."""
+    """Load the model once, run every test (or the soak, or the --parallel tests) and return the JSON report."""
     from edgellm import runtime
     from edgellm.session import PlanOptions, prepare
 
     if bool(config.model) == bool(config.synthetic):
         raise UsageError("pass either -m FILE.gguf or --synthetic NAME", hint="edgellm bench --synthetic deepseek-r1-1.5b")
     model_spec = config.model or str(synthetic_model_path(config.synthetic or "", announce=say))
-    provisional = config.tests(1, 1)  # thread counts do not change the context needed
-    soak_ctx = 2048 if config.duration_s else 0
-    needed = max([t.context_needed for t in provisional] + [soak_ctx, 64])
-    n_ctx = -(-needed // 256) * 256  # llama.cpp pads the KV cache to 256 cells anyway
+    sequences = max(config.parallel) if config.parallel else 1
+    if config.parallel:
+        # Every sequence needs its prompt and its generated tokens; the planner sizes the KV cache
+        # for `sequences` slots of that (n_ctx is their total), as for serve --parallel.
+        parallel_tests = config.parallel_tests(1, 1)  # thread counts do not change the context needed
+        per_sequence = max(t.n_prompt + t.n_gen for t in parallel_tests)
+        needed = sequences * per_sequence
+        slot_ctx = max(per_sequence, 64)
+        biggest_batch = max([t.sequences * t.n_prompt for t in parallel_tests] + [sequences])
+        too_small_hint = "use smaller -p/-n/--parallel values or a larger --mem-budget"
+    else:
+        provisional = config.tests(1, 1)  # thread counts do not change the context needed
+        soak_ctx = 2048 if config.duration_s else 0
+        needed = slot_ctx = max([t.context_needed for t in provisional] + [soak_ctx, 64])
+        biggest_batch = max([t.n_prompt for t in provisional] + [t.depth for t in provisional] + [1])
+        too_small_hint = "use smaller -p/-n/--depth values or a larger --mem-budget"
+    n_ctx = -(-slot_ctx // 256) * 256  # llama.cpp pads the KV cache to 256 cells anyway
     options = PlanOptions(profile=config.profile, ctx=n_ctx, mem_budget=config.mem_budget,
-                          threads=None, sysroot=config.sysroot)
+                          threads=None, sysroot=config.sysroot, parallel=sequences)
     prepared = prepare(model_spec, options, loading=True)
     plan = prepared.plan
     if plan.n_ctx < needed:
-        raise PlanError(
-            f"the tests need {needed} tokens of context but only {plan.n_ctx} fit",
-            hint="use smaller -p/-n/--depth values or a larger --mem-budget",
-        )
+        what = f"{sequences} sequences of {needed // sequences} tokens need" if config.parallel else "the tests need"
+        raise PlanError(f"{what} {needed} tokens of context but only {plan.n_ctx} fit", hint=too_small_hint)
     cores, cores_label = resolve_cores(config.cores, prepared.device, plan.cores)
-    biggest_batch = max([t.n_prompt for t in provisional] + [t.depth for t in provisional] + [1])
     plan = dataclasses.replace(
         plan, cores=cores, n_batch=max(plan.n_batch, min(biggest_batch, 2048, plan.n_ctx)),
     )
-    engine = runtime.Engine(prepared.model, plan)
+    engine = runtime.Engine(prepared.model, plan, sequences=sequences)
     try:
-        bench_ctx = runtime.BenchContext(engine)
         pinned = engine.pinned_cores or (cores if cores else [])
         probe = HeatProbe(config.sysroot, pinned or None)
-        tests = config.tests(plan.threads, plan.threads_batch)
-        results: list[TestResult] = []
+        results: list[Any] = []  # TestResult, or ParallelResult with --parallel
         soak_report = None
+        parallel_info = None
         thermal_start = probe.celsius()
         throttled_start = probe.throttled()
-        if config.duration_s:
+        if config.parallel:
+            from edgellm.runtime.batched_bench import BatchedBench
+
+            specs = config.parallel_tests(plan.threads, plan.threads_batch)
+            batched = BatchedBench(engine, max_sequences=sequences,
+                                   max_prompt=max(t.n_prompt for t in specs))
+            bench_ctx = batched.base
+            parallel_info = {
+                "sequences": list(config.parallel),
+                "shared_prompt": False,
+                "kv_unified": batched.kv_unified,
+                "n_seq_max": batched.n_seq_max,
+                "method": "llama-batched-bench",
+            }
+            results = _run_parallel_tests(batched, specs, config, probe, pinned, progress, say)
+        elif config.duration_s:
+            bench_ctx = runtime.BenchContext(engine)
             threads = (config.threads or [plan.threads])[0]
             with HeatSampler(probe) as sampler:
                 soak_report = soak(bench_ctx, threads, config.duration_s, probe, progress)
-            soak_result = TestResult(TestSpec(0, soak_report["tokens"], 0, threads), pinned, [], sampler.record,
-                                     plan.predicted_tg_tps)
-            results.append(soak_result)
+            results = [TestResult(TestSpec(0, soak_report["tokens"], 0, threads), pinned, [], sampler.record,
+                                  plan.predicted_tg_tps)]
         else:
-            total = len(tests) * config.reps
-            done = 0
-            for index, spec in enumerate(tests):
-                if index and (config.cooldown_s or config.cool_to_c is not None):
-                    cool_down(probe, config.cooldown_s, config.cool_to_c, say)
-                if progress:
-                    progress(spec.name + f" t{spec.threads}", done, total)
-                with HeatSampler(probe) as sampler:
-                    samples_ns = measure_test(bench_ctx, spec, config.reps)
-                predicted = plan.predicted_tg_tps if spec.n_gen and not spec.n_prompt and not spec.depth else None
-                results.append(TestResult(spec, pinned, samples_ns, sampler.record, predicted))
-                done += config.reps
-                if progress:
-                    progress(spec.name + f" t{spec.threads}", done, total)
+            bench_ctx = runtime.BenchContext(engine)
+            results = _run_tests(bench_ctx, config, plan, probe, pinned, progress, say)
         ttft_s = _time_to_first_token(engine, bench_ctx, config.prompts[0] if config.prompts[0] > 0 else 32)
         info = runtime.system_info()
         report: dict[str, Any] = {
@@ -636,9 +783,54 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
         }
         if soak_report is not None:
             report["soak"] = soak_report
+        if parallel_info is not None:
+            report["parallel"] = parallel_info
         return report
     finally:
         engine.close()
+
+
+def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: HeatProbe, pinned: list[int],
+               progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
+    """The llama-bench tests, in order, heat sampled per test."""
+    tests = config.tests(plan.threads, plan.threads_batch)
+    results: list[Any] = []
+    total = len(tests) * config.reps
+    done = 0
+    for index, spec in enumerate(tests):
+        if index and (config.cooldown_s or config.cool_to_c is not None):
+            cool_down(probe, config.cooldown_s, config.cool_to_c, say)
+        if progress:
+            progress(spec.name + f" t{spec.threads}", done, total)
+        with HeatSampler(probe) as sampler:
+            samples_ns = measure_test(bench_ctx, spec, config.reps)
+        predicted = plan.predicted_tg_tps if spec.n_gen and not spec.n_prompt and not spec.depth else None
+        results.append(TestResult(spec, pinned, samples_ns, sampler.record, predicted))
+        done += config.reps
+        if progress:
+            progress(spec.name + f" t{spec.threads}", done, total)
+    return results
+
+
+def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchConfig, probe: HeatProbe,
+                        pinned: list[int], progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
+    """The --parallel tests (llama-batched-bench's), in order, heat sampled per test."""
+    results: list[Any] = []
+    total = len(specs) * config.reps
+    done = 0
+    for index, spec in enumerate(specs):
+        if index and (config.cooldown_s or config.cool_to_c is not None):
+            cool_down(probe, config.cooldown_s, config.cool_to_c, say)
+        label = f"{spec.name} t{spec.generation_threads}"
+        if progress:
+            progress(label, done, total)
+        with HeatSampler(probe) as sampler:
+            prompt_ns, gen_ns = measure_parallel(batched, spec, config.reps)
+        results.append(ParallelResult(spec, pinned, prompt_ns, gen_ns, sampler.record))
+        done += config.reps
+        if progress:
+            progress(label, done, total)
+    return results
 
 
 def _soak_result_json(result: TestResult, window_tps: list[float], duration_s: float) -> dict[str, Any]:
@@ -660,7 +852,8 @@ def _soak_result_json(result: TestResult, window_tps: list[float], duration_s: f
 
 def _time_to_first_token(engine: Any, bench_ctx: Any, n_prompt: int) -> float | None:
     """A real request's first token: a prompt of n_prompt tokens through Engine.generate_tokens."""
-    from edgellm.runtime import GenerationStats, SamplingParams
+    from edgellm.response import Response
+    from edgellm.runtime import SamplingParams
 
     n_prompt = min(n_prompt, engine.n_ctx - 2)
     if n_prompt < 1:
@@ -671,10 +864,7 @@ def _time_to_first_token(engine: Any, bench_ctx: Any, n_prompt: int) -> float | 
     tokens = np.random.default_rng(1).integers(0, bench_ctx.n_vocab, n_prompt).tolist()
     if bench_ctx.bos is not None:
         tokens[0] = bench_ctx.bos
-    stats = None
-    for event in engine.generate_tokens(tokens, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)):
-        if isinstance(event, GenerationStats):
-            stats = event
+    stats = Response(engine.generate_tokens(tokens, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))).finish().stats
     bench_ctx.clear()
     return stats.ttft_s if stats else None
 
@@ -747,8 +937,40 @@ def _cores_text(cores: list[int]) -> str:
     return ",".join(map(str, cores))
 
 
+PARALLEL_CSV_FIELDS = ("model", "quant", "synthetic", "device", "test", "sequences", "threads", "threads_batch", "cores",
+                       "n_prompt", "n_gen", "n_kv", "reps", "tps_mean", "tps_std", "tps_per_sequence", "pp_tps_mean",
+                       "pp_tps_std", "total_tps_mean", "temp_before_c", "temp_after_c", "temp_max_c", "freq_drop_pct",
+                       "throttled")
+
+
+_PARALLEL_ROW_FIELDS = ("test", "sequences", "threads", "threads_batch", "n_prompt", "n_gen", "n_kv", "reps", "tps_mean",
+                        "tps_std", "tps_per_sequence", "pp_tps_mean", "pp_tps_std", "total_tps_mean")
+
+
+def is_parallel(report: dict[str, Any]) -> bool:
+    """A --parallel report: its rows are llama-batched-bench's tests, not llama-bench's."""
+    return bool(report.get("parallel"))
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
+
+
 def to_csv(report: dict[str, Any]) -> str:
     buffer = io.StringIO()
+    if is_parallel(report):
+        writer = csv.DictWriter(buffer, fieldnames=PARALLEL_CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in report["results"]:
+            heat = row.get("thermal") or {}
+            writer.writerow({
+                "model": report["model"], "quant": report["quant"], "synthetic": str(report["synthetic"]).lower(),
+                "device": device_label(report["device"]), "cores": _cores_text(row["cores"]),
+                **{k: _blank(row.get(k)) for k in _PARALLEL_ROW_FIELDS},
+                **{k: _blank(heat.get(k)) for k in ("temp_before_c", "temp_after_c", "temp_max_c", "freq_drop_pct")},
+                "throttled": "; ".join(heat.get("throttled") or []),
+            })
+        return buffer.getvalue()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in report["results"]:
@@ -775,8 +997,36 @@ def _temp_text(heat: dict[str, Any]) -> str:
     return f"{heat.get('temp_before_c')}→{heat.get('temp_after_c')} (max {heat['temp_max_c']})"
 
 
+def _mean_std(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.2f} ± {std or 0.0:.2f}"
+
+
+def _heat_cells(heat: dict[str, Any]) -> list[str]:
+    return [
+        _temp_text(heat),
+        f"{heat['freq_drop_pct']:.0f}%" if heat.get("freq_drop_pct") is not None else "-",
+        ", ".join(heat.get("throttled") or []) or "-",
+    ]
+
+
+def result_headers(report: dict[str, Any]) -> list[str]:
+    return PARALLEL_HEADERS if is_parallel(report) else RESULT_HEADERS
+
+
 def result_rows(report: dict[str, Any]) -> list[list[str]]:
     """The cells of the per-test table shared by the terminal table and markdown."""
+    if is_parallel(report):
+        return [
+            [
+                row["test"], str(row["sequences"]), str(row["threads"]),
+                row.get("cores_choice") or _cores_text(row["cores"]),
+                _mean_std(row["tps_mean"], row["tps_std"]),
+                f"{row['tps_per_sequence']:.2f}",
+                _mean_std(row.get("pp_tps_mean"), row.get("pp_tps_std")),
+                *_heat_cells(row.get("thermal") or {}),
+            ]
+            for row in report["results"]
+        ]
     rows = []
     for row in report["results"]:
         heat = row.get("thermal") or {}
@@ -793,6 +1043,9 @@ def result_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 RESULT_HEADERS = ["test", "threads", "cores", "t/s", "predicted t/s", "temp °C", "freq drop", "throttled"]
+# --parallel: generation t/s of all sequences together (S_TG) and of each, prompt t/s of all (S_PP)
+PARALLEL_HEADERS = ["test", "seqs", "threads", "cores", "gen t/s (all)", "t/s each", "prompt t/s",
+                    "temp °C", "freq drop", "throttled"]
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -818,14 +1071,46 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f" sustained (last {soak_report['sustained_window_s']:.0f} s) {soak_report['sustained_tps']} t/s"
             + (f" ({change:+}%)" if change is not None else "")
         )
+    if is_parallel(report):
+        lines += parallel_summary_lines(report)
     lines.append(f"llama.cpp: {report.get('llama_cpp_system_info', '')}")
+    return lines
+
+
+def parallel_summary_lines(report: dict[str, Any]) -> list[str]:
+    """How the --parallel numbers were measured, and the answer: how many sequences pay off."""
+    info = report.get("parallel") or {}
+    lines = [
+        "parallel: as llama-batched-bench: per test, on an empty KV cache, one prompt of -p random tokens per"
+        " sequence (not shared), then -n steps that each decode one token of every sequence in one batch;"
+        " gen t/s (all) = sequences x n / generation time"
+        + (f"; KV cache for {info.get('n_seq_max')} sequences, "
+           + ("unified" if info.get("kv_unified") else "one stream each (llama-batched-bench's default)")
+           if (info.get("n_seq_max") or 1) > 1 else "")
+    ]
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in report["results"]:
+        groups.setdefault((row["n_prompt"], row["n_gen"], row.get("threads_batch"), row.get("cores_choice")), []).append(row)
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        best = max(rows, key=lambda r: r["tps_mean"])
+        single = next((r for r in rows if r["sequences"] == 1), None)
+        gain = f", {best['tps_mean'] / single['tps_mean']:.2f}x one sequence" if single and single["tps_mean"] else ""
+        where = f"pp{best['n_prompt']}+tg{best['n_gen']}" if best["n_prompt"] else f"tg{best['n_gen']}"
+        lines.append(
+            f"most generation throughput ({where}, {best['threads']} thread{'s' if best['threads'] != 1 else ''}):"
+            f" {best['sequences']} sequence{'s' if best['sequences'] != 1 else ''},"
+            f" {best['tps_mean']:.2f} t/s in all, {best['tps_per_sequence']:.2f} t/s each{gain}"
+        )
     return lines
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     out = [f"**edgellm bench** {report['edgellm_version']}" + (" — synthetic model" if report.get("synthetic") else ""), ""]
     out += [f"- {line}" for line in summary_lines(report)]
-    out += ["", _md_row(RESULT_HEADERS), _md_row(["---"] * len(RESULT_HEADERS))]
+    headers = result_headers(report)
+    out += ["", _md_row(headers), _md_row(["---"] * len(headers))]
     out += [_md_row(cells) for cells in result_rows(report)]
     return "\n".join(out) + "\n"
 

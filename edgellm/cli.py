@@ -103,6 +103,7 @@ ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile na
 MemBudgetOpt = Annotated[Optional[str], typer.Option("--mem-budget", help="Cap the memory budget, e.g. 1.5GiB or 900MB.")]
 CtxOpt = Annotated[Optional[int], typer.Option("--ctx", min=64, help="Context size in tokens (default: the profile's, shrunk to fit memory).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Generation threads (default: from the profile).")]
+StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="End the reply before this text (repeatable, up to 4; \\n and \\t are understood), e.g. --stop '\\n\\n'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 def _sysroot_option(value: str) -> str:
     if not Path(value).is_dir():
@@ -262,6 +263,7 @@ def run(
     json_output: Annotated[bool, typer.Option("--json", help="Print {answer, reasoning, finish_reason, stats} as JSON.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Each stdin line is a prompt; print one JSON line per prompt.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download a model that is not here yet without asking.")] = False,
+    stop: StopOpt = None,
 ) -> None:
     """Generate a reply for a prompt and stream it to stdout (for shells and scripts).
 
@@ -280,6 +282,7 @@ def run(
     sampling = SamplingParams(
         max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed,
         grammar=_read_text_file(grammar, "--grammar"), json_schema=_read_text_file(schema, "--schema"),
+        stop=_stop_option(stop),
     )
     piped, replaced = runner.read_stdin()
     if replaced:
@@ -303,6 +306,16 @@ def run(
         raise typer.Exit(130) from None
     finally:
         engine.close()
+
+
+def _stop_option(values: Optional[list[str]]) -> list[str]:
+    """--stop values with the escapes a shell user types (\\n, \\t, \\\\), checked."""
+    from edgellm.stops import check_stops, unescape
+
+    try:
+        return check_stops([unescape(value) for value in values or []])
+    except ValueError as exc:
+        raise UsageError(f"--stop: {exc}") from None
 
 
 MAX_CONSTRAINT_FILE_BYTES = 1024 * 1024  # grammars and schemas are KiBs; llama.cpp's limit is far lower
@@ -345,6 +358,7 @@ def chat(
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
+    stop: StopOpt = None,
 ) -> None:
     """Chat with a model in the terminal: streaming replies, history, slash commands (/help).
 
@@ -362,7 +376,7 @@ def chat(
     conversation = repl.load_transcript(load) if load is not None else repl.Conversation()
     if system:
         conversation.system = system
-    sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed)
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=_stop_option(stop))
     plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
     engine = Engine(prepared.model, prepared.plan)
@@ -383,7 +397,8 @@ def chat(
 
 bench_app = typer.Typer(
     help="Measure prompt and generation speed, memory and heat, as llama.cpp's llama-bench does.\n\n"
-    "Example: edgellm bench -m model.gguf --json",
+    "Example: edgellm bench -m model.gguf --json\n\n"
+    "How many users a board can serve: edgellm bench -m model.gguf --parallel 1,2,4",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -405,6 +420,7 @@ def bench(
     cooldown: Annotated[float, typer.Option("--cooldown", min=0.0, help="Seconds to rest between tests.")] = 0.0,
     cool_to: Annotated[Optional[float], typer.Option("--cool-to", help="Between tests, wait until the CPU is below this many °C (at most 10 minutes).")] = None,
     duration: Annotated[Optional[str], typer.Option("--duration", help="Soak: generate continuously this long (e.g. 30m) and compare sustained with first-minute t/s.")] = None,
+    parallel: Annotated[Optional[str], typer.Option("--parallel", help="Sequences decoded at once, comma-separated, e.g. 1,2,4: aggregate generation (and prompt) t/s for each count, measured as llama.cpp's llama-batched-bench (every sequence: its own -p prompt, then -n tokens). Example: edgellm bench --synthetic deepseek-r1-1.5b --parallel 1,2,4 -n 32")] = None,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
     json_output: JsonOpt = False,
@@ -417,7 +433,13 @@ def bench(
     -r repetitions, mean ± standard deviation). `edgellm bench report FILE...` merges --json results
     from several devices into one table.
 
+    --parallel 1,2,4 measures as llama-batched-bench does instead: N prompts, then every step one
+    batch with a token of each of the N sequences; generation t/s of all N together tells how many
+    users the board can serve.
+
     Example: edgellm bench --synthetic deepseek-r1-1.5b -t 1,2,4 --markdown
+
+    Example: edgellm bench --synthetic deepseek-r1-1.5b --parallel 1,2,4 -p 512 -n 32
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -440,6 +462,7 @@ def bench(
         cooldown_s=cooldown,
         cool_to_c=cool_to,
         duration_s=benchmark.parse_duration(duration) if duration else None,
+        parallel=benchmark.parse_parallel(parallel) if parallel is not None else None,
         profile=profile,
         mem_budget=_size_option(mem_budget),
     )
@@ -462,7 +485,7 @@ def bench(
     elif markdown:
         sys.stdout.write(benchmark.to_markdown(report))
     else:
-        ui.render_bench_report(benchmark.report_title(report), benchmark.RESULT_HEADERS, benchmark.result_rows(report),
+        ui.render_bench_report(benchmark.report_title(report), benchmark.result_headers(report), benchmark.result_rows(report),
                                benchmark.summary_lines(report))
 
 

@@ -381,11 +381,16 @@ class DownloadProgress:
 # --- bench ----------------------------------------------------------------------------------------
 
 
+# Right-aligned bench columns; the speeds never wrap (a "±" split over two lines misreads).
+BENCH_NUMERIC = ("threads", "seqs", "t/s", "predicted t/s", "gen t/s (all)", "t/s each", "prompt t/s")
+BENCH_NO_WRAP = ("test", "t/s", "gen t/s (all)", "prompt t/s")
+
+
 def render_bench_report(title: str, headers: list[str], rows: list[list[str]], summary: list[str]) -> None:
     table = Table(title=title, title_justify="left")
     for header in headers:
-        numeric = header in ("threads", "t/s", "predicted t/s")
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=header in ("test", "t/s"))
+        numeric = header in BENCH_NUMERIC
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=header in BENCH_NO_WRAP)
     for cells in rows:
         table.add_row(*cells)
     stdout.print(table)

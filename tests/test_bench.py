@@ -167,6 +167,80 @@ def test_synthetic_catalog_shapes_have_the_published_size() -> None:
     assert abs(size7 - 4_683_073_504) / 4_683_073_504 < 0.01
 
 
+# --- --parallel: llama-batched-bench's aggregate throughput --------------------------------------
+
+PARALLEL_KEYS = RESULT_KEYS | {"sequences", "threads_batch", "n_kv", "samples_tps", "tps_per_sequence", "pp_tps_mean",
+                               "pp_tps_std", "pp_samples_tps", "total_tps_mean", "t_pp_s", "t_tg_s", "thermal"}
+
+
+@pytest.fixture(scope="module")
+def parallel_report(tiny_q4km: Path) -> dict[str, Any]:
+    return bench_json("-m", str(tiny_q4km), "--parallel", "1,2", "-p", "16", "-n", "4", "-r", "2")
+
+
+def test_parallel_reports_aggregate_throughput_per_sequence_count(parallel_report: dict[str, Any]) -> None:
+    data = parallel_report
+    assert TOP_KEYS <= data.keys()
+    info = data["parallel"]
+    assert (info["sequences"], info["shared_prompt"], info["n_seq_max"], info["method"]) == ([1, 2], False, 2, "llama-batched-bench")
+    assert isinstance(info["kv_unified"], bool)  # read back from the context, whichever the Engine chose
+    assert data["n_ctx"] >= 2 * (16 + 4)  # room for every sequence's prompt and generated tokens
+    assert [(r["test"], r["sequences"]) for r in data["results"]] == [("pp16+tg4 x1", 1), ("pp16+tg4 x2", 2)]
+    for row in data["results"]:
+        npl = row["sequences"]
+        assert PARALLEL_KEYS <= row.keys()
+        assert (row["n_prompt"], row["n_gen"], row["depth"], row["reps"]) == (16, 4, 0, 2)
+        assert row["n_kv"] == npl * (16 + 4)  # llama-batched-bench's N_KV
+        assert row["threads"] >= 1 and row["threads_batch"] >= 1
+        for samples, mean in ((row["samples_tps"], row["tps_mean"]), (row["pp_samples_tps"], row["pp_tps_mean"])):
+            assert len(samples) == 2 and all(s > 0 for s in samples)
+            assert mean == pytest.approx(statistics.fmean(samples), rel=1e-3)
+        assert row["tps_std"] >= 0 and row["pp_tps_std"] >= 0
+        assert row["tps_per_sequence"] == pytest.approx(row["tps_mean"] / npl, rel=1e-3)
+        assert row["total_tps_mean"] > 0 and row["t_pp_s"] > 0 and row["t_tg_s"] > 0
+        # S_TG = npl * tg / t_tg: the tokens of all sequences over the mean generation time lies
+        # within the repetitions' range (likewise the prompts)
+        assert min(row["samples_tps"]) * 0.999 <= npl * 4 / row["t_tg_s"] <= max(row["samples_tps"]) * 1.001
+        assert min(row["pp_samples_tps"]) * 0.999 <= npl * 16 / row["t_pp_s"] <= max(row["pp_samples_tps"]) * 1.001
+        assert row["predicted_tps"] is None
+    assert bench.report_shape_problem(data) is None  # `bench report` can merge it
+
+
+def test_parallel_views_csv_markdown_and_merge(parallel_report: dict[str, Any], tmp_path: Path) -> None:
+    rows = list(csv.DictReader(io.StringIO(bench.to_csv(parallel_report))))
+    assert [(r["test"], r["sequences"]) for r in rows] == [("pp16+tg4 x1", "1"), ("pp16+tg4 x2", "2")]
+    assert all(float(r["tps_mean"]) > 0 and float(r["pp_tps_mean"]) > 0 for r in rows)
+    table = [line for line in bench.to_markdown(parallel_report).splitlines() if line.startswith("|")]
+    assert table[0].startswith("| test | seqs | threads | cores | gen t/s (all) | t/s each | prompt t/s")
+    assert len(table) == 4 and table[3].startswith("| pp16+tg4 x2 | 2 |")
+    summary = "\n".join(bench.summary_lines(parallel_report))
+    assert "llama-batched-bench" in summary and "most generation throughput" in summary
+    path = tmp_path / "parallel.json"
+    path.write_text(json.dumps(parallel_report))
+    merged = json.loads(run_cli("bench", "report", str(path), "--json").stdout)
+    assert merged["headers"][4:6] == ["pp16+tg4 x1", "pp16+tg4 x2"]
+
+
+def test_parallel_without_prompt_through_every_output(tiny_q4km: Path) -> None:
+    """-p 0: generation only (no prompt speed); -t sets the threads of both kinds of batch."""
+    proc = run_cli("bench", "-m", str(tiny_q4km), "--parallel", "2,1", "-p", "0", "-n", "4", "-r", "1", "-t", "1", "--csv")
+    assert proc.returncode == 0, proc.stderr.decode()
+    rows = list(csv.DictReader(io.StringIO(proc.stdout.decode())))
+    assert [(r["test"], r["threads"], r["threads_batch"]) for r in rows] == [("tg4 x2", "1", "1"), ("tg4 x1", "1", "1")]
+    assert all(float(r["tps_mean"]) > 0 and r["pp_tps_mean"] == "" and r["n_kv"] == str(4 * int(r["sequences"])) for r in rows)
+    proc = run_cli("bench", "-m", str(tiny_q4km), "--parallel", "1,2", "-p", "8", "-n", "2", "-r", "1", COLUMNS="200")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "gen t/s (all)" in out and "pp8+tg2 x2" in out and "most generation throughput" in out
+
+
+def test_parallel_larger_than_the_context_is_refused(tiny_q4km: Path) -> None:
+    proc = run_cli("bench", "-m", str(tiny_q4km), "--parallel", "2", "-p", "4000", "-n", "4")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1
+    assert err.startswith("error: ") and "context" in err.splitlines()[0] and "Traceback" not in err
+
+
 # --- report merge --------------------------------------------------------------------------------
 
 
@@ -211,6 +285,14 @@ def test_report_rejects_files_that_are_not_results(tmp_path: Path) -> None:
     (("--synthetic", "tiny", "--duration", "soon"), "--duration"),
     (("--synthetic", "tiny", "--cores", "x-y"), "--cores"),
     (("-m", "/nonexistent/model.gguf"), "model.gguf"),
+    (("--synthetic", "tiny", "--parallel", "1,2,x"), "--parallel '1,2,x': expected numbers"),
+    (("--synthetic", "tiny", "--parallel", "0"), "--parallel '0': every value must be at least 1"),
+    (("--synthetic", "tiny", "--parallel", ""), "--parallel ''"),
+    (("--synthetic", "tiny", "--parallel", "1,-2"), "--parallel '1,-2'"),
+    (("--synthetic", "tiny", "--parallel", "300"), "at most 256 sequences"),
+    (("--synthetic", "tiny", "--parallel", "2", "-n", "0"), "-n must be at least 1"),
+    (("--synthetic", "tiny", "--parallel", "2", "--duration", "1m"), "--parallel and --duration"),
+    (("--synthetic", "tiny", "--parallel", "2", "--depth", "16"), "--parallel and --depth"),
 ])
 def test_bad_input_is_one_line_error(args: tuple[str, ...], message: str) -> None:
     proc = run_cli("bench", *args)
@@ -230,6 +312,8 @@ def test_help_has_an_example() -> None:
     for args in (("bench", "--help"), ("bench", "report", "--help")):
         proc = run_cli(*args, COLUMNS="200")
         assert proc.returncode == 0 and "Example: edgellm bench" in proc.stdout.decode()
+    help_text = " ".join(run_cli("bench", "--help", COLUMNS="400").stdout.decode().split())
+    assert "--parallel 1,2,4" in help_text and "llama-batched-bench" in help_text
 
 
 # --- logic (no model) ----------------------------------------------------------------------------
@@ -248,6 +332,33 @@ def test_list_and_duration_parsing() -> None:
         bench.parse_int_list("0", "-t", minimum=1)
     with pytest.raises(UsageError):
         bench.parse_duration("10 parsecs")
+
+
+def test_parallel_parsing_and_test_order() -> None:
+    assert bench.parse_parallel("1,2,4") == [1, 2, 4] and bench.parse_parallel("1-8+3") == [1, 4, 7]
+    for bad in ("0", "1,2,x", "", "257", "4,,8"):
+        with pytest.raises(UsageError):
+            bench.parse_parallel(bad)
+    config = bench.BenchConfig(synthetic="tiny", prompts=[0, 64], gens=[0, 8], parallel=[1, 4], threads=[1, 2])
+    assert [(t.name, t.threads, t.threads_batch) for t in config.parallel_tests(3, 4)] == [
+        ("tg8 x1", 1, 1), ("tg8 x4", 1, 1), ("pp64+tg8 x1", 1, 1), ("pp64+tg8 x4", 1, 1),
+        ("tg8 x1", 2, 2), ("tg8 x4", 2, 2), ("pp64+tg8 x1", 2, 2), ("pp64+tg8 x4", 2, 2),
+    ]  # llama-batched-bench's order (pp, tg, npl) per thread count; -n 0 is skipped
+    default = bench.BenchConfig(synthetic="tiny", prompts=[64], gens=[8], parallel=[1, 4]).parallel_tests(3, 4)
+    # one sequence generates with the one-token threads, 2+ sequences' steps are batches
+    assert [(t.generation_threads, t.n_kv) for t in default] == [(3, 72), (4, 288)]
+
+
+def test_parallel_result_is_llama_batched_bench_arithmetic() -> None:
+    spec = bench.ParallelSpec(n_prompt=100, n_gen=10, sequences=4, threads=2, threads_batch=2)
+    # t_pp 0.5 s and 1.0 s, t_tg 2.0 s and 4.0 s
+    row = bench.ParallelResult(spec, [0], [500_000_000, 1_000_000_000], [2_000_000_000, 4_000_000_000],
+                               bench.HeatRecord()).to_json()
+    assert row["samples_tps"] == [20.0, 10.0]  # S_TG = 4 * 10 / t_tg
+    assert row["pp_samples_tps"] == [800.0, 400.0]  # S_PP = 4 * 100 / t_pp
+    assert row["tps_mean"] == 15.0 and row["tps_per_sequence"] == 3.75
+    assert row["total_tps_mean"] == pytest.approx(statistics.fmean([440 / 2.5, 440 / 5.0]), abs=1e-3)  # S
+    assert (row["t_pp_s"], row["t_tg_s"], row["n_kv"]) == (0.75, 3.0, 440)
 
 
 def test_float_options_must_be_finite_and_meaningful() -> None:
