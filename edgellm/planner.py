@@ -2,8 +2,10 @@
 
 Memory model (what `edgellm run` then really reaches in peak RSS):
   weights (every tensor is touched on the first forward pass, mmap or not)
-+ KV cache (n_ctx x layers x kv heads x (k dim + v dim) x bytes per element)
-+ compute buffer (llama.cpp's scratch graph for one n_ubatch batch)
++ KV cache (n_ctx x layers x kv heads x (k dim + v dim) x bytes per element; with serve's N slots,
+  N streams of the per-slot context, as llama-server -np makes them)
++ compute buffer (llama.cpp's scratch graph for one n_ubatch batch; a token attends over its own
+  slot's stream only, so attention scales with the per-slot context, not the total)
 + runtime overhead (Python, llama.cpp's code and the output buffers).
 """
 
@@ -48,7 +50,7 @@ class Plan:
     total_bytes: int
     budget_bytes: int | None
     predicted_tg_tps: float | None
-    parallel: int = 1  # sequences generated at once (serve's slots); n_ctx is their total
+    parallel: int = 1  # sequences generated at once (serve's slots), one KV stream each; n_ctx is their total
     n_ctx_per_slot: int = 0
     reasons: dict[str, str] = field(default_factory=dict)
     refusal: str | None = None
@@ -97,8 +99,8 @@ def make_plan(
     """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
 
     `build_repacks`: the installed llama.cpp repacks weights at load (system info `REPACK = 1`).
-    `parallel`: sequences served at once; each gets the context chosen here, and the KV cache
-    and compute buffer are sized for all of them (n_ctx is the total).
+    `parallel`: sequences served at once; each gets the context chosen here in its own KV stream
+    (the KV cache holds all of them: n_ctx is the total), and attends over its own stream only.
     """
     parallel = max(parallel, 1)
     reasons: dict[str, str] = {}
@@ -109,10 +111,9 @@ def make_plan(
     if available is not None:
         budget = max(available - profile.os_reserve_bytes, 0)
         reasons["budget"] = f"{format_size(available)} available minus {format_size(profile.os_reserve_bytes)} reserved for the OS ({profile.name})"
-    if mem_budget is not None:
-        if budget is None or mem_budget < budget:
-            budget = mem_budget
-            reasons["budget"] = f"--mem-budget {format_size(mem_budget)}"
+    if mem_budget is not None and (budget is None or mem_budget < budget):
+        budget = mem_budget
+        reasons["budget"] = f"--mem-budget {format_size(mem_budget)}"
     if budget is None:
         reasons["budget"] = "memory size unknown: not checked"
 
@@ -132,9 +133,11 @@ def make_plan(
 
     def total_for(n_ctx: int, kv_type: str) -> tuple[int, int, int]:
         flash = kv_type != "f16"
-        cells = n_ctx * parallel  # one unified cache: every slot's share
+        cells = n_ctx * parallel  # every slot's stream
         kv = int(model.kv_bytes_per_token(kv_type) * cells)
-        compute = compute_buffer_bytes(model, cells, min(n_ubatch, cells), flash)
+        # One ubatch holds tokens of several slots, each attending over its own stream's n_ctx
+        # cells (the runtime's kv_unified=False): the scores are n_ctx x n_ubatch x heads in all.
+        compute = compute_buffer_bytes(model, n_ctx, min(n_ubatch, cells), flash)
         return fixed + kv + compute, kv, compute
 
     def fits(n_ctx: int, kv_type: str) -> bool:
@@ -196,7 +199,7 @@ def make_plan(
     )
 
     if parallel > 1:
-        reasons["parallel"] = f"{parallel} slots of {n_ctx} tokens: one KV cache of {n_ctx * parallel} cells"
+        reasons["parallel"] = f"{parallel} slots of {n_ctx} tokens: {parallel} KV streams, {n_ctx * parallel} cells in all"
     n_ctx_per_slot, n_ctx = n_ctx, n_ctx * parallel
     n_batch = min(profile.n_batch, n_ctx)
     use_mlock = profile.mlock and fits_budget

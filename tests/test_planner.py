@@ -6,8 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from edgellm.hardware import detect
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import make_plan
@@ -142,14 +142,35 @@ def test_more_threads_than_cpus_are_capped_with_a_warning() -> None:
     assert make_plan(r1_15b_q4km(), device, profile, threads=3).warnings == []
 
 
-def test_parallel_slots_each_get_the_context_and_share_one_cache() -> None:
+def test_parallel_slots_each_get_the_context_in_their_own_kv_stream() -> None:
     device = device_with_ram("rk3588", 8 * GiB)
     profile, _ = select_profile(device)
     one = make_plan(r1_15b_q4km(), device, profile, ctx=4096)
     four = make_plan(r1_15b_q4km(), device, profile, ctx=4096, parallel=4)
     assert (four.parallel, four.n_ctx_per_slot, four.n_ctx) == (4, 4096, 16384)
     assert four.kv_bytes == 4 * one.kv_bytes
-    assert four.total_bytes > one.total_bytes and "4 slots of 4096 tokens" in four.reasons["parallel"]
+    # A token attends over its own slot's 4096 cells: the compute buffer is one slot's.
+    assert four.compute_bytes == one.compute_bytes
+    assert four.total_bytes == one.total_bytes + 3 * one.kv_bytes
+    assert "4 slots of 4096 tokens" in four.reasons["parallel"]
+
+
+@pytest.mark.parametrize(("ctx", "parallel", "n_ubatch", "attention_ctx"), [
+    (1024, 1, 512, 1024),
+    (256, 1, 256, 256),  # n_ubatch no larger than the context
+    (1024, 2, 512, 1024),  # per slot, not the 2048 cells in all
+    (2048, 4, 512, 2048),
+    (256, 4, 512, 256),  # four slots of 256: a ubatch of 512 tokens spread over them
+])
+def test_compute_buffer_attends_over_one_slot_with_a_full_ubatch(ctx: int, parallel: int, n_ubatch: int, attention_ctx: int) -> None:
+    from edgellm.planner import compute_buffer_bytes
+
+    model = r1_15b_q4km()
+    device = device_with_ram("rk3588", 16 * GiB)
+    profile, _ = select_profile(device)
+    plan = make_plan(model, device, profile, ctx=ctx, parallel=parallel)
+    assert not plan.flash_attn
+    assert plan.compute_bytes == compute_buffer_bytes(model, attention_ctx, n_ubatch, flash_attn=False)
 
 
 def test_auto_parallel_takes_as_many_slots_as_fit_at_most_four() -> None:
