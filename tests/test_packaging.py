@@ -42,3 +42,10 @@ def test_wheel_ships_profiles_and_lists_them_from_a_fresh_venv(tmp_path: Path) -
     where = subprocess.run([str(python), "-c", "import edgellm; print(edgellm.__file__)"], capture_output=True,
                            text=True, cwd=tmp_path, check=True).stdout
     assert where.startswith(str(env_dir))
+    # Every module of the source tree is in the wheel (0.2's serve package once was not: `edgellm
+    # serve` failed with an ImportError outside an editable install), and the server imports.
+    sources = {str(p.relative_to(REPO)) for p in (REPO / "edgellm").rglob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
+    imported = subprocess.run([str(python), "-c", "import edgellm.serve, edgellm.cli, edgellm.runtime.batch"],
+                              capture_output=True, text=True, cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
