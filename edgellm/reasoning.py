@@ -46,6 +46,9 @@ class ReasoningSplitter:
     """
 
     def __init__(self, *, opened_by_template: bool = False, thinks: bool = True) -> None:
+        # The template opened <think>; a model that writes it again anyway has it dropped, as
+        # llama-server's deepseek format does, so the tag does not show up inside the reasoning.
+        self._may_repeat_open = opened_by_template
         if opened_by_template:
             self._state = _State.REASONING
         elif thinks:
@@ -87,6 +90,13 @@ class ReasoningSplitter:
                 self._at_answer_start = True
                 continue
             # REASONING
+            if self._may_repeat_open:
+                stripped = self._buffer.lstrip()
+                if len(stripped) < len(OPEN_TAG) and OPEN_TAG.startswith(stripped):
+                    return out  # could still be a repeated <think>
+                self._may_repeat_open = False
+                if stripped.startswith(OPEN_TAG):
+                    self._buffer = stripped[len(OPEN_TAG):]
             index = self._buffer.find(CLOSE_TAG)
             if index >= 0:
                 if self._buffer[:index]:

@@ -16,6 +16,11 @@ FORMS = [
     ("It is 4.", False, "", "It is 4."),
     ("  <think>a < b</think>x</thin", False, "a < b", "x</thin"),
     ("<think>unfinished thought", False, "unfinished thought", ""),
+    # The template opened <think> and the model wrote it again: the repeat is not reasoning text.
+    ("<think>hmm</think>Streaming works.", True, "hmm", "Streaming works."),
+    ("\n<think>\nhmm</think>ok", True, "\nhmm", "ok"),
+    ("<thin", True, "<thin", ""),
+    ("<b>bold</b> thought</think>ok", True, "<b>bold</b> thought", "ok"),
 ]
 
 
