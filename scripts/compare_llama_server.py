@@ -46,10 +46,12 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def build_llama_server() -> Path:
+def build_llama_tool(target: str, cache_env: str) -> Path:
+    """llama.cpp's `target` (llama-server, llama-batched-bench) built from the installed
+    llama-cpp-python's sdist without the AMX kernels; cached in $cache_env or ~/.cache/edgellm/target."""
     llama_version = version("llama-cpp-python")
-    cache = Path(os.environ.get("LLAMA_SERVER_CACHE", Path.home() / ".cache/edgellm/llama-server"))
-    binary = cache / llama_version / platform.machine() / "llama-server"
+    cache = Path(os.environ.get(cache_env, Path.home() / ".cache/edgellm" / target))
+    binary = cache / llama_version / platform.machine() / target
     if binary.is_file():
         return binary
     work = cache / llama_version / "src"
@@ -62,19 +64,23 @@ def build_llama_server() -> Path:
         with tarfile.open(work / f"llama_cpp_python-{llama_version}.tar.gz") as archive:
             archive.extractall(work, filter="data")
     llama_cpp = source / "vendor" / "llama.cpp"
-    build = Path(tempfile.mkdtemp(prefix="llama-server-build-"))
+    build = Path(tempfile.mkdtemp(prefix=f"{target}-build-"))
     flags = NO_AMX if platform.machine() == "x86_64" else ""
-    say(f"building llama-server from {llama_cpp} (once; cached in {cache})")
+    say(f"building {target} from {llama_cpp} (once; cached in {cache})")
     subprocess.run(["cmake", "-S", str(llama_cpp), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
                     "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
                     "-DLLAMA_BUILD_TOOLS=ON", f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"],
                    check=True, stdout=sys.stderr)
     jobs = os.environ.get("JOBS") or str(os.cpu_count() or 2)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs], check=True, stdout=sys.stderr)
+    subprocess.run(["cmake", "--build", str(build), "--target", target, "-j", jobs], check=True, stdout=sys.stderr)
     binary.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(build / "bin" / "llama-server", binary)
+    shutil.copy2(build / "bin" / target, binary)
     shutil.rmtree(build, ignore_errors=True)
     return binary
+
+
+def build_llama_server() -> Path:
+    return build_llama_tool("llama-server", "LLAMA_SERVER_CACHE")
 
 
 def free_port() -> int:
