@@ -793,40 +793,41 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
 def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: HeatProbe, pinned: list[int],
                progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """The llama-bench tests, in order, heat sampled per test."""
-    tests = config.tests(plan.threads, plan.threads_batch)
-    results: list[Any] = []
-    total = len(tests) * config.reps
-    done = 0
-    for index, spec in enumerate(tests):
-        if index and (config.cooldown_s or config.cool_to_c is not None):
-            cool_down(probe, config.cooldown_s, config.cool_to_c, say)
-        if progress:
-            progress(spec.name + f" t{spec.threads}", done, total)
-        with HeatSampler(probe) as sampler:
-            samples_ns = measure_test(bench_ctx, spec, config.reps)
+    def one(spec: TestSpec, heat: HeatRecord) -> TestResult:
+        samples_ns = measure_test(bench_ctx, spec, config.reps)
         predicted = plan.predicted_tg_tps if spec.n_gen and not spec.n_prompt and not spec.depth else None
-        results.append(TestResult(spec, pinned, samples_ns, sampler.record, predicted))
-        done += config.reps
-        if progress:
-            progress(spec.name + f" t{spec.threads}", done, total)
-    return results
+        return TestResult(spec, pinned, samples_ns, heat, predicted)
+
+    return _each_test(config.tests(plan.threads, plan.threads_batch), lambda spec: spec.threads, one,
+                      config, probe, progress, say)
 
 
 def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchConfig, probe: HeatProbe,
                         pinned: list[int], progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """The --parallel tests (llama-batched-bench's), in order, heat sampled per test."""
+    def one(spec: ParallelSpec, heat: HeatRecord) -> ParallelResult:
+        prompt_ns, gen_ns = measure_parallel(batched, spec, config.reps)
+        return ParallelResult(spec, pinned, prompt_ns, gen_ns, heat)
+
+    return _each_test(specs, lambda spec: spec.generation_threads, one, config, probe, progress, say)
+
+
+def _each_test(specs: list[Any], threads_of: Callable[[Any], int], run_one: Callable[[Any, HeatRecord], Any],
+               config: BenchConfig, probe: HeatProbe, progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
+    """Run `run_one` for each test in order: cool-down between tests, progress, heat sampled
+    while it runs (`run_one` gets the sampler's record, which the sampler completes as it exits)."""
     results: list[Any] = []
     total = len(specs) * config.reps
     done = 0
     for index, spec in enumerate(specs):
         if index and (config.cooldown_s or config.cool_to_c is not None):
             cool_down(probe, config.cooldown_s, config.cool_to_c, say)
-        label = f"{spec.name} t{spec.generation_threads}"
+        label = f"{spec.name} t{threads_of(spec)}"
         if progress:
             progress(label, done, total)
         with HeatSampler(probe) as sampler:
-            prompt_ns, gen_ns = measure_parallel(batched, spec, config.reps)
-        results.append(ParallelResult(spec, pinned, prompt_ns, gen_ns, sampler.record))
+            result = run_one(spec, sampler.record)
+        results.append(result)
         done += config.reps
         if progress:
             progress(label, done, total)

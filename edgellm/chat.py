@@ -28,7 +28,6 @@ from edgellm.errors import EdgeLLMError, UsageError
 from edgellm.hardware import cpu_temperature, read_regular_file
 from edgellm.reasoning import ANSWER
 from edgellm.response import Response
-from edgellm.runner import stream
 from edgellm.runtime import (  # llama_cpp loads lazily
     Engine,
     Event,
@@ -587,7 +586,7 @@ class ChatSession:
                 render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
                 # Ctrl-C (or Ctrl-D, which ReplyKeys turns into SIGINT) stops the reply; what was
                 # said stays, as in a real conversation.
-                stream(response, lambda event: render.answer(event.text) if event.kind == ANSWER else render.reasoning(event.text))
+                response.finish(lambda event: render.answer(event.text) if event.kind == ANSWER else render.reasoning(event.text))
                 render.finish(response.interrupted)
                 self.stopped_by_ctrl_d = keys.eof
                 return response

@@ -9,7 +9,7 @@ consumer that catches KeyboardInterrupt between events calls `interrupt()`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from edgellm.reasoning import ANSWER, REASONING
@@ -80,10 +80,17 @@ class Response:
             yield event
         self.add(stopped.stats)
 
-    def finish(self) -> Response:
-        """Read the rest of the stream (nothing is printed); returns self."""
-        for _ in self:
-            pass
+    def finish(self, write: Callable[[TextEvent], None] | None = None) -> Response:
+        """Read the stream to its end, passing each text event to `write`; returns self. A Ctrl-C
+        between two events stops the generation and keeps the partial reply (`interrupted`)."""
+        try:
+            for event in self:
+                if write is not None:
+                    write(event)
+        except KeyboardInterrupt:
+            for event in self.interrupt():
+                if write is not None:
+                    write(event)
         return self
 
     # -- reading it --

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -105,32 +104,18 @@ class StreamWriter:
         self.out.flush()
 
 
-def stream(response: Response, write: Callable[[TextEvent], None] | None = None) -> Response:
-    """Read `response` to its end, passing each text event to `write`; a Ctrl-C between two events
-    stops the generation and keeps the partial reply (response.interrupted)."""
-    try:
-        for event in response:
-            if write is not None:
-                write(event)
-    except KeyboardInterrupt:
-        for event in response.interrupt():
-            if write is not None:
-                write(event)
-    return response
-
-
 def run_one(engine: Any, request: RunRequest, prompt: str) -> int:
     """Generate one reply; returns the exit code. On Ctrl-C what was generated is still written
     (with --json: the partial reply, finish_reason "interrupted"), then GenerationInterrupted rises."""
     response = Response(engine.generate(messages_for(prompt, request.system), request.sampling))
     if request.json_output:
         try:
-            stream(response)
+            response.finish()
         finally:
             ui.print_json(response.to_json())
     else:
         writer = StreamWriter(resolve_think(request.think), sys.stdout)
-        stream(response, writer.write)
+        response.finish(writer.write)
         writer.finish()
         if not response.interrupted and sys.stdout.isatty() and not response.answer.endswith("\n"):
             sys.stdout.write("\n")
@@ -151,7 +136,7 @@ def run_jsonl(engine: Any, request: RunRequest, lines: str) -> int:
         prompt = build_prompt(request.prompt, line)
         response = Response(engine.generate(messages_for(prompt, request.system), request.sampling))
         try:
-            stream(response)
+            response.finish()
         finally:
             sys.stdout.write(json.dumps({"prompt": line, **response.to_json()}, ensure_ascii=False) + "\n")
             sys.stdout.flush()

@@ -16,13 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,6 +26,9 @@ from typing import Any
 
 from edgellm import synthetic
 from edgellm.profiles import edgellm_home
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_llama_server import Server, free_port  # noqa: E402  (the same server start-up and health wait)
 
 EDGELLM = [sys.executable, "-m", "edgellm"]
 LOW, HIGH = 0.85, 1.20
@@ -85,12 +84,6 @@ def slot_prompts(model: Path, count: int, tokens: int) -> list[str]:
     return prompts
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 3600) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
@@ -111,58 +104,32 @@ def measure_serve(model: Path, ctx: int, parallel: int, fill: float) -> tuple[in
     and the prompt token counts the server reported."""
     prompts = slot_prompts(model, parallel, int(ctx * fill))
     port = free_port()
-    root = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen([*EDGELLM, "serve", "-m", str(model), "--parallel", str(parallel), "--ctx", str(ctx),
-                                   "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log)
+    server = Server("edgellm serve", [*EDGELLM, "serve", "-m", str(model), "--parallel", str(parallel), "--ctx", str(ctx),
+                                      "--port", str(port)], port)
+    try:
+        used: list[int] = [0] * parallel
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(parallel)
 
-        def server_log() -> str:
-            log.seek(0)
-            return log.read().decode("utf-8", "replace")
+        def ask(index: int) -> None:
+            try:
+                barrier.wait()
+                reply = http_json(f"http://127.0.0.1:{port}/v1/completions", {
+                    "prompt": prompts[index], "max_tokens": GENERATE, "ignore_eos": True, "temperature": 0, "seed": index})
+                used[index] = int(reply["usage"]["prompt_tokens"])
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
 
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"edgellm serve exited ({server.returncode}):\n{server_log()}")
-                try:
-                    if http_json(root + "/health", timeout=5).get("status") == "ok":
-                        break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"edgellm serve did not answer /health:\n{server_log()}")
-                time.sleep(0.2)
-
-            used: list[int] = [0] * parallel
-            errors: list[BaseException] = []
-            barrier = threading.Barrier(parallel)
-
-            def ask(index: int) -> None:
-                try:
-                    barrier.wait()
-                    reply = http_json(root + "/v1/completions", {
-                        "prompt": prompts[index], "max_tokens": GENERATE, "ignore_eos": True, "temperature": 0, "seed": index})
-                    used[index] = int(reply["usage"]["prompt_tokens"])
-                except BaseException as exc:  # noqa: BLE001  (reported below)
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=ask, args=(i,)) for i in range(parallel)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            if errors:
-                raise RuntimeError(f"a request failed: {errors[0]!r}\n{server_log()}")
-            peak = peak_rss_of(server.pid)
-        finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(parallel)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise RuntimeError(f"a request failed: {errors[0]!r}")
+        peak = peak_rss_of(server.process.pid)
+    finally:
+        server.stop()  # SIGTERM, as a service manager stops it
     return peak, used
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other scripts
 
 from edgellm import synthetic  # noqa: E402
 from edgellm.chat import Conversation  # noqa: E402
@@ -132,28 +133,14 @@ def measure(engine: Engine, conversation: Conversation, rounds: int) -> dict[str
 
 def measure_serve(path: Path, conversation: Conversation, args: argparse.Namespace) -> dict[str, Any]:
     """The same two first tokens, asked of `edgellm serve` over HTTP by a chat client."""
-    import socket  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
-
     import openai  # noqa: PLC0415
+    from compare_llama_server import Server, free_port  # noqa: PLC0415  (same start-up and health wait)
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "edgellm", "serve", "-m", str(path), "--port", str(port), "--parallel", "1",
                "--ctx", str(args.ctx)] + (["-t", str(args.threads)] if args.threads else [])
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    server = Server("edgellm serve", command, port)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"edgellm serve did not start: {server.stderr.read() if server.stderr else ''}") from None
-                time.sleep(0.5)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600, max_retries=0)
 
         def ask(messages: list[dict[str, str]]) -> tuple[float, str]:
@@ -177,8 +164,7 @@ def measure_serve(path: Path, conversation: Conversation, args: argparse.Namespa
                 (reuse if kind == "reuse" else full).append(seconds)
                 print(f"round {round_index + 1} {kind:5}: first token {seconds:.2f}s", file=sys.stderr)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()
     ttft_reuse, ttft_full = statistics.median(reuse), statistics.median(full)
     return {
         "mode": "serve --parallel 1",

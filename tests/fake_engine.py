@@ -48,6 +48,7 @@ class ScriptedBackend:
     reply: Callable[[str], str]
     n_ctx: int = 4096
     n_batch: int = 64
+    n_ctx_seq: int = 4096  # one sequence's share, as llama.cpp reports it
     step_seconds: float = 0.0
     kv: dict[int, list[int]] = field(default_factory=dict)
     decodes: int = 0
@@ -125,7 +126,7 @@ class FakeEngine:
     def __init__(self, reply: Callable[[str], str] | str = "Hello there.", *, slots: int = 2, n_ctx: int = 4096,
                  n_batch: int = 64, step_seconds: float = 0.0, thinks: bool = False, template_opens_think: bool = False) -> None:
         script = reply if callable(reply) else (lambda _prompt, text=reply: text)
-        self.backend = ScriptedBackend(script, n_ctx=n_ctx, n_batch=n_batch, step_seconds=step_seconds)
+        self.backend = ScriptedBackend(script, n_ctx=n_ctx, n_batch=n_batch, n_ctx_seq=n_ctx // slots, step_seconds=step_seconds)
         self.sequences = slots
         self.n_ctx = n_ctx
         self.load_s = 0.0

@@ -542,26 +542,16 @@ class GenerationInterrupted(Exception):
         self.held = held or []
 
 
-class _SigintFlag:
-    fired = False
-
-
 @contextlib.contextmanager
-def _sigint_sets(flag: threading.Event) -> Iterator[_SigintFlag]:
+def _sigint_sets(flag: threading.Event) -> Iterator[None]:
     """While generating in the main thread, SIGINT (Ctrl-C, or chat's Ctrl-D) sets `flag`
     instead of raising wherever the interpreter happens to be."""
-    state = _SigintFlag()
     if threading.current_thread() is not threading.main_thread():
-        yield state
+        yield
         return
-
-    def handler(_signum: int, _frame: Any) -> None:
-        state.fired = True
-        flag.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: flag.set())
     try:
-        yield state
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
 

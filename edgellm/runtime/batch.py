@@ -199,7 +199,7 @@ class Scheduler:
         self.backend = backend if backend is not None else LlamaBackend(engine)
         self.n_ctx = self.backend.n_ctx
         # Each sequence's share of the KV cache: its own stream of cells.
-        self.slot_ctx = min(self.n_ctx // slots, getattr(self.backend, "n_ctx_seq", self.n_ctx))
+        self.slot_ctx = min(self.n_ctx // slots, self.backend.n_ctx_seq)
         self.n_batch = self.backend.n_batch
         self.slots = [_Slot(seq_id) for seq_id in range(slots)]
         self._waiting: deque[SequenceRequest] = deque()
@@ -425,26 +425,24 @@ class Scheduler:
 
     def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
         request = slot.request
-        if request is None:
-            slot.pending = []
-            self._free_sampler(slot)
-            return
-        if error is not None:
-            slot.request = None
-            slot.pending = []
-            self._free_sampler(slot)
-            self.backend.keep_prefix(slot.seq_id, 0)
-            slot.cached = []
-            request.emit(Finished(error))
-            return
-        if slot.splitter is not None and slot.decoder is not None and not slot.stop.stopped:
+        if request is not None and error is None and not slot.stop.stopped:
+            # What the decoder and the splitter still hold is the reply's end; then what the stop
+            # filter held as a possible stop sequence (it was not one, unless this text completed it).
+            assert slot.splitter is not None and slot.decoder is not None
             self._emit(slot, slot.splitter.feed(slot.decoder.decode(b"", final=True)) + slot.splitter.finish())
-            rest = slot.stop.flush()  # held as a possible stop sequence; it was not one
+            rest = slot.stop.flush()
             if rest and not slot.stop.stopped:
                 request.emit(TextEvent(ANSWER, rest))
         slot.request = None
         slot.pending = []
         self._free_sampler(slot)
+        if request is None:
+            return
+        if error is not None:
+            self.backend.keep_prefix(slot.seq_id, 0)  # its cache may be half written
+            slot.cached = []
+            request.emit(Finished(error))
+            return
         stats = slot.stats
         ended = time.perf_counter()
         stats.generated_tokens = slot.generated

@@ -63,8 +63,6 @@ class ServerConfig:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-
-
 class Server:
     """Owns the engine, its scheduler and the threads around it; builds the FastAPI app."""
 
@@ -76,7 +74,7 @@ class Server:
         self.admission = Admission(slots, config.queue_size)
         self.generator = threading.Thread(target=self.scheduler.run, name="edgellm-generate", daemon=True)
         self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-prepare")
-        self.max_piece_bytes = int(getattr(engine, "max_piece_bytes", 256))
+        self.max_piece_bytes = int(engine.max_piece_bytes)
         self.active_jobs: set[GenerationJob] = set()
         self.ignored_fields: set[str] = set()  # unknown request fields already logged
         self.metrics = Metrics()
@@ -395,8 +393,6 @@ class Server:
             raise as_api_error(exc) from None
 
 
-
-
 def stop_sequences(stop: str | list[str] | None) -> list[str]:
     try:
         return check_stops([stop] if isinstance(stop, str) else list(stop or []))
@@ -414,8 +410,6 @@ def response_format_grammar(response_format: ResponseFormat) -> tuple[str | None
     from edgellm.runtime import json_grammar  # noqa: PLC0415
 
     return json_grammar(), None
-
-
 
 
 def require_json(request: Request) -> None:
@@ -448,8 +442,6 @@ async def read_json(request: Request, limit: int) -> Any:
         return guards.parse_json_body(b"".join(chunks))
     except guards.BodyError as exc:
         raise APIError(400, f"the request body is not acceptable: {exc}", code="invalid_json") from None
-
-
 
 
 def create_app(engine: Any, config: ServerConfig) -> Any:

@@ -43,7 +43,6 @@ class ClientGone(Exception):
     """The client closed the connection while its request waited or generated."""
 
 
-
 def as_api_error(error: BaseException) -> APIError:
     if isinstance(error, APIError):
         return error
@@ -54,7 +53,6 @@ def as_api_error(error: BaseException) -> APIError:
     if isinstance(error, EdgeLLMError):
         return APIError(400, error.message)
     return APIError(500, f"generation failed: {type(error).__name__}: {error}", type="server_error")
-
 
 
 def _validation_message(error: ValidationError) -> APIError:
@@ -88,13 +86,9 @@ async def _unexpected_error_handler(_: Request, error: Exception) -> JSONRespons
     return as_api_error(error).response()
 
 
-
-
 def shutting_down() -> APIError:
     return APIError(503, "the server is shutting down", type="server_error", code="shutting_down",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-
-
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -23,7 +23,6 @@ from edgellm.serve.errors import ClientGone
 DISCONNECT_POLL_SECONDS = 0.25
 
 
-
 class QueueFull(Exception):
     """Every slot is busy and every place in the queue is taken."""
 
