@@ -58,6 +58,11 @@ class ReasoningSplitter:
         self._buffer = ""
         self._at_answer_start = False
 
+    @property
+    def in_answer(self) -> bool:
+        """The reasoning is over (or there was none): what comes next is the answer."""
+        return self._state is _State.ANSWER
+
     def feed(self, text: str) -> list[tuple[str, str]]:
         self._buffer += text
         out: list[tuple[str, str]] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 from edgellm.reasoning import ANSWER, REASONING
 from edgellm.runtime import Event, GenerationInterrupted, GenerationStats, TextEvent
+from edgellm.toolcalls.parser import ToolCall, ToolCallArguments, ToolCallEnd, ToolCallStart
 
 
 class Response:
@@ -22,6 +23,7 @@ class Response:
     def __init__(self, events: Iterable[Event] | None = None) -> None:
         self._source: Iterator[Event] | None = iter(events) if events is not None else None
         self.pieces: list[TextEvent] = []
+        self.tool_calls: list[ToolCall] = []  # as they arrive; complete ones have parsing arguments
         self.stats: GenerationStats | None = None
         self.interrupted = False
         self._live: Iterator[Event] | None = None  # the source while it is being streamed
@@ -39,7 +41,18 @@ class Response:
         if isinstance(event, TextEvent):
             self.pieces.append(event)
             return event
+        if isinstance(event, ToolCallStart):
+            self.tool_calls.append(ToolCall(id=event.id, name=event.name))
+        elif isinstance(event, ToolCallArguments) and event.index < len(self.tool_calls):
+            self.tool_calls[event.index].arguments += event.text
+        elif isinstance(event, ToolCallEnd) and event.index < len(self.tool_calls):
+            self.tool_calls[event.index].complete = True
         return None
+
+    @property
+    def complete_calls(self) -> list[ToolCall]:
+        """The calls whose arguments closed (a reply cut by max_tokens may end inside one)."""
+        return [call for call in self.tool_calls if call.complete]
 
     def __iter__(self) -> Iterator[TextEvent]:
         """Text as it is generated the first time; what was kept on later passes."""
@@ -118,5 +131,6 @@ class Response:
             "answer": self.answer,
             "reasoning": self.reasoning,
             "finish_reason": self.finish_reason,
+            **({"tool_calls": [call.to_json() for call in self.complete_calls]} if self.tool_calls else {}),
             "stats": self.stats.to_json() if self.stats is not None else None,
         }

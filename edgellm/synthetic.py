@@ -22,7 +22,7 @@ import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,6 +36,10 @@ VT = gguf.GGUFValueType
 
 __all__ = [
     "DEEPSEEK_R1_DISTILL_QWEN_TEMPLATE",
+    "LLAMA32_TOKENS",
+    "QWEN25_TOKENS",
+    "R1_DISTILL_TOKENS",
+    "ChatTokens",
     "QWEN2_1_5B",
     "QWEN2_7B",
     "SPECIAL_TOKENS",
@@ -241,28 +245,63 @@ class _Vocab:
     eos_id: int
 
 
-def _vocab_for(n_vocab: int) -> _Vocab:
-    """Exactly n_vocab tokens: the tiny BPE, its special tokens (at their real Qwen2 ids when they
+@dataclass(frozen=True)
+class ChatTokens:
+    """A model family's added tokens that its chat template writes, and which are BOS and EOS."""
+
+    specials: tuple[tuple[str, int], ...]
+    bos: str
+    eos: str
+
+
+R1_DISTILL_TOKENS = ChatTokens(SPECIAL_TOKENS, BOS_TEXT, EOS_TEXT)
+# Qwen2.5-Instruct's added tokens for chat and tool calls (tokenizer.json; <tool_call> is not
+# "special" there, so convert_hf_to_gguf makes it USER_DEFINED). It has no BOS; <|im_end|> ends a turn.
+QWEN25_TOKENS = ChatTokens(
+    (
+        ("<|endoftext|>", int(gguf.TokenType.CONTROL)),
+        ("<|im_start|>", int(gguf.TokenType.CONTROL)),
+        ("<|im_end|>", int(gguf.TokenType.CONTROL)),
+        ("<tool_call>", int(gguf.TokenType.USER_DEFINED)),
+        ("</tool_call>", int(gguf.TokenType.USER_DEFINED)),
+    ),
+    bos="<|endoftext|>",
+    eos="<|im_end|>",
+)
+# Llama 3.2-Instruct's special tokens that its template and tool calls use (all CONTROL).
+LLAMA32_TOKENS = ChatTokens(
+    tuple((text, int(gguf.TokenType.CONTROL)) for text in (
+        "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+        "<|eot_id|>", "<|eom_id|>", "<|python_tag|>",
+    )),
+    bos="<|begin_of_text|>",
+    eos="<|eot_id|>",
+)
+
+
+def _vocab_for(n_vocab: int, chat_tokens: ChatTokens = R1_DISTILL_TOKENS) -> _Vocab:
+    """Exactly n_vocab tokens: the tiny BPE, the special tokens (at their real Qwen2 ids when they
     fit) and filler tokens ("[PAD123]", valid byte-level text, so they detokenize) elsewhere."""
     tok = tiny_tokenizer()
-    if n_vocab < len(tok):
-        raise ValueError(f"n_vocab {n_vocab} is smaller than the tokenizer's {len(tok)} tokens")
+    n_special = len(chat_tokens.specials)
+    if n_vocab < tok.n_regular + n_special:
+        raise ValueError(f"n_vocab {n_vocab} is smaller than the tokenizer's {tok.n_regular + n_special} tokens")
     regular = [t.encode() for t in tok.tokens[: tok.n_regular]]
-    specials = [t.encode() for t in tok.tokens[tok.n_regular :]]
-    n_special = len(specials)
+    specials = [text.encode() for text, _ in chat_tokens.specials]
     base = REAL_SPECIAL_BASE if n_vocab >= REAL_SPECIAL_BASE + n_special else tok.n_regular
     tokens: list[bytes] = regular
     tokens += [b"[PAD%d]" % i for i in range(len(tokens), base)]
     tokens += specials
     tokens += [b"[PAD%d]" % i for i in range(len(tokens), n_vocab)]
     types = np.full(n_vocab, int(gguf.TokenType.NORMAL), dtype="<i4")
-    types[base : base + n_special] = tok.token_types[tok.n_regular :]
+    types[base : base + n_special] = [kind for _, kind in chat_tokens.specials]
+    texts = [text for text, _ in chat_tokens.specials]
     return _Vocab(
         tokens=tokens,
         token_types=types,
         merges=[m.encode() for m in tok.merges],
-        bos_id=base + [t for t, _ in SPECIAL_TOKENS].index(BOS_TEXT),
-        eos_id=base + [t for t, _ in SPECIAL_TOKENS].index(EOS_TEXT),
+        bos_id=base + texts.index(chat_tokens.bos),
+        eos_id=base + texts.index(chat_tokens.eos),
     )
 
 
@@ -456,10 +495,11 @@ def _header(kvs: Sequence[KV], tensors: Sequence[tuple[str, tuple[int, ...], QT]
     return head + b"\0" * (_pad(len(head)) - len(head))
 
 
-def _model_kvs(shape: ModelShape, *, name: str, file_type: int, chat_template: str | None) -> list[KV]:
+def _model_kvs(shape: ModelShape, *, name: str, file_type: int, chat_template: str | None,
+               chat_tokens: ChatTokens = R1_DISTILL_TOKENS) -> list[KV]:
     """The metadata convert_hf_to_gguf.py writes for a Qwen2 model, with our tokenizer."""
     a = shape.arch
-    vocab = _vocab_for(shape.n_vocab)
+    vocab = _vocab_for(shape.n_vocab, chat_tokens)
     kvs: list[KV] = [
         ("general.architecture", VT.STRING, a),
         ("general.type", VT.STRING, "model"),
@@ -585,9 +625,11 @@ def write_tiny_model(
     dtype: str = "F32",
     seed: int = 0,
     chat_template: str | None = None,
+    chat_tokens: ChatTokens = R1_DISTILL_TOKENS,
 ) -> Path:
     """A small qwen2 GGUF with a real working byte-level BPE tokenizer, DeepSeek-R1-Distill-Qwen's
     special tokens and chat template (None: that template; "": none), and random F32/F16 weights.
+    `chat_tokens`: another family's added tokens, for its template (Qwen2.5, Llama 3.2).
 
     2D weights are stored in `dtype`; norms and biases in F32, as convert_hf_to_gguf does, so that
     llama.cpp's quantizer treats the file like a real converted model.
@@ -596,10 +638,13 @@ def write_tiny_model(
     if dtype not in ("F32", "F16"):
         raise ValueError("dtype must be F32 or F16")
     wtype = QT.F32 if dtype == "F32" else QT.F16
+    if chat_tokens is not R1_DISTILL_TOKENS and shape.n_vocab == TINY.n_vocab:
+        shape = replace(shape, n_vocab=tiny_tokenizer().n_regular + len(chat_tokens.specials))
     shapes = tensor_shapes(shape)
     tensors = [(n, ne, wtype if len(ne) >= 2 else QT.F32) for n, ne in shapes.items()]
     template = DEEPSEEK_R1_DISTILL_QWEN_TEMPLATE if chat_template is None else chat_template
-    kvs = _model_kvs(shape, name="edgellm tiny test model", file_type=_FTYPES[dtype][0], chat_template=template)
+    kvs = _model_kvs(shape, name="edgellm tiny test model", file_type=_FTYPES[dtype][0], chat_template=template,
+                     chat_tokens=chat_tokens)
     rng = np.random.default_rng(seed)
 
     def data(name: str, ne: tuple[int, ...], t: QT) -> Iterator[bytes]:

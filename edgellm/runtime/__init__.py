@@ -36,6 +36,9 @@ from edgellm.errors import (
 from edgellm.grammar import check_grammar
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import Plan
+from edgellm.toolcalls.parser import CallEvent
+from edgellm.toolcalls.formats import ToolFormat, ToolUse, detect_format
+from edgellm.toolcalls.spec import ToolChoice
 
 # llama.cpp's llama_ftype values for the quantizations edgellm makes (llama.h, enum llama_ftype).
 FTYPE_BY_QUANT: dict[str, int] = {
@@ -126,6 +129,8 @@ class SamplingParams:
     split_reasoning: bool = True
     # Answer text ends before the first of these (not included); the sequence stops generating.
     stop: list[str] = field(default_factory=list)
+    # Tool calling: the tools, the choice and the model's call format (None: no tools).
+    tool_use: ToolUse | None = None
 
 
 @dataclass
@@ -152,7 +157,7 @@ class GenerationStats:
         return asdict(self)
 
 
-Event = TextEvent | GenerationStats
+Event = TextEvent | GenerationStats | CallEvent
 
 
 @dataclass(frozen=True)
@@ -304,16 +309,36 @@ class Engine:
             add_generation_prompt=True,
         )
 
-    def format_messages(self, messages: list[dict[str, str]]) -> str:
-        """The model's chat template applied to `messages`, ending with the assistant's turn."""
+    @functools.cached_property
+    def tool_format(self) -> ToolFormat:
+        """How this model writes tool calls, read from its chat template."""
+        return detect_format(self.model.chat_template)
+
+    def format_messages(self, messages: list[dict[str, Any]], *, tool_use: ToolUse | None = None,
+                        template_kwargs: dict[str, Any] | None = None) -> str:
+        """The model's chat template applied to `messages`, ending with the assistant's turn.
+
+        Tool calls and results in the history are shaped the way this model's template wants
+        them; `tool_use` (when active) also shows the template the tools. `template_kwargs` are
+        extra template variables (serve's chat_template_kwargs, e.g. enable_thinking).
+        """
+        fmt = tool_use.format if tool_use is not None else self.tool_format
+        active = tool_use is not None and tool_use.active
+        if active or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+            assert fmt is not None
+            messages = fmt.template_messages(messages, tool_use.tools if active and tool_use else [],
+                                             tool_use.choice if active and tool_use else ToolChoice("none"))
         if self._formatter is None:
             # No template in the file: a plain transcript the model can continue.
-            lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+            lines = [f"{m['role'].capitalize()}: {m.get('content') or ''}" for m in messages]
             return "\n".join(lines) + "\nAssistant:"
+        variables: dict[str, Any] = {"enable_thinking": True, **(template_kwargs or {})}
+        if active and tool_use is not None and fmt.template_renders_tools:
+            variables["tools"] = [tool.to_openai() for tool in tool_use.tools]
         try:
-            return str(self._formatter(messages=messages).prompt)
+            return str(self._formatter(messages=messages, **variables).prompt)
         except Exception as exc:  # jinja2 errors from a model's own template
-            raise GenerationError(f"the model's chat template failed: {exc}") from None
+            raise GenerationError(f"the model's chat template failed: {_first_line(exc)}") from None
 
     def tokenize(self, text: str) -> list[int]:
         try:
@@ -323,8 +348,10 @@ class Engine:
         # The template already wrote the BOS token when the model wants one.
         return list(self.llm.tokenize(data, add_bos=self._formatter is None, special=True))
 
-    def prompt_from_messages(self, messages: list[dict[str, str]], *, check: bool = True) -> Prompt:
-        return self.prompt_from_text(self.format_messages(messages), check=check)
+    def prompt_from_messages(self, messages: list[dict[str, Any]], *, check: bool = True, tool_use: ToolUse | None = None,
+                             template_kwargs: dict[str, Any] | None = None) -> Prompt:
+        text = self.format_messages(messages, tool_use=tool_use, template_kwargs=template_kwargs)
+        return self.prompt_from_text(text, check=check)
 
     def prompt_from_text(self, text: str, *, check: bool = True) -> Prompt:
         """Tokenize, and (check) refuse what cannot be generated from: empty, or longer than the context.
@@ -362,9 +389,13 @@ class Engine:
 
     # --- generation ------------------------------------------------------------------------------
 
-    def generate(self, messages: list[dict[str, str]], params: SamplingParams | None = None) -> Iterator[Event]:
-        """Stream TextEvents for `messages`, then one GenerationStats. Reuses the KV cache prefix."""
-        prompt = self.format_messages(messages)
+    def generate(self, messages: list[dict[str, Any]], params: SamplingParams | None = None) -> Iterator[Event]:
+        """Stream TextEvents (and tool call events) for `messages`, then one GenerationStats.
+        Reuses the KV cache prefix."""
+        params = params or SamplingParams()
+        if params.tool_use is not None and params.tool_use.active:
+            self.tool_grammar(params.tool_use)
+        prompt = self.format_messages(messages, tool_use=params.tool_use)
         yield from self.generate_from_prompt(prompt, params)
 
     def generate_from_prompt(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Event]:
@@ -471,28 +502,45 @@ class Engine:
             schema = json.loads(schema_text)
         except (ValueError, RecursionError) as exc:
             raise GrammarError(f"the JSON schema is not valid JSON: {_first_line(exc)}") from None
-        if not isinstance(schema, (dict, bool)):
-            raise GrammarError(f"invalid JSON schema: expected an object, got {type(schema).__name__}")
-        empty = _empty_choice(schema)
-        if empty is not None:
-            raise GrammarError(f"invalid JSON schema: an empty '{empty}' list matches no value")
-        refs = _schema_refs(schema)
-        remote = next((ref for ref in refs if not ref.startswith("#/")), None)
-        if remote is not None:
-            # llama-cpp-python's converter would fetch https:// refs: a request must never make the
-            # server reach the network.
-            raise GrammarError(f"invalid JSON schema: only local '#/...' $ref are supported, not '{remote[:80]}'")
+        _check_schema(schema)
         load_llama_cpp()
         from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415
 
         try:
-            text = json_schema_to_gbnf(json.dumps(schema))
+            text = _strict_json_chars(json_schema_to_gbnf(json.dumps(schema)))
         except Exception as exc:  # AssertionError, KeyError, ValueError, RecursionError from the converter
             raise GrammarError(f"unsupported JSON schema: {type(exc).__name__}: {_first_line(exc)}") from None
         try:
             return self._checked_grammar(text)
         except GrammarError as exc:
             raise GrammarError(f"unsupported JSON schema: the grammar made from it is unusable ({exc.message})") from None
+
+    def tool_grammar(self, use: ToolUse) -> str:
+        """GBNF for `use`'s calls (what follows the format's forced start), checked so llama.cpp
+        cannot crash on it; kept on `use`. Raises GrammarError naming the tool at fault."""
+        if use.grammar is not None:
+            return use.grammar
+        load_llama_cpp()
+        from llama_cpp.llama_grammar import SchemaConverter  # noqa: PLC0415
+
+        converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        rules = []
+        for index, tool in enumerate(use.tools):
+            try:
+                _check_schema(tool.parameters)
+                # Each tool's $defs get their own names: the converter names a $ref's rule after its last part.
+                schema = converter.resolve_refs(_namespaced_defs(tool.parameters, f"t{index}-"), f"tool{index}")
+                rules.append(converter.visit(schema, f"tc-args-{index}"))
+            except GrammarError as exc:
+                raise GrammarError(f"tool '{tool.name}': {exc.message}") from None
+            except Exception as exc:  # AssertionError, KeyError, ValueError, RecursionError from the converter
+                raise GrammarError(f"tool '{tool.name}': unsupported parameters schema: {type(exc).__name__}: {_first_line(exc)}") from None
+        text = use.format.grammar(use.tools, rules, _strict_json_chars(converter.format_grammar()), use.choice, use.parallel)
+        try:
+            use.grammar = self._checked_grammar(text)
+        except GrammarError as exc:
+            raise GrammarError(f"the tools' parameters make an unusable grammar ({exc.message})") from None
+        return use.grammar
 
     def _checked_grammar(self, text: str) -> str:
         with self._grammar_lock:
@@ -559,6 +607,53 @@ def _sigint_sets(flag: threading.Event) -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+# llama-cpp-python's converter lets raw control characters into strings, which JSON forbids
+# (json.loads refuses them); llama.cpp's own converter excludes them, as here.
+_LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
+_STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+def _strict_json_chars(grammar: str) -> str:
+    return grammar.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE)
+
+
+def _check_schema(schema: Any) -> None:
+    """What llama-cpp-python's converter would crash on, or fetch from the network for."""
+    if not isinstance(schema, (dict, bool)):
+        raise GrammarError(f"invalid JSON schema: expected an object, got {type(schema).__name__}")
+    empty = _empty_choice(schema)
+    if empty is not None:
+        raise GrammarError(f"invalid JSON schema: an empty '{empty}' list matches no value")
+    refs = _schema_refs(schema)
+    remote = next((ref for ref in refs if not ref.startswith("#/")), None)
+    if remote is not None:
+        # The converter would fetch https:// refs: a request must never make the server reach the network.
+        raise GrammarError(f"invalid JSON schema: only local '#/...' $ref are supported, not '{remote[:80]}'")
+
+
+def _namespaced_defs(schema: Any, prefix: str) -> Any:
+    """A copy of `schema` whose $defs/definitions names (and the local $refs to them) start with `prefix`."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key in ("$defs", "definitions") and isinstance(value, dict):
+                out[key] = {prefix + name: walk(sub) for name, sub in value.items()}
+            elif key == "$ref" and isinstance(value, str):
+                parts = value.split("/")
+                if len(parts) == 3 and parts[0] == "#" and parts[1] in ("$defs", "definitions"):
+                    value = f"#/{parts[1]}/{prefix}{parts[2]}"
+                out[key] = value
+            else:
+                out[key] = walk(value)
+        return out
+
+    return walk(schema)
 
 
 def _schema_refs(schema: Any) -> list[str]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgellm.errors import GenerationError
-from edgellm.reasoning import ANSWER, ReasoningSplitter
+from edgellm.reasoning import ANSWER, CLOSE_TAG, ReasoningSplitter
 from edgellm.runtime import (
     Engine,
     GenerationStats,
@@ -40,8 +40,12 @@ from edgellm.runtime import (
     peak_rss_bytes,
 )
 from edgellm.stops import StopFilter
+from edgellm.toolcalls.parser import ToolCallParser
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the window the penalties look at
+# Generated tokens remembered with their text, to take back the ones that wrote a tool call's
+# opener (the longest opener is a few dozen tokens of text in a vocabulary without it).
+RECENT_TOKENS = 64
 
 
 @dataclass
@@ -150,6 +154,10 @@ class LlamaBackend:
     def is_eog(self, token: int) -> bool:
         return bool(self._llama.llama_vocab_is_eog(self.vocab, token))
 
+    def tokenize(self, text: str) -> list[int]:
+        """Text the engine writes into a sequence itself (a tool call's opening): no BOS, markers parsed."""
+        return list(self.engine.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
     def piece(self, token: int) -> bytes:
         """The token's bytes; <think> and </think> written out, other special tokens not."""
         return self.engine._piece(token, token in self._think_tokens)
@@ -173,6 +181,9 @@ class _Slot:
         self.decoder: Any = None
         self.splitter: ReasoningSplitter | None = None
         self.stop = StopFilter()
+        self.calls: ToolCallParser | None = None  # tool calling: the parser of this reply's calls
+        self.tool_grammar: str | None = None  # the call grammar, until the call starts
+        self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_TOKENS)  # generated (token, text), newest last
         self.stats = GenerationStats()
         self.generated = 0
         self.max_tokens = 0
@@ -348,19 +359,30 @@ class Scheduler:
         slot.cached = list(tokens[:keep])
         slot.pending = list(tokens[keep:])
         slot.request = request
-        slot.sampler = self.backend.new_sampler(params, grammar)
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         split = params.split_reasoning
         slot.splitter = ReasoningSplitter(opened_by_template=request.prompt.opens_think and split,
                                           thinks=self.engine.model.thinks and split)
         slot.stop = StopFilter(params.stop)
-        room = self.slot_ctx - len(tokens)
+        slot.recent.clear()
+        use = params.tool_use
+        slot.calls = ToolCallParser(use.format) if use is not None and use.active else None
+        tool_grammar = self.engine.tool_grammar(use) if slot.calls is not None and use is not None else None
+        if slot.calls is not None and use is not None and use.must_call and slot.splitter.in_answer:
+            # No reasoning to wait for: the call starts with the reply, constrained from its first token.
+            forced = self.backend.tokenize(use.format.forced_start)
+            slot.pending += forced
+            grammar, tool_grammar = tool_grammar, None
+            slot.calls.start_calls()
+        slot.tool_grammar = tool_grammar  # switched on when the call starts
+        slot.sampler = self.backend.new_sampler(params, grammar)
+        room = self.slot_ctx - len(slot.cached) - len(slot.pending)
         slot.max_tokens = min(params.max_tokens, room) if params.max_tokens else room
         slot.stop_at_eog = not params.ignore_eos or grammar is not None
         slot.generated = 0
         slot.next_token = -1
         slot.started = slot.first_at = time.perf_counter()
-        slot.stats = GenerationStats(prompt_tokens=len(tokens), prompt_tokens_evaluated=len(tokens) - keep,
+        slot.stats = GenerationStats(prompt_tokens=len(tokens), prompt_tokens_evaluated=len(slot.pending),
                                      load_s=self.engine.load_s, n_ctx=self.slot_ctx)
 
     # -- one batch --
@@ -401,6 +423,8 @@ class Scheduler:
             return
         slot.generated += 1
         text = slot.decoder.decode(self.backend.piece(token))
+        if slot.calls is not None:
+            slot.recent.append((token, text))
         if text:
             self._emit(slot, slot.splitter.feed(text))
             if slot.stop.stopped:  # a stop sequence: the reply ends here, without its text
@@ -409,7 +433,68 @@ class Scheduler:
         if slot.generated >= slot.max_tokens or len(slot.cached) + 1 >= self.slot_ctx:
             self._finish(slot, "length")
             return
+        if slot.calls is not None and slot.tool_grammar is not None and self._call_starts(slot):
+            self._start_call(slot)
+            return
         slot.next_token = token
+
+    # -- tool calls --
+
+    def _call_starts(self, slot: _Slot) -> bool:
+        """The model wrote an opener (auto), or its reasoning is over and a call is required."""
+        request, calls, splitter = slot.request, slot.calls, slot.splitter
+        assert request is not None and calls is not None and splitter is not None
+        use = request.params.tool_use
+        if calls.triggered is not None:
+            return True
+        return use is not None and use.must_call and splitter.in_answer
+
+    def _start_call(self, slot: _Slot) -> None:
+        """Take back the tokens from the opener on (or everything after </think>), write the format's
+        own opening instead and switch the call grammar on: the model continues at the first name.
+
+        The opener may end inside a token, with text after it that the grammar would not allow;
+        writing the opening ourselves makes the grammar start at a known place, token-aligned."""
+        request, calls = slot.request, slot.calls
+        assert request is not None and calls is not None and request.params.tool_use is not None
+        fmt = request.params.tool_use.format
+        recent = list(slot.recent)
+        raw = "".join(text for _, text in recent)
+        if calls.triggered is not None:
+            cut = raw.rfind(calls.triggered)
+            lead = ""
+        else:
+            end_think = raw.rfind(CLOSE_TAG)
+            if end_think >= 0:
+                cut, lead = end_think + len(CLOSE_TAG), "\n\n"
+            else:  # no reasoning in this reply: the call is the whole of it
+                cut, lead = (0 if len(recent) == slot.generated else len(raw)), ""
+        cut = max(cut, 0)
+        # Tokens ending at or before the cut stay; the first one past it is written again up to the cut.
+        kept, start, pre = len(recent), 0, ""
+        for index, (_, text) in enumerate(recent):
+            if start + len(text) > cut:
+                kept, pre = index, text[: cut - start]
+                break
+            start += len(text)
+        dropped = len(recent) - kept
+        # The newest token was sampled, not decoded: it is not in the cache yet.
+        in_cache = max(dropped - 1, 0)
+        if in_cache:
+            del slot.cached[len(slot.cached) - in_cache:]
+            self.backend.keep_prefix(slot.seq_id, len(slot.cached))
+        forced = ([recent[-1][0]] if dropped == 0 else []) + self.backend.tokenize(pre + lead + fmt.forced_start)
+        slot.pending = forced
+        slot.next_token = -1
+        slot.generated += len(forced) - dropped
+        slot.recent.clear()
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._free_sampler(slot)
+        slot.sampler = self.backend.new_sampler(request.params, slot.tool_grammar)
+        slot.tool_grammar = None
+        calls.start_calls()
+        if len(slot.cached) + len(forced) + 1 >= self.slot_ctx or slot.generated >= slot.max_tokens:
+            self._finish(slot, "length")
 
     def _emit(self, slot: _Slot, pieces: list[tuple[str, str]]) -> None:
         """Send split pieces; answer text goes through the stop filter, nothing after a stop."""
@@ -418,10 +503,27 @@ class Scheduler:
         for kind, chunk in pieces:
             if slot.stop.stopped:
                 return
+            if kind == ANSWER and slot.calls is not None:
+                self._emit_answer(slot, slot.calls.feed(chunk))
+                continue
             if kind == ANSWER:
                 chunk = slot.stop.feed(chunk)
             if chunk:
                 request.emit(TextEvent(kind, chunk))
+
+    def _emit_answer(self, slot: _Slot, events: list[Any]) -> None:
+        """Answer text through the tool call parser: content through the stop filter, calls as they are."""
+        request = slot.request
+        assert request is not None
+        for event in events:
+            if slot.stop.stopped:
+                return
+            if isinstance(event, str):
+                event = slot.stop.feed(event)
+                if event:
+                    request.emit(TextEvent(ANSWER, event))
+            else:
+                request.emit(event)
 
     def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
         request = slot.request
@@ -430,6 +532,8 @@ class Scheduler:
             # filter held as a possible stop sequence (it was not one, unless this text completed it).
             assert slot.splitter is not None and slot.decoder is not None
             self._emit(slot, slot.splitter.feed(slot.decoder.decode(b"", final=True)) + slot.splitter.finish())
+            if slot.calls is not None:
+                self._emit_answer(slot, slot.calls.finish())
             rest = slot.stop.flush()
             if rest and not slot.stop.stopped:
                 request.emit(TextEvent(ANSWER, rest))
@@ -451,6 +555,8 @@ class Scheduler:
         stats.gen_tps = (slot.generated - 1) / (ended - slot.first_at) if slot.generated > 1 and ended > slot.first_at else 0.0
         stats.peak_rss_bytes = peak_rss_bytes()
         stats.finish_reason = "stop" if slot.stop.stopped else reason
+        if slot.calls is not None and slot.calls.all_complete and not slot.stop.stopped:
+            stats.finish_reason = "tool_calls"
         stats.context_used = len(slot.cached)
         request.emit(stats)
         request.emit(Finished())
