@@ -264,10 +264,15 @@ def run(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Each stdin line is a prompt; print one JSON line per prompt.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download a model that is not here yet without asking.")] = False,
     stop: StopOpt = None,
+    tools: Annotated[Optional[Path], typer.Option("--tools", help="A JSON file with an OpenAI `tools` array: the model may call them; each call prints as one JSON line on stdout.")] = None,
+    tool_choice: Annotated[Optional[str], typer.Option("--tool-choice", help="With --tools: auto (default), required, none, or a tool's name (call that one).")] = None,
 ) -> None:
     """Generate a reply for a prompt and stream it to stdout (for shells and scripts).
 
     Example: cat notes.txt | edgellm run -m model.gguf "Summarise:" > summary.md
+
+    Tools: edgellm run -m MODEL --tools tools.json --tool-choice required "Weather in Oslo?"
+    prints {"name": "get_weather", "arguments": {"city": "Oslo"}}
     """
     from edgellm import runner
     from edgellm.runtime import Engine, GenerationInterrupted, SamplingParams
@@ -284,6 +289,9 @@ def run(
         grammar=_read_text_file(grammar, "--grammar"), json_schema=_read_text_file(schema, "--schema"),
         stop=_stop_option(stop),
     )
+    tool_list = _tools_option(tools, tool_choice)
+    if tool_list is not None and (grammar is not None or schema is not None):
+        raise UsageError("use --tools or --grammar/--schema, not both")
     piped, replaced = runner.read_stdin()
     if replaced:
         ui.warn("stdin is not valid UTF-8: undecodable bytes were replaced with U+FFFD")
@@ -294,6 +302,10 @@ def run(
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
     prepared = prepare(model or None, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True, yes=yes)
     engine = Engine(prepared.model, prepared.plan)
+    if tool_list is not None:
+        from edgellm.toolcalls import ToolUse
+
+        sampling.tool_use = ToolUse(engine.tool_format, *tool_list)
     try:
         if jsonl:
             runner.run_jsonl(engine, request, piped or "")
@@ -319,6 +331,33 @@ def _stop_option(values: Optional[list[str]]) -> list[str]:
 
 
 MAX_CONSTRAINT_FILE_BYTES = 1024 * 1024  # grammars and schemas are KiBs; llama.cpp's limit is far lower
+
+
+def _tools_option(path: Optional[Path], choice: Optional[str]) -> Any:
+    """--tools FILE and --tool-choice as (tools, ToolChoice), checked before any model loads."""
+    if path is None:
+        if choice is not None:
+            raise UsageError("--tool-choice needs --tools FILE")
+        return None
+    import json
+
+    from edgellm.toolcalls import ToolSpecError, parse_tool_choice, parse_tools
+
+    text = _read_text_file(path, "--tools") or ""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"--tools {path}: not valid JSON: {str(exc).splitlines()[0][:120]}") from None
+    if isinstance(data, dict) and "tools" in data:
+        data = data["tools"]  # a request body's worth, as people copy it
+    try:
+        tool_list = parse_tools(data, param="tools")
+        named = choice not in (None, "auto", "required", "none")
+        chosen = parse_tool_choice({"type": "function", "function": {"name": choice}} if named else choice, tool_list,
+                                   param="--tool-choice")
+    except ToolSpecError as exc:
+        raise UsageError(f"--tools {path}: {exc.message}", hint=exc.hint) from None
+    return tool_list, chosen
 
 
 def _read_text_file(path: Optional[Path], option: str) -> Optional[str]:

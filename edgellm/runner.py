@@ -117,7 +117,12 @@ def run_one(engine: Any, request: RunRequest, prompt: str) -> int:
         writer = StreamWriter(resolve_think(request.think), sys.stdout)
         response.finish(writer.write)
         writer.finish()
-        if not response.interrupted and sys.stdout.isatty() and not response.answer.endswith("\n"):
+        calls = response.complete_calls
+        if calls and response.answer and not response.answer.endswith("\n"):
+            sys.stdout.write("\n")
+        for call in calls:  # one JSON object per line, for shell agents
+            sys.stdout.write(json.dumps(call.to_json(), ensure_ascii=False) + "\n")
+        if not calls and not response.interrupted and sys.stdout.isatty() and not response.answer.endswith("\n"):
             sys.stdout.write("\n")
         sys.stdout.flush()
     _raise_if_interrupted(response)

@@ -4,7 +4,9 @@ The real Scheduler (edgellm.runtime.batch) runs on a ScriptedBackend instead of 
 slot choice, prefix reuse, chunked prompts, queueing, cancellation, stop sequences, the
 reasoning split and the SSE layer are tested exactly as they run, in milliseconds, with the
 backend checking every position the scheduler writes. Tokens are characters (id = code point;
-0 ends generation). Each reply is scripted: `reply(prompt_text)` says what the model writes.
+0 ends generation). Each reply is scripted: `reply(prompt_text)` says what the model writes, as
+a string (one token per character) or a list of strings (one token each, for text that a real
+vocabulary splits across tokens in its own places).
 The real-GGUF process tests (test_serve*.py) stay the end-to-end layer.
 """
 
@@ -21,6 +23,7 @@ from edgellm.errors import ContextOverflowError, EmptyPromptError
 from edgellm.grammar import check_grammar
 from edgellm.runtime import Prompt, SamplingParams
 from edgellm.runtime.batch import Scheduler
+from edgellm.toolcalls.formats import GENERIC, ToolFormat, ToolUse
 
 EOG = 0
 
@@ -36,8 +39,12 @@ def decode(tokens: list[int]) -> str:
 @dataclass
 class ScriptedSampler:
     params: SamplingParams
+    grammar: str | None = None
     script: list[int] | None = None  # set at the first sample, from the prompt the sequence holds
     next: int = 0
+
+
+MULTI_BASE = 0x110000  # ids above every code point: tokens of several characters
 
 
 @dataclass
@@ -45,7 +52,7 @@ class ScriptedBackend:
     """Stands in for LlamaBackend. `step_seconds` is the time one decode takes; `paused` holds
     decoding (a test opens it when ready), so a test can act between two steps."""
 
-    reply: Callable[[str], str]
+    reply: Callable[[str], str | list[str]]
     n_ctx: int = 4096
     n_batch: int = 64
     n_ctx_seq: int = 4096  # one sequence's share, as llama.cpp reports it
@@ -61,7 +68,8 @@ class ScriptedBackend:
         self.paused.set()  # set = running
         self._rows: list[tuple[int, int, int, bool]] = []
         self._logits: dict[int, int] = {}  # row -> seq_id, for the last decode
-
+        self._multi: list[str] = []  # text of token MULTI_BASE + i
+        self.samplers: list[ScriptedSampler] = []  # every sampler made, in order
     def clear(self) -> None:
         self.kv.clear()
 
@@ -90,7 +98,18 @@ class ScriptedBackend:
         return 0
 
     def new_sampler(self, params: SamplingParams, grammar: str | None) -> ScriptedSampler:
-        return ScriptedSampler(params)
+        sampler = ScriptedSampler(params, grammar)
+        self.samplers.append(sampler)
+        return sampler
+
+    def token_for(self, text: str) -> int:
+        if len(text) == 1:
+            return ord(text)
+        self._multi.append(text)
+        return MULTI_BASE + len(self._multi) - 1
+
+    def tokenize(self, text: str) -> list[int]:
+        return encode(text)
 
     def free_sampler(self, sampler: ScriptedSampler) -> None:
         pass
@@ -98,9 +117,10 @@ class ScriptedBackend:
     def sample(self, sampler: ScriptedSampler, row: int) -> int:
         seq_id = self._logits[row]
         if sampler.script is None:
-            prompt = decode(self.kv[seq_id])
+            prompt = self.text_of(self.kv[seq_id])
             self.prompts.append(prompt)
-            sampler.script = encode(self.reply(prompt))
+            reply = self.reply(prompt)
+            sampler.script = encode(reply) if isinstance(reply, str) else [self.token_for(piece) for piece in reply]
         if sampler.next >= len(sampler.script):
             return EOG if not sampler.params.ignore_eos else ord(".")
         token = sampler.script[sampler.next]
@@ -111,7 +131,10 @@ class ScriptedBackend:
         return token == EOG
 
     def piece(self, token: int) -> bytes:
-        return chr(token).encode("utf-8")
+        return self.text_of([token]).encode("utf-8")
+
+    def text_of(self, tokens: list[int]) -> str:
+        return "".join(self._multi[t - MULTI_BASE] if t >= MULTI_BASE else chr(t) for t in tokens)
 
     def close(self) -> None:
         self.closed = True
@@ -123,7 +146,7 @@ class FakeEngine:
     The chat "template" is `role: content` lines ending in `assistant:` (plus `<think>` when
     `template_opens_think`, as the newer R1 templates do)."""
 
-    def __init__(self, reply: Callable[[str], str] | str = "Hello there.", *, slots: int = 2, n_ctx: int = 4096,
+    def __init__(self, reply: Callable[[str], str | list[str]] | str = "Hello there.", *, slots: int = 2, n_ctx: int = 4096,
                  n_batch: int = 64, step_seconds: float = 0.0, thinks: bool = False, template_opens_think: bool = False) -> None:
         script = reply if callable(reply) else (lambda _prompt, text=reply: text)
         self.backend = ScriptedBackend(script, n_ctx=n_ctx, n_batch=n_batch, n_ctx_seq=n_ctx // slots, step_seconds=step_seconds)
@@ -132,15 +155,24 @@ class FakeEngine:
         self.load_s = 0.0
         self.max_piece_bytes = 4  # one code point, UTF-8
         self.model = SimpleNamespace(thinks=thinks, name="fake")
+        self.tool_format: ToolFormat = GENERIC  # the Hermes layout, as a template without tool support gets
         self.template_opens_think = template_opens_think
         self.scheduler = Scheduler(self, slots, backend=self.backend)
 
-    def format_messages(self, messages: list[dict[str, str]]) -> str:
+    def format_messages(self, messages: list[dict[str, Any]], *, tool_use: ToolUse | None = None,
+                        template_kwargs: dict[str, Any] | None = None) -> str:
+        if tool_use is not None and tool_use.active:
+            messages = tool_use.format.template_messages(messages, tool_use.tools, tool_use.choice)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return text + "<think>" if self.template_opens_think else text
 
-    def prompt_from_messages(self, messages: list[dict[str, str]], *, check: bool = True) -> Prompt:
-        return self.prompt_from_text(self.format_messages(messages), check=check)
+    def prompt_from_messages(self, messages: list[dict[str, Any]], *, check: bool = True, tool_use: ToolUse | None = None,
+                             template_kwargs: dict[str, Any] | None = None) -> Prompt:
+        return self.prompt_from_text(self.format_messages(messages, tool_use=tool_use), check=check)
+
+    def tool_grammar(self, use: ToolUse) -> str:
+        use.grammar = f"call grammar for {len(use.tools)} tools"  # the scripted model writes valid calls itself
+        return use.grammar
 
     def prompt_from_text(self, text: str, *, check: bool = True) -> Prompt:
         tokens = encode(text)

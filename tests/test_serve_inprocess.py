@@ -158,9 +158,9 @@ def test_a_long_history_drops_the_fewest_oldest_turns_in_a_few_template_runs() -
     runs = []
     original = engine.prompt_from_messages
 
-    def counting(messages, *, check=True):  # type: ignore[no-untyped-def]
+    def counting(messages, *, check=True, **options):  # type: ignore[no-untyped-def]
         runs.append(len(messages))
-        return original(messages, check=check)
+        return original(messages, check=check, **options)
 
     engine.prompt_from_messages = counting  # type: ignore[method-assign]
     turns = []

@@ -166,6 +166,7 @@ class Prompt:
 
     tokens: list[int]
     opens_think: bool = False
+    closes_think: bool = False  # the template wrote an empty reasoning block: the reply is all answer
 
 
 def peak_rss_bytes() -> int:
@@ -361,7 +362,7 @@ class Engine:
         tokens = self.tokenize(text)
         if check:
             self.check_prompt(tokens)
-        return Prompt(tokens, _opens_think(text))
+        return Prompt(tokens, _opens_think(text), _closes_think(text))
 
     def check_prompt(self, tokens: list[int]) -> None:
         if not tokens:
@@ -402,10 +403,11 @@ class Engine:
         yield from self.generate_prompt(self.prompt_from_text(prompt), params or SamplingParams())
 
     def generate_prompt(self, prompt: Prompt, params: SamplingParams) -> Iterator[Event]:
-        yield from self.generate_tokens(prompt.tokens, params, opened_by_template=prompt.opens_think)
+        yield from self.generate_tokens(prompt.tokens, params, opened_by_template=prompt.opens_think,
+                                        closes_think=prompt.closes_think)
 
     def generate_tokens(
-        self, tokens: list[int], params: SamplingParams, *, opened_by_template: bool = False
+        self, tokens: list[int], params: SamplingParams, *, opened_by_template: bool = False, closes_think: bool = False
     ) -> Iterator[Event]:
         """Generate on the engine's scheduler (edgellm.runtime.batch), stepped in this thread.
 
@@ -419,7 +421,7 @@ class Engine:
         self.check_prompt(tokens)
         scheduler = self.scheduler
         events: collections.deque[Any] = collections.deque()
-        request = SequenceRequest(Prompt(list(tokens), opened_by_template), params, events.append)
+        request = SequenceRequest(Prompt(list(tokens), opened_by_template, closes_think), params, events.append)
         held: list[TextEvent] = []  # text that arrives once Ctrl-C was seen: handed over with the stats
         final: list[GenerationStats] = []
 
@@ -689,6 +691,11 @@ def _empty_choice(schema: Any) -> str | None:
 
 def _opens_think(prompt: str) -> bool:
     return prompt.rstrip().endswith("<think>")
+
+
+def _closes_think(prompt: str) -> bool:
+    """The prompt ends with a closed reasoning block (an R1 template asked for no thinking)."""
+    return prompt.rstrip().endswith("</think>")
 
 
 # ------------------------------------------------------------------------------------------------

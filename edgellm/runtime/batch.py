@@ -362,11 +362,11 @@ class Scheduler:
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         split = params.split_reasoning
         slot.splitter = ReasoningSplitter(opened_by_template=request.prompt.opens_think and split,
-                                          thinks=self.engine.model.thinks and split)
+                                          thinks=self.engine.model.thinks and split and not request.prompt.closes_think)
         slot.stop = StopFilter(params.stop)
         slot.recent.clear()
         use = params.tool_use
-        slot.calls = ToolCallParser(use.format) if use is not None and use.active else None
+        slot.calls = ToolCallParser(use.format, must_call=use.must_call) if use is not None and use.active else None
         tool_grammar = self.engine.tool_grammar(use) if slot.calls is not None and use is not None else None
         if slot.calls is not None and use is not None and use.must_call and slot.splitter.in_answer:
             # No reasoning to wait for: the call starts with the reply, constrained from its first token.

@@ -40,6 +40,7 @@ from edgellm.serve.schemas import (
     SamplingFields,
 )
 from edgellm.stops import check_stops
+from edgellm.toolcalls import ToolSpecError, ToolUse, parse_tool_choice, parse_tools
 
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -272,23 +273,26 @@ class Server:
         )
 
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Response:
-        if body.tools:
-            raise APIError(400, "tools (function calling) are not supported by this server", param="tools", code="unsupported_parameter")
         params = self.sampling(body, body.max_completion_tokens or body.max_tokens)
+        params.tool_use = self.tool_use(body)
         if body.response_format is not None and body.response_format.type != "text":
             if body.grammar:
                 raise APIError(400, "use either response_format or grammar, not both", param="grammar")
+            if params.tool_use is not None and params.tool_use.active:
+                raise APIError(400, "use either tools or response_format, not both (or tool_choice 'none')", param="response_format")
             params.grammar, params.json_schema = response_format_grammar(body.response_format)
             params.split_reasoning = False  # the grammar owns every token: all of it is the JSON answer
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)} for i, m in enumerate(body.messages)
-        ]
-        self.check_size(len(messages), sum(len(m["content"]) for m in messages), "messages")
-        param = "response_format" if body.response_format is not None else "grammar"
+        if body.grammar and params.tool_use is not None and params.tool_use.active:
+            raise APIError(400, "use either tools or grammar, not both (or tool_choice 'none')", param="grammar")
+        messages = [m.to_template(i) for i, m in enumerate(body.messages)]
+        self.check_size(len(messages), sum(len(m["content"] or "") + len(json.dumps(m.get("tool_calls") or "")) for m in messages),
+                        "messages")
+        template_kwargs = template_variables(body.chat_template_kwargs)
+        param = "response_format" if body.response_format is not None else "tools" if params.tool_use else "grammar"
         dropped: list[int] = []
 
         def fitted() -> Prompt:
-            prompt, count = self.fit_history(messages, params.max_tokens)
+            prompt, count = self.fit_history(messages, params.max_tokens, params, template_kwargs)
             dropped.append(count)
             return prompt
 
@@ -317,7 +321,20 @@ class Server:
         reply = Reply(request, self, "text_completion", body.stream)
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
-    def fit_history(self, messages: list[dict[str, str]], max_tokens: int | None) -> tuple[Prompt, int]:
+    def tool_use(self, body: ChatCompletionRequest) -> ToolUse | None:
+        """The request's tools in this model's call format (None: no tools, or tool_choice none
+        with no tools), refused with a one-line reason naming the field."""
+        if not body.tools and body.tool_choice in (None, "none", "auto"):
+            return None
+        try:
+            tools = parse_tools(body.tools or [])
+            choice = parse_tool_choice(body.tool_choice, tools)
+        except ToolSpecError as exc:
+            raise APIError(400, exc.message, param=exc.param, code="invalid_tools") from None
+        return ToolUse(self.engine.tool_format, tools, choice, parallel=body.parallel_tool_calls is not False)
+
+    def fit_history(self, messages: list[dict[str, Any]], max_tokens: int | None, params: SamplingParams | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> tuple[Prompt, int]:
         """The prompt for `messages`, dropping the oldest turns (the system prompt stays) until it
         leaves a slot room for the reply, as `edgellm chat` does; returns it and how many messages
         went. A last turn too long on its own is still refused (400)."""
@@ -334,7 +351,9 @@ class Server:
 
         def prompt_from(cut: int) -> Prompt:
             if cut not in made:
-                made[cut] = engine.prompt_from_messages(system + rest[cut:], check=False)
+                made[cut] = engine.prompt_from_messages(system + rest[cut:], check=False,
+                                                        tool_use=params.tool_use if params else None,
+                                                        template_kwargs=template_kwargs)
             return made[cut]
 
         # Turns are dropped whole: the history restarts at a user message. Dropping more never
@@ -379,6 +398,8 @@ class Server:
         def work() -> Prompt:
             text = engine.grammar_text(params)
             params.grammar, params.json_schema = text, None  # checked once; generation reuses it
+            if params.tool_use is not None and params.tool_use.active:
+                engine.tool_grammar(params.tool_use)  # kept on the ToolUse
             return make_prompt()
 
         future = asyncio.get_running_loop().run_in_executor(self.preparer, work)
@@ -391,6 +412,28 @@ class Server:
             raise APIError(400, exc.message, param=param, code="invalid_grammar") from None
         except EdgeLLMError as exc:
             raise as_api_error(exc) from None
+
+
+# Template variables a request may not set: they are the template's inputs, set by the server.
+RESERVED_TEMPLATE_VARIABLES = frozenset({
+    "messages", "tools", "tool_choice", "functions", "function_call", "add_generation_prompt",
+    "bos_token", "eos_token", "raise_exception", "strftime_now",
+})
+MAX_TEMPLATE_VARIABLES = 16
+
+
+def template_variables(values: dict[str, Any] | None) -> dict[str, Any]:
+    """chat_template_kwargs (llama-server's extension, e.g. {"enable_thinking": false}), checked."""
+    if not values:
+        return {}
+    if len(values) > MAX_TEMPLATE_VARIABLES:
+        raise APIError(400, f"chat_template_kwargs has more than {MAX_TEMPLATE_VARIABLES} entries", param="chat_template_kwargs")
+    for name, value in values.items():
+        if not name.isidentifier() or name in RESERVED_TEMPLATE_VARIABLES:
+            raise APIError(400, f"chat_template_kwargs may not set '{name[:40]}'", param="chat_template_kwargs")
+        if isinstance(value, str) and len(value) > 4096:
+            raise APIError(400, f"chat_template_kwargs.{name} is longer than 4096 characters", param="chat_template_kwargs")
+    return dict(values)
 
 
 def stop_sequences(stop: str | list[str] | None) -> list[str]:

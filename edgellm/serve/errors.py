@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgellm.toolcalls.spec import ToolSpecError
 from edgellm.errors import ContextOverflowError, EdgeLLMError, EmptyPromptError
 
 RETRY_AFTER_SECONDS = 5  # what a 503 tells clients to wait
@@ -50,6 +51,8 @@ def as_api_error(error: BaseException) -> APIError:
         return APIError(400, error.message, param="messages", code="context_length_exceeded")
     if isinstance(error, EmptyPromptError):
         return APIError(400, error.message, param="prompt")
+    if isinstance(error, ToolSpecError):
+        return APIError(400, error.message, param=error.param, code="invalid_tools")
     if isinstance(error, EdgeLLMError):
         return APIError(400, error.message)
     return APIError(500, f"generation failed: {type(error).__name__}: {error}", type="server_error")

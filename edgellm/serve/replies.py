@@ -16,6 +16,7 @@ from edgellm.reasoning import REASONING
 from edgellm.runtime import Prompt, SamplingParams, TextEvent
 from edgellm.serve.errors import ClientGone, as_api_error
 from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader
+from edgellm.toolcalls.parser import ToolCallArguments, ToolCallStart
 
 if TYPE_CHECKING:
     from edgellm.serve.app import Server
@@ -61,8 +62,14 @@ class Reply:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers},
         )
 
-    def _pieces(self, item: Item) -> list[tuple[str, str]]:
-        """(field, text) pairs for an event: field is 'reasoning_content' or 'content'."""
+    def _pieces(self, item: Item) -> list[tuple[str, Any]]:
+        """(field, value) pairs for an event: 'reasoning_content' or 'content' with text, or
+        'tool_calls' with one OpenAI delta.tool_calls entry."""
+        if isinstance(item, ToolCallStart):
+            return [("tool_calls", {"index": item.index, "id": item.id, "type": "function",
+                                    "function": {"name": item.name, "arguments": ""}})]
+        if isinstance(item, ToolCallArguments):
+            return [("tool_calls", {"index": item.index, "function": {"arguments": item.text}})]
         if not isinstance(item, TextEvent):
             return []
         if item.kind == REASONING:  # only chat splits reasoning; completions ask for none
@@ -77,14 +84,18 @@ class Reply:
             item = await reader.next()
         await reader.job.wait_finished()
         self._note_finished(reader.job)
-        reasoning, answer = reader.job.response.reasoning, reader.job.response.answer
+        response = reader.job.response
+        reasoning, answer = response.reasoning, response.answer
         finish = self._finish_reason(reader.job)
         if self.kind == "text_completion":
             choice: dict[str, Any] = {"index": 0, "text": answer, "logprobs": None, "finish_reason": finish}
         else:
-            message: dict[str, Any] = {"role": "assistant", "content": answer}
+            calls = response.complete_calls
+            message: dict[str, Any] = {"role": "assistant", "content": answer or (None if calls else "")}
             if reasoning:
                 message["reasoning_content"] = reasoning
+            if calls:
+                message["tool_calls"] = [call.to_openai() for call in calls]
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         return JSONResponse(
             {"id": self.id, "object": self.kind, "created": self.created, "model": self.server.config.model_id,
@@ -96,6 +107,10 @@ class Reply:
         if job.cut_short:
             self.log["note"] = "cut short by shutdown"
             return "length"
+        if job.stats is not None and job.stats.finish_reason == "tool_calls":
+            self.log["note"] = f"{len(job.response.complete_calls)} tool call(s): " + ", ".join(
+                call.name for call in job.response.complete_calls)[:200]
+            return "tool_calls"
         return "length" if job.stats is not None and job.stats.finish_reason == "length" else "stop"
 
     def _note_finished(self, job: GenerationJob) -> None:
@@ -152,7 +167,7 @@ class Reply:
     def _render(self, batch: list[Item]) -> tuple[bytes, bool]:
         """SSE bytes for a batch of events, consecutive text of one field in one chunk; and END seen."""
         out: list[bytes] = []
-        delta: dict[str, str] = {}
+        delta: dict[str, Any] = {}
         failure: bytes | None = None
         ended = False
         for item in batch:
@@ -161,16 +176,27 @@ class Reply:
             if item is END or failure is not None:
                 ended = True
                 break
-            for name, text in self._pieces(item):
-                if delta and name not in delta:
+            for name, value in self._pieces(item):
+                if delta and (name not in delta or (name == "tool_calls" and not _extends(delta["tool_calls"][-1], value))):
                     out.append(self._chunk(delta))
                     delta = {}
-                delta[name] = delta.get(name, "") + text
+                if name == "tool_calls":
+                    if delta:  # more arguments of the same call: one fragment
+                        delta["tool_calls"][-1]["function"]["arguments"] += value["function"]["arguments"]
+                    else:
+                        delta["tool_calls"] = [value]
+                else:
+                    delta[name] = delta.get(name, "") + value
         if delta:
             out.append(self._chunk(delta))
         if failure is not None:
             out.append(failure)
         return b"".join(out), ended
+
+
+def _extends(entry: dict[str, Any], value: dict[str, Any]) -> bool:
+    """`value` is more arguments for the call `entry` describes (so they can share a chunk)."""
+    return value["index"] == entry["index"] and "id" not in value
 
 
 def _sse_data(data: dict[str, Any]) -> bytes:

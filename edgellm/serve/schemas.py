@@ -33,6 +33,20 @@ class ChatMessage(BaseModel):
     tool_calls: list[Any] | None = None
     tool_call_id: str | None = None
 
+    def to_template(self, index: int) -> dict[str, Any]:
+        """The message for the chat template: role, text, and tool calls or results where present."""
+        role = "system" if self.role == "developer" else self.role
+        message: dict[str, Any] = {"role": role, "content": self.text(index)}
+        if self.role == "assistant" and self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+            message["content"] = message["content"] or None
+        if self.role == "tool":
+            if self.tool_call_id is not None:
+                message["tool_call_id"] = self.tool_call_id
+            if self.name is not None:
+                message["name"] = self.name
+        return message
+
     def text(self, index: int = 0) -> str:
         if self.content is None:
             return ""
@@ -100,9 +114,11 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     top_logprobs: int | None = None
-    tools: list[Any] | None = None
+    tools: list[Any] | None = None  # checked by edgellm.toolcalls.parse_tools (one-line reasons)
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    # llama-server's extension: extra chat template variables (enable_thinking, ...).
+    chat_template_kwargs: dict[str, Union[bool, int, float, str, None]] | None = None
     reasoning_effort: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None

@@ -104,7 +104,7 @@ class ToolCallParser:
     """Feed answer text; get content strings and call events. `calls` holds every call so far."""
 
     format: ToolFormat
-    detect: bool = True  # False: tool_choice none, everything is content
+    must_call: bool = False  # tool_choice required or named: no content before the call
     calls: list[ToolCall] = field(default_factory=list)
     triggered: str | None = None  # the opener the model wrote, until start_calls()
     _state: str = "content"  # content | name | arguments | after | between | done
@@ -148,9 +148,8 @@ class ToolCallParser:
     def _content(self, out: list[ParserEvent]) -> None:
         if self.triggered is not None:
             return
-        if not self.detect:
-            out.append(self._buffer)
-            self._buffer = ""
+        if self.must_call:
+            self._buffer = ""  # the engine starts the call as soon as the answer does; nothing before it
             return
         found = [(index, opener) for opener in self.format.openers if (index := self._buffer.find(opener)) >= 0]
         if found:
