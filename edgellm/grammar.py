@@ -450,3 +450,70 @@ def check_grammar(text: str, root: str = "root") -> ParsedGrammar:
     except _Fail as exc:
         raise GrammarError(f"invalid grammar: {exc}") from None
     return grammar
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading text the way the grammar read it
+
+_UTF8_LENGTH = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)  # by the lead byte's high nibble
+
+
+class GrammarTextDecoder:
+    """Token bytes -> text exactly as llama.cpp's grammar decodes them (llama-grammar.cpp,
+    decode_utf8), for text generated under a grammar.
+
+    Python's UTF-8 decoder and the grammar's disagree on malformed bytes: inside one token the
+    grammar does not check continuation bytes, so C0 A2 is '"' to it, two U+FFFD to Python. A
+    model can write such bytes (random weights often do), and then the JSON the grammar closed
+    would not parse, or a string it kept to maxLength would be longer. Decoding as the grammar did
+    keeps the text and the grammar's view the same, so what it allowed parses and validates.
+    Code points that cannot be text (surrogates, above U+10FFFF) become U+FFFD, one for one.
+    Same interface as codecs' incremental decoders: decode(data, final=False) -> str.
+    """
+
+    def __init__(self) -> None:
+        self._value = 0
+        self._remaining = 0
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        out: list[str] = []
+        pos = 0
+        if self._remaining > 0:
+            while pos < len(data) and self._remaining > 0:
+                byte = data[pos]
+                if byte >> 6 != 2:  # the grammar refuses such a token; never seen under it
+                    self._remaining = 0
+                    out.append("\ufffd")
+                    break
+                self._value = (self._value << 6) + (byte & 0x3F)
+                pos += 1
+                self._remaining -= 1
+            else:
+                if self._remaining == 0:
+                    out.append(_text_of(self._value))
+        while pos < len(data):
+            byte = data[pos]
+            remaining = _UTF8_LENGTH[byte >> 4] - 1
+            pos += 1
+            if remaining < 0:  # a stray continuation byte: refused by the grammar too
+                out.append("\ufffd")
+                continue
+            value = byte & ((1 << (7 - remaining)) - 1)
+            while pos < len(data) and remaining > 0:
+                value = (value << 6) + (data[pos] & 0x3F)
+                pos += 1
+                remaining -= 1
+            if remaining == 0:
+                out.append(_text_of(value))
+            else:
+                self._value, self._remaining = value, remaining
+        if final and self._remaining > 0:
+            self._remaining = 0
+            out.append("\ufffd")
+        return "".join(out)
+
+
+def _text_of(code_point: int) -> str:
+    if 0xD800 <= code_point <= 0xDFFF or code_point > 0x10FFFF:
+        return "\ufffd"
+    return chr(code_point)

@@ -14,7 +14,12 @@ from typing import Any
 
 from edgellm.reasoning import ANSWER, REASONING
 from edgellm.runtime import Event, GenerationInterrupted, GenerationStats, TextEvent
-from edgellm.toolcalls.parser import ToolCall, ToolCallArguments, ToolCallEnd, ToolCallStart
+from edgellm.toolcalls.parser import (
+    ToolCall,
+    ToolCallArguments,
+    ToolCallEnd,
+    ToolCallStart,
+)
 
 
 class Response:

@@ -24,6 +24,7 @@ from edgellm.grammar import check_grammar
 from edgellm.runtime import Prompt, SamplingParams
 from edgellm.runtime.batch import Scheduler
 from edgellm.toolcalls.formats import GENERIC, ToolFormat, ToolUse
+from edgellm.toolcalls.spec import ToolChoice
 
 EOG = 0
 
@@ -161,8 +162,11 @@ class FakeEngine:
 
     def format_messages(self, messages: list[dict[str, Any]], *, tool_use: ToolUse | None = None,
                         template_kwargs: dict[str, Any] | None = None) -> str:
-        if tool_use is not None and tool_use.active:
-            messages = tool_use.format.template_messages(messages, tool_use.tools, tool_use.choice)
+        active = tool_use is not None and tool_use.active
+        if active or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):  # as Engine does
+            fmt = tool_use.format if tool_use is not None else self.tool_format
+            messages = fmt.template_messages(messages, tool_use.tools if active and tool_use else [],
+                                             tool_use.choice if active and tool_use else ToolChoice("none"))
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return text + "<think>" if self.template_opens_think else text
 

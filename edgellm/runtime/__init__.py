@@ -36,8 +36,8 @@ from edgellm.errors import (
 from edgellm.grammar import check_grammar
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import Plan
-from edgellm.toolcalls.parser import CallEvent
 from edgellm.toolcalls.formats import ToolFormat, ToolUse, detect_format
+from edgellm.toolcalls.parser import CallEvent
 from edgellm.toolcalls.spec import ToolChoice
 
 # llama.cpp's llama_ftype values for the quantizations edgellm makes (llama.h, enum llama_ftype).
@@ -535,7 +535,7 @@ class Engine:
                 rules.append(converter.visit(schema, f"tc-args-{index}"))
             except GrammarError as exc:
                 raise GrammarError(f"tool '{tool.name}': {exc.message}") from None
-            except Exception as exc:  # AssertionError, KeyError, ValueError, RecursionError from the converter
+            except Exception as exc:  # noqa: BLE001  (AssertionError, KeyError, ValueError, RecursionError from the converter)
                 raise GrammarError(f"tool '{tool.name}': unsupported parameters schema: {type(exc).__name__}: {_first_line(exc)}") from None
         text = use.format.grammar(use.tools, rules, _strict_json_chars(converter.format_grammar()), use.choice, use.parallel)
         try:
@@ -566,10 +566,11 @@ class Engine:
         return text
 
     @functools.cached_property
-    def _think_tokens(self) -> frozenset[int]:
-        """Ids of <think> and </think> when they are single special tokens (R1's vocabulary)."""
+    def _shown_special_tokens(self) -> frozenset[int]:
+        """Special tokens whose text the reply shows: <think> and </think> (R1's vocabulary), and
+        <|python_tag|>, with which Llama 3.x starts a tool call."""
         found = set()
-        for tag in ("<think>", "</think>"):
+        for tag in ("<think>", "</think>", "<|python_tag|>"):
             ids = self.llm.tokenize(tag.encode(), add_bos=False, special=True)
             if len(ids) == 1:
                 found.add(ids[0])
@@ -642,15 +643,14 @@ def _namespaced_defs(schema: Any, prefix: str) -> Any:
             return [walk(item) for item in node]
         if not isinstance(node, dict):
             return node
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in node.items():
             if key in ("$defs", "definitions") and isinstance(value, dict):
                 out[key] = {prefix + name: walk(sub) for name, sub in value.items()}
             elif key == "$ref" and isinstance(value, str):
                 parts = value.split("/")
-                if len(parts) == 3 and parts[0] == "#" and parts[1] in ("$defs", "definitions"):
-                    value = f"#/{parts[1]}/{prefix}{parts[2]}"
-                out[key] = value
+                local = len(parts) == 3 and parts[0] == "#" and parts[1] in ("$defs", "definitions")
+                out[key] = f"#/{parts[1]}/{prefix}{parts[2]}" if local else value
             else:
                 out[key] = walk(value)
         return out

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgellm.errors import GenerationError
+from edgellm.grammar import GrammarTextDecoder
 from edgellm.reasoning import ANSWER, CLOSE_TAG, ReasoningSplitter
 from edgellm.runtime import (
     Engine,
@@ -86,7 +87,7 @@ class LlamaBackend:
         self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
         self.batch: Any = llama.llama_batch_init(self.n_batch, 0, 1)
         self.rows = 0
-        self._think_tokens = engine._think_tokens
+        self._shown_tokens = engine._shown_special_tokens
 
     @property
     def closed(self) -> bool:
@@ -159,8 +160,8 @@ class LlamaBackend:
         return list(self.engine.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def piece(self, token: int) -> bytes:
-        """The token's bytes; <think> and </think> written out, other special tokens not."""
-        return self.engine._piece(token, token in self._think_tokens)
+        """The token's bytes; <think>, </think> and <|python_tag|> written out, other special tokens not."""
+        return self.engine._piece(token, token in self._shown_tokens)
 
     def close(self) -> None:
         if self.batch is not None:
@@ -376,6 +377,8 @@ class Scheduler:
             slot.calls.start_calls()
         slot.tool_grammar = tool_grammar  # switched on when the call starts
         slot.sampler = self.backend.new_sampler(params, grammar)
+        if grammar is not None:
+            slot.decoder = GrammarTextDecoder()
         room = self.slot_ctx - len(slot.cached) - len(slot.pending)
         slot.max_tokens = min(params.max_tokens, room) if params.max_tokens else room
         slot.stop_at_eog = not params.ignore_eos or grammar is not None
@@ -463,6 +466,8 @@ class Scheduler:
         if calls.triggered is not None:
             cut = raw.rfind(calls.triggered)
             lead = ""
+            if cut < 0:  # not among the remembered tokens (cannot happen: openers are short): keep them all
+                cut = len(raw)
         else:
             end_think = raw.rfind(CLOSE_TAG)
             if end_think >= 0:
@@ -488,7 +493,7 @@ class Scheduler:
         slot.next_token = -1
         slot.generated += len(forced) - dropped
         slot.recent.clear()
-        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.decoder = GrammarTextDecoder()  # the call's text, read as its grammar reads it
         self._free_sampler(slot)
         slot.sampler = self.backend.new_sampler(request.params, slot.tool_grammar)
         slot.tool_grammar = None

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgellm.toolcalls.spec import ToolSpecError
 from edgellm.errors import ContextOverflowError, EdgeLLMError, EmptyPromptError
+from edgellm.toolcalls.spec import ToolSpecError
 
 RETRY_AFTER_SECONDS = 5  # what a 503 tells clients to wait
 

@@ -118,7 +118,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     # llama-server's extension: extra chat template variables (enable_thinking, ...).
-    chat_template_kwargs: dict[str, Union[bool, int, float, str, None]] | None = None
+    chat_template_kwargs: dict[str, bool | int | float | str | None] | None = None
     reasoning_effort: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None

@@ -9,8 +9,21 @@ conversion is asked of `edgellm.runtime`).
 """
 
 from edgellm.toolcalls.formats import ToolFormat, ToolUse, detect_format
-from edgellm.toolcalls.parser import CallEvent, ToolCall, ToolCallArguments, ToolCallEnd, ToolCallParser, ToolCallStart
-from edgellm.toolcalls.spec import Tool, ToolChoice, ToolSpecError, parse_tool_choice, parse_tools
+from edgellm.toolcalls.parser import (
+    CallEvent,
+    ToolCall,
+    ToolCallArguments,
+    ToolCallEnd,
+    ToolCallParser,
+    ToolCallStart,
+)
+from edgellm.toolcalls.spec import (
+    Tool,
+    ToolChoice,
+    ToolSpecError,
+    parse_tool_choice,
+    parse_tools,
+)
 
 __all__ = [
     "CallEvent",

@@ -17,7 +17,8 @@ and the grammar takes over.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgellm.toolcalls.spec import Tool, ToolChoice, ToolSpecError
@@ -211,10 +212,10 @@ FORMATS = {f.name: f for f in (R1, HERMES, LLAMA3, GENERIC)}
 
 def detect_format(template: str | None) -> ToolFormat:
     """The call format a chat template was written for (generic when it shows none)."""
-    from dataclasses import replace  # noqa: PLC0415
-
     text = template or ""
-    as_object = "arguments | tojson" in text or "arguments|tojson" in text
+    # The template serialises the arguments itself (`arguments | tojson`, `['arguments'] | tojson`):
+    # it wants an object; otherwise it concatenates them and wants the JSON text.
+    as_object = re.search(r"arguments['\"]?\]?\s*\|\s*tojson", text) is not None
     if "tool▁calls▁begin" in text:
         return replace(R1, arguments_as_object=as_object)
     if "<tool_call>" in text and "tools" in text:

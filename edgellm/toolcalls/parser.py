@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from edgellm.reasoning import held_prefix_length
 from edgellm.toolcalls.formats import ToolFormat
@@ -57,8 +57,8 @@ class ToolCall:
         return {"name": self.name, "arguments": self.parsed_arguments()}
 
 
-ParserEvent = Union[str, ToolCallStart, ToolCallArguments, ToolCallEnd]
-CallEvent = Union[ToolCallStart, ToolCallArguments, ToolCallEnd]
+ParserEvent = str | ToolCallStart | ToolCallArguments | ToolCallEnd
+CallEvent = ToolCallStart | ToolCallArguments | ToolCallEnd
 
 
 def new_call_id() -> str:
