@@ -161,3 +161,21 @@ def test_run_refuses_grammar_and_schema_together(tiny_q4km: Path, tmp_path: Path
     result = run_cli("run", "-m", str(tiny_q4km), "hi", "--grammar", str(tmp_path / "g.gbnf"), "--schema", str(tmp_path / "s.json"))
     assert result.returncode == 2
     assert "--grammar or --schema, not both" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("chunks, expected", [
+    ([b"plain ascii"], "plain ascii"),
+    (["Tromsø 東京".encode()], "Tromsø 東京"),
+    ([b"\xe6\x9d", b"\xb1x"], "東x"),  # a character split across tokens
+    ([b"\xc0\xa2"], '"'),  # overlong: the grammar reads a quote, so the text must too
+    ([b"\xe4ab"], chr((0x4 << 12) | (ord("a") & 0x3F) << 6 | (ord("b") & 0x3F))),  # continuation not checked inside a token
+    ([b"\xed\xa0\x80"], "\ufffd"),  # a surrogate cannot be text: one replacement for one code point
+    ([b"\xe4", b"a"], "\ufffda"),  # across tokens the grammar does check: refused there, replaced here
+    ([b"\x80z"], "\ufffdz"),
+])
+def test_grammar_text_is_decoded_as_llama_cpps_grammar_decodes_it(chunks: list[bytes], expected: str) -> None:
+    from edgellm.grammar import GrammarTextDecoder
+
+    decoder = GrammarTextDecoder()
+    text = "".join(decoder.decode(chunk) for chunk in chunks) + decoder.decode(b"", final=True)
+    assert text == expected

@@ -299,7 +299,7 @@ def test_wrong_or_missing_key_is_401_and_generates_nothing(server: ServerProcess
         (json.dumps({"messages": []}).encode(), 400, "messages", "messages"),
         (json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400, "messages.0.role", "role"),
         (json.dumps({"messages": USER, "n": 3}).encode(), 400, "n", "n"),
-        (json.dumps({"messages": USER, "tools": [{"type": "function"}]}).encode(), 400, "tools", "not supported"),
+        (json.dumps({"messages": USER, "tools": [{"type": "function"}]}).encode(), 400, "tools", "tools[0] needs a 'function' object"),
         (json.dumps({"messages": USER, "response_format": {"type": "json_schema"}}).encode(), 400, "response_format", "schema"),
         (json.dumps({"messages": [{"role": "user", "content": "x " * 20000}]}).encode(), 400, "messages", "context"),
         (b"[1, 2]", 400, None, "dictionary"),
