@@ -63,6 +63,23 @@ class ReasoningSplitter:
         """The reasoning is over (or there was none): what comes next is the answer."""
         return self._state is _State.ANSWER
 
+    def close_reasoning(self) -> tuple[bool, list[tuple[str, str]]]:
+        """End the reasoning now (the engine writes the closing tag itself): returns whether the
+        reply was reasoning, and the text held until now. What follows is the answer."""
+        if self._state is _State.ANSWER:
+            return False, []
+        rest, self._buffer = self._buffer, ""
+        was_reasoning = self._state is _State.REASONING
+        if self._state is _State.UNDECIDED:
+            stripped = rest.lstrip()
+            was_reasoning = stripped.startswith(OPEN_TAG)
+            rest = stripped[len(OPEN_TAG):] if was_reasoning else rest
+        self._state = _State.ANSWER
+        self._at_answer_start = True
+        if not rest:
+            return was_reasoning, []
+        return was_reasoning, [(REASONING if was_reasoning else ANSWER, rest)]
+
     def feed(self, text: str) -> list[tuple[str, str]]:
         self._buffer += text
         out: list[tuple[str, str]] = []

@@ -250,6 +250,30 @@ def test_a_required_call_follows_the_reasoning() -> None:
     assert [c.arguments for c in response.tool_calls] == ['{"city": "Oslo"}']
 
 
+def test_a_required_call_is_made_when_the_model_would_end_while_reasoning() -> None:
+    """Seen through Open WebUI with R1's template: the model ended inside <think>, and a required
+    call never came. Now the engine closes the reasoning itself and the call follows."""
+    forced = "\n</think>\n\n" + GENERIC.forced_start
+
+    def reply(prompt: str) -> list[str]:
+        return list(BODY) if prompt.endswith(forced) else ["Hmm", ", the", " weather"]  # then the end of generation
+
+    engine = FakeEngine(reply, slots=1, thinks=True, template_opens_think=True)
+    response, _ = generate(engine, SamplingParams(tool_use=use("required")))
+    assert response.reasoning == "Hmm, the weather"
+    assert (response.stats.finish_reason, [c.name for c in response.complete_calls]) == ("tool_calls", ["get_weather"])
+
+
+def test_reasoning_that_runs_long_is_closed_in_time_for_a_required_call() -> None:
+    forced = "\n</think>\n\n" + GENERIC.forced_start
+    engine = FakeEngine(lambda prompt: BODY if prompt.endswith(forced) else "x" * 1000, slots=1, thinks=True,
+                        template_opens_think=True)
+    response, _ = generate(engine, SamplingParams(tool_use=use("required"), max_tokens=300))
+    assert response.reasoning == "x" * 150  # max_tokens less the room kept for the call (half of 300)
+    assert (response.stats.finish_reason, [c.arguments for c in response.complete_calls]) == ("tool_calls", ['{"city": "Oslo"}'])
+    assert response.stats.generated_tokens <= 300
+
+
 def test_without_an_opener_the_reply_is_plain_content_and_stop_sequences_still_apply() -> None:
     engine = FakeEngine("It is sunny. <tool> is not a call. Bye", slots=1)
     response, _ = generate(engine, SamplingParams(tool_use=use(), stop=[" Bye"]))
@@ -369,3 +393,17 @@ def test_a_tool_round_trip_in_the_history_reaches_the_template() -> None:
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' in prompt
     assert '<tool_response>\n{"temperature": 21}\n</tool_response>' in prompt
     assert "You can call functions." in prompt  # the generic format describes the tools
+
+
+def test_tools_too_large_for_a_slot_are_named_in_the_error() -> None:
+    import httpx
+    from test_serve_inprocess import start
+
+    many = [{"type": "function", "function": {"name": f"tool_{i}", "description": "does a thing " * 20}} for i in range(28)]
+    with start(FakeEngine("Hi.", slots=1, n_ctx=4096)) as running:
+        answer = httpx.post(running.url + "/v1/chat/completions", timeout=30,
+                            json={"model": "fake", "messages": [{"role": "user", "content": "hi"}], "tools": many})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "of them the descriptions of its 28 tools, but a slot holds 4096: send fewer tools" in error["message"]

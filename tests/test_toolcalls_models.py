@@ -119,6 +119,19 @@ def test_required_returns_calls_that_validate(served: Served, seed: int) -> None
     assert len(validated(choice.message.tool_calls)) >= 1
 
 
+@pytest.mark.parametrize("seed", [12, 13])
+def test_required_calls_come_even_when_reasoning_would_not_end(served: Served, seed: int) -> None:
+    """With the templates' default (R1 reasons first) a random model reasons until max_tokens or
+    ends inside <think>; the required call must come anyway (seed 12 ended inside the reasoning)."""
+    answer = served.client.chat.completions.create(
+        model=served.model, messages=QUESTION, tools=TOOLS, tool_choice="required", seed=seed, max_tokens=300,  # type: ignore[arg-type]
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert validated(choice.message.tool_calls)
+    assert answer.usage is not None and answer.usage.completion_tokens <= 300
+
+
 def test_a_named_function_is_the_one_called(served: Served) -> None:
     for seed in (4, 5):
         answer = served.client.chat.completions.create(

@@ -47,6 +47,8 @@ PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the window the pen
 # Generated tokens remembered with their text, to take back the ones that wrote a tool call's
 # opener (the longest opener is a few dozen tokens of text in a vocabulary without it).
 RECENT_TOKENS = 64
+# With a required call, reasoning ends this many tokens before max_tokens (or the slot's end), so the call fits.
+CALL_ROOM_TOKENS = 256
 
 
 @dataclass
@@ -184,6 +186,7 @@ class _Slot:
         self.stop = StopFilter()
         self.calls: ToolCallParser | None = None  # tool calling: the parser of this reply's calls
         self.tool_grammar: str | None = None  # the call grammar, until the call starts
+        self.reason_until = 0  # with a required call: reasoning is closed at this many tokens
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_TOKENS)  # generated (token, text), newest last
         self.stats = GenerationStats()
         self.generated = 0
@@ -376,11 +379,13 @@ class Scheduler:
             grammar, tool_grammar = tool_grammar, None
             slot.calls.start_calls()
         slot.tool_grammar = tool_grammar  # switched on when the call starts
+        # A required call after reasoning: the reasoning is closed early enough to leave it room.
         slot.sampler = self.backend.new_sampler(params, grammar)
         if grammar is not None:
             slot.decoder = GrammarTextDecoder()
         room = self.slot_ctx - len(slot.cached) - len(slot.pending)
         slot.max_tokens = min(params.max_tokens, room) if params.max_tokens else room
+        slot.reason_until = slot.max_tokens - min(CALL_ROOM_TOKENS, slot.max_tokens // 2)
         slot.stop_at_eog = not params.ignore_eos or grammar is not None
         slot.generated = 0
         slot.next_token = -1
@@ -422,6 +427,11 @@ class Scheduler:
         if slot.generated == 0:
             slot.first_at = now
         if slot.stop_at_eog and self.backend.is_eog(token):
+            if self._call_still_owed(slot):
+                # The model would end while still reasoning, but a call is required: the reasoning
+                # ends here instead, and the call follows.
+                self._start_call(slot, closing=True, newest_kept=False)
+                return
             self._finish(slot, "stop")
             return
         slot.generated += 1
@@ -433,6 +443,10 @@ class Scheduler:
             if slot.stop.stopped:  # a stop sequence: the reply ends here, without its text
                 self._finish(slot, "stop")
                 return
+        if self._call_still_owed(slot) and (slot.generated >= slot.reason_until
+                                            or len(slot.cached) + 2 + CALL_ROOM_TOKENS >= self.slot_ctx):
+            self._start_call(slot, closing=True)  # keep room for the required call
+            return
         if slot.generated >= slot.max_tokens or len(slot.cached) + 1 >= self.slot_ctx:
             self._finish(slot, "length")
             return
@@ -452,18 +466,31 @@ class Scheduler:
             return True
         return use is not None and use.must_call and splitter.in_answer
 
-    def _start_call(self, slot: _Slot) -> None:
+    def _call_still_owed(self, slot: _Slot) -> bool:
+        """A call is required, it has not started, and the model is still reasoning."""
+        request = slot.request
+        use = request.params.tool_use if request is not None else None
+        return (use is not None and use.must_call and slot.tool_grammar is not None
+                and slot.splitter is not None and not slot.splitter.in_answer)
+
+    def _start_call(self, slot: _Slot, *, closing: bool = False, newest_kept: bool = True) -> None:
         """Take back the tokens from the opener on (or everything after </think>), write the format's
         own opening instead and switch the call grammar on: the model continues at the first name.
+        `closing`: the reasoning is still open (a required call is owed): close it first, keeping
+        every token; `newest_kept` False: the newest token (an end of generation) is dropped.
 
         The opener may end inside a token, with text after it that the grammar would not allow;
         writing the opening ourselves makes the grammar start at a known place, token-aligned."""
-        request, calls = slot.request, slot.calls
-        assert request is not None and calls is not None and request.params.tool_use is not None
+        request, calls, splitter = slot.request, slot.calls, slot.splitter
+        assert request is not None and calls is not None and request.params.tool_use is not None and splitter is not None
         fmt = request.params.tool_use.format
         recent = list(slot.recent)
         raw = "".join(text for _, text in recent)
-        if calls.triggered is not None:
+        if closing:
+            reasoning, pieces = splitter.close_reasoning()
+            self._emit(slot, pieces)
+            cut, lead = len(raw), ("\n" + CLOSE_TAG + "\n\n" if reasoning else "")
+        elif calls.triggered is not None:
             cut = raw.rfind(calls.triggered)
             lead = ""
             if cut < 0:  # not among the remembered tokens (cannot happen: openers are short): keep them all
@@ -488,7 +515,8 @@ class Scheduler:
         if in_cache:
             del slot.cached[len(slot.cached) - in_cache:]
             self.backend.keep_prefix(slot.seq_id, len(slot.cached))
-        forced = ([recent[-1][0]] if dropped == 0 else []) + self.backend.tokenize(pre + lead + fmt.forced_start)
+        newest = [recent[-1][0]] if dropped == 0 and recent and newest_kept else []
+        forced = newest + self.backend.tokenize(pre + lead + fmt.forced_start)
         slot.pending = forced
         slot.next_token = -1
         slot.generated += len(forced) - dropped

@@ -371,6 +371,15 @@ class Server:
                     low = middle + 1
             low = min(low, len(starts) - 1)
         prompt, dropped = prompt_from(starts[low]), starts[low]
+        use = params.tool_use if params is not None else None
+        if len(prompt.tokens) >= slot_ctx and use is not None and use.active:
+            # Clients such as Open WebUI send dozens of tools with every chat: say what they cost.
+            bare = engine.prompt_from_messages(system + rest[starts[low]:], check=False, template_kwargs=template_kwargs)
+            share = len(prompt.tokens) - len(bare.tokens)
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt.tokens)} tokens, {share} of them the descriptions of its {len(use.tools)} tools, "
+                f"but a slot holds {slot_ctx}: send fewer tools, or start the server with a larger --ctx",
+            )
         engine.check_prompt(prompt.tokens)
         if len(prompt.tokens) >= slot_ctx:
             raise ContextOverflowError(
