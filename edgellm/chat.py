@@ -52,7 +52,7 @@ COMMAND_HELP: dict[str, str] = {
     "/save FILE": "write the conversation to a JSON transcript",
     "/load FILE": "replace the conversation with a saved transcript",
     "/stats": "details of the last reply, the context and the settings",
-    "/think [show|hide]": "show or hide the model's reasoning",
+    "/think [show|hide|off|on|budget N]": "show or hide the reasoning; off skips it, on lets the model reason, budget N ends it after N tokens",
     "/set temp|top_p|max_tokens|seed VALUE": "change sampling (alone: show the values)",
     "/exit": "leave (also /bye, Ctrl-D)",
 }
@@ -494,14 +494,35 @@ class ChatSession:
         ui.info(f"loaded {len(loaded.messages)} messages ({loaded.turns} turns) from {argument}")
 
     def _think(self, argument: str) -> None:
-        choice = argument.lower()
+        choice, _, value = argument.lower().partition(" ")
+        sampling = self.sampling
         if not choice:
-            ui.info(f"reasoning is {'shown' if self.options.show_thinking else 'hidden'}; change it with /think show|hide")
+            ui.info(f"reasoning is {'shown' if self.options.show_thinking else 'hidden'}, {self._thinking_summary()}; "
+                    "change it with /think show|hide|off|on|budget N")
             return
-        if choice not in THINK_CHOICES:
-            raise UsageError(f"/think takes show or hide, not '{argument}'")
-        self.options.show_thinking = choice == "show"
-        ui.info(f"reasoning will be {'shown' if self.options.show_thinking else 'hidden'}")
+        if choice in THINK_CHOICES:
+            self.options.show_thinking = choice == "show"
+            ui.info(f"reasoning will be {'shown' if self.options.show_thinking else 'hidden'}")
+            return
+        if choice == "off":
+            sampling.no_think = True
+        elif choice == "on":
+            sampling.no_think = False
+        elif choice == "budget":
+            budget = None if value.strip() in NO_LIMIT_WORDS else _number(value.strip(), "/think budget", int, 0, None)
+            sampling.no_think = budget == 0
+            sampling.think_budget = budget or None
+        else:
+            raise UsageError(f"/think takes show, hide, off, on or budget N, not '{argument}'")
+        ui.info(f"reasoning: {self._thinking_summary()}")
+
+    def _thinking_summary(self) -> str:
+        sampling = self.sampling
+        if sampling.no_think:
+            return "off (the answer starts at once)"
+        if sampling.think_budget is not None:
+            return f"at most {sampling.think_budget} tokens"
+        return "on, no budget (the model decides how long)"
 
     def _set(self, argument: str) -> None:
         key, _, value = argument.partition(" ")
@@ -537,7 +558,7 @@ class ChatSession:
                         f"system prompt {'set' if self.conversation.system else 'none'}"),
             ("threads", f"{plan.threads} generation, {plan.threads_batch} prompt, cores {_cores(plan.cores)}"),
             ("sampling", self._sampling_summary()),
-            ("reasoning", "shown" if self.options.show_thinking else "hidden"),
+            ("reasoning", ("shown" if self.options.show_thinking else "hidden") + ", " + self._thinking_summary()),
             ("session", f"{self.totals.replies} replies, {self.totals.generated_tokens} tokens generated, "
                         f"model load {engine.load_s:.2f}s"),
         ]
@@ -616,14 +637,14 @@ class ChatSession:
 
 
 class ReplyRenderer:
-    """Writes a streaming reply: answer to `out`, reasoning dimmed on stderr (or a placeholder)."""
+    """Writes a streaming reply: answer to `out`, reasoning dimmed on stderr (or a live "thinking…" line)."""
 
     def __init__(self, out: IO[str], show_thinking: bool, terminal: bool) -> None:
         self.out = out
         self.show_thinking = show_thinking
         self.terminal = terminal
         self.in_reasoning = False
-        self.placeholder = False
+        self.status: ui.ThinkingStatus | None = None
         self.answer_started = False
         self.last_char = "\n"
         self.last_stream: IO[str] | None = None
@@ -633,10 +654,11 @@ class ReplyRenderer:
         if self.show_thinking:
             ui.write_reasoning(text)
             self.last_stream, self.last_char = sys.stderr, text[-1]
-        elif self.terminal and not self.placeholder:
-            # Hidden reasoning can take minutes on a Pi: say that something is happening.
-            ui.thinking_placeholder()
-            self.placeholder = True
+        elif self.terminal:
+            # Hidden reasoning can take minutes on a Pi: say that something is happening, and how much.
+            if self.status is None:
+                self.status = ui.ThinkingStatus()
+            self.status.step()
 
     def answer(self, text: str) -> None:
         if not self.answer_started:
@@ -644,9 +666,8 @@ class ReplyRenderer:
             if not text:
                 return
             self.answer_started = True
-            if self.placeholder:
-                ui.clear_thinking_placeholder()
-                self.placeholder = False
+            if self.status is not None:
+                self.status.clear()
             elif self.in_reasoning and self.show_thinking:
                 # A blank line between the dimmed reasoning and the answer.
                 sys.stderr.write("\n\n" if self.last_char != "\n" else "\n")
@@ -656,8 +677,8 @@ class ReplyRenderer:
         self.last_stream, self.last_char = self.out, text[-1]
 
     def finish(self, interrupted: bool = False) -> None:
-        if self.placeholder:
-            ui.clear_thinking_placeholder()
+        if self.status is not None:
+            self.status.clear()
         if interrupted and self.last_stream is None and self.terminal:
             sys.stderr.write("\n")  # after the terminal's ^C echo, before the "interrupted" line
         if self.last_stream is not None and self.last_char != "\n":

@@ -103,6 +103,9 @@ ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile na
 MemBudgetOpt = Annotated[Optional[str], typer.Option("--mem-budget", help="Cap the memory budget, e.g. 1.5GiB or 900MB.")]
 CtxOpt = Annotated[Optional[int], typer.Option("--ctx", min=64, help="Context size in tokens (default: the profile's, shrunk to fit memory).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Generation threads (default: from the profile).")]
+ThinkBudgetOpt = Annotated[Optional[int], typer.Option("--think-budget", min=0, help="End the reasoning after this many tokens and answer (0: no reasoning). Default: the profile's (none: the model decides).")]
+NoThinkOpt = Annotated[bool, typer.Option("--no-think", help="Skip the reasoning: the answer starts at once.")]
+ThinkMessageOpt = Annotated[Optional[str], typer.Option("--think-message", help="The line written into the reasoning when --think-budget runs out, before it closes.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="End the reply before this text (repeatable, up to 4; \\n and \\t are understood), e.g. --stop '\\n\\n'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 def _sysroot_option(value: str) -> str:
@@ -266,6 +269,9 @@ def run(
     stop: StopOpt = None,
     tools: Annotated[Optional[Path], typer.Option("--tools", help="A JSON file with an OpenAI `tools` array: the model may call them; each call prints as one JSON line on stdout.")] = None,
     tool_choice: Annotated[Optional[str], typer.Option("--tool-choice", help="With --tools: auto (default), required, none, or a tool's name (call that one).")] = None,
+    think_budget: ThinkBudgetOpt = None,
+    no_think: NoThinkOpt = False,
+    think_message: ThinkMessageOpt = None,
 ) -> None:
     """Generate a reply for a prompt and stream it to stdout (for shells and scripts).
 
@@ -287,7 +293,7 @@ def run(
     sampling = SamplingParams(
         max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed,
         grammar=_read_text_file(grammar, "--grammar"), json_schema=_read_text_file(schema, "--schema"),
-        stop=_stop_option(stop),
+        stop=_stop_option(stop), grammar_is_answer=schema is not None,
     )
     tool_list = _tools_option(tools, tool_choice)
     if tool_list is not None and (grammar is not None or schema is not None):
@@ -300,7 +306,11 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    prepared = prepare(model or None, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads), loading=True, yes=yes)
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
+    prepared = prepare(model or None, plan_options, loading=True, yes=yes)
+    _apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
+    if text is not None:
+        prepared = _context_for(prepared, plan_options, runner.messages_for(text, system), sampling)
     engine = Engine(prepared.model, prepared.plan)
     if tool_list is not None:
         from edgellm.toolcalls import ToolUse
@@ -318,6 +328,52 @@ def run(
         raise typer.Exit(130) from None
     finally:
         engine.close()
+
+
+def _context_for(prepared: Any, options: Any, messages: list[dict[str, str]], sampling: Any) -> Any:
+    """`prepared` with a context sized to this prompt and its reply (long piped input), when the
+    profile's default would not hold them; the prompt is counted with the vocabulary alone."""
+    from edgellm import session
+    from edgellm.runtime import Engine
+
+    room = session.reply_room(prepared.model, sampling.max_tokens, sampling.think_budget, sampling.skips_reasoning)
+    size = sum(len(m["content"].encode("utf-8", "replace")) for m in messages)
+    if options.ctx is not None or not session.might_not_fit(size, room, prepared.plan):
+        return prepared
+    counter = Engine.tokenizer_only(prepared.model)
+    try:
+        tokens = len(counter.prompt_from_messages(messages, check=False, no_think=sampling.skips_reasoning).tokens)
+    finally:
+        counter.close()
+    return session.fit_prompt(prepared, options, tokens, room)
+
+
+def _apply_thinking(sampling: Any, profile: Any, budget: Optional[int], no_think: bool, message: Optional[str]) -> None:
+    """--think-budget / --no-think / --think-message onto SamplingParams (the profile's budget by default)."""
+    if no_think and budget:
+        raise UsageError("--no-think and --think-budget cannot be combined")
+    if budget == 0:
+        no_think = True
+    sampling.no_think = no_think
+    sampling.think_budget = None if no_think else (budget if budget is not None else profile.think_budget)
+    if message is not None:
+        from edgellm.stops import unescape
+
+        sampling.think_message = unescape(message)
+
+
+def _serve_thinking(profile: Any, budget: Optional[int], message: Optional[str]) -> dict[str, Any]:
+    """ServerConfig fields for reasoning: the default budget (--think-budget, else the profile's)
+    and the budgets of reasoning_effort low / medium / high (the profile's)."""
+    from edgellm.runtime import DEFAULT_THINK_MESSAGE
+    from edgellm.stops import unescape
+
+    return {
+        "think_budget": budget if budget is not None else profile.think_budget,
+        "effort_budgets": {"low": profile.think_budget_low, "medium": profile.think_budget_medium,
+                           "high": profile.think_budget_high},
+        "think_message": unescape(message) if message is not None else DEFAULT_THINK_MESSAGE,
+    }
 
 
 def _stop_option(values: Optional[list[str]]) -> list[str]:
@@ -398,6 +454,9 @@ def chat(
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
     stop: StopOpt = None,
+    think_budget: ThinkBudgetOpt = None,
+    no_think: NoThinkOpt = False,
+    think_message: ThinkMessageOpt = None,
 ) -> None:
     """Chat with a model in the terminal: streaming replies, history, slash commands (/help).
 
@@ -418,6 +477,7 @@ def chat(
     sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=_stop_option(stop))
     plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
+    _apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     engine = Engine(prepared.model, prepared.plan)
     try:
         options = repl.ChatOptions(
@@ -709,6 +769,8 @@ def serve(
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
+    think_budget: ThinkBudgetOpt = None,
+    think_message: ThinkMessageOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
 
@@ -741,7 +803,7 @@ def serve(
     slot_ctx = plan_.n_ctx_per_slot
     config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
                                  allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
-                                 truncate=truncate)
+                                 truncate=truncate, **_serve_thinking(prepared.profile, think_budget, think_message))
     url = server.url_of(sock)
     ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
     try:

@@ -54,6 +54,10 @@ class Plan:
     n_ctx_per_slot: int = 0
     reasons: dict[str, str] = field(default_factory=dict)
     refusal: str | None = None
+    # A reasoning model: the profile's thinking budget (None: unbounded) and the worst-case
+    # seconds to a whole answer at the predicted speed (budget + ANSWER_TOKENS); None: unknown or unbounded.
+    think_budget: int | None = None
+    worst_answer_s: float | None = None
     warnings: list[str] = field(default_factory=list)  # settings edgellm changed from what was asked
 
     def to_json(self) -> dict[str, Any]:
@@ -217,6 +221,20 @@ def make_plan(
             f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
         )
 
+    think_budget, worst_answer_s = None, None
+    if model.thinks:
+        think_budget = profile.think_budget
+        if think_budget is not None and predicted:
+            worst_answer_s = round((think_budget + ANSWER_TOKENS) / predicted, 1)
+            reasons["worst_answer_s"] = (f"at most {think_budget} reasoning tokens (profile think_budget) + a "
+                                         f"{ANSWER_TOKENS}-token answer at ~{predicted:g} tokens/s")
+        elif predicted:
+            example = UNBOUNDED_EXAMPLE_TOKENS / predicted
+            took = f"{example / 60:.0f} min" if example >= 120 else f"{example:.0f} s"
+            reasons["worst_answer_s"] = (f"no thinking budget: this model may reason for thousands of tokens "
+                                         f"({UNBOUNDED_EXAMPLE_TOKENS} take {took} at ~{predicted:g} tokens/s); "
+                                         "cap it with --think-budget")
+
     refusal = None
     if not fits_budget and budget is not None:
         refusal = (
@@ -252,7 +270,13 @@ def make_plan(
         reasons=reasons,
         refusal=refusal,
         warnings=warnings,
+        think_budget=think_budget,
+        worst_answer_s=worst_answer_s,
     )
+
+
+ANSWER_TOKENS = 256  # the answer after the reasoning, for the worst-case time to an answer
+UNBOUNDED_EXAMPLE_TOKENS = 4000  # a long R1 reasoning, to show what "no budget" can mean
 
 
 REFUSAL_HINT = "try a smaller quant (Q4_K_S), a smaller --ctx, or a larger --mem-budget"

@@ -100,6 +100,12 @@ class Profile:
     os_reserve_bytes: int = 512 * 1024**2
     mem_bandwidth_gbps: float = 10.0
     throttle_celsius: float | None = None
+    # Reasoning tokens before edgellm closes the reasoning (None: the model decides), and the
+    # budgets serve gives reasoning_effort low / medium / high.
+    think_budget: int | None = None
+    think_budget_low: int = 256
+    think_budget_medium: int = 1024
+    think_budget_high: int = 4096
 
     def to_json(self) -> dict[str, Any]:
         rules = {k: v for k, v in self.match.__dict__.items() if v}
@@ -188,7 +194,8 @@ RUNTIME_KEYS = {
     "quant_preference": _quants, "default_ctx": _positive_int, "max_ctx": _positive_int,
     "kv_type": _choice(KV_TYPES), "allow_kv_q8": _bool, "n_batch": _positive_int,
     "mmap": _bool, "mlock": _bool, "os_reserve": _size, "mem_bandwidth_gbps": _float,
-    "throttle_celsius": _float,
+    "throttle_celsius": _float, "think_budget": _positive_int, "think_budget_low": _positive_int,
+    "think_budget_medium": _positive_int, "think_budget_high": _positive_int,
 }
 
 

@@ -59,6 +59,10 @@ class ReasoningSplitter:
         self._at_answer_start = False
 
     @property
+    def in_reasoning(self) -> bool:
+        return self._state is _State.REASONING
+
+    @property
     def in_answer(self) -> bool:
         """The reasoning is over (or there was none): what comes next is the answer."""
         return self._state is _State.ANSWER

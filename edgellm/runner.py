@@ -77,10 +77,14 @@ class StreamWriter:
         self.think = think
         self.out = out
         self.in_reasoning = False
+        # Hidden reasoning can take minutes: on a terminal, one live line says how far it is.
+        self.status = ui.ThinkingStatus() if think == "hide" and ui.stderr_is_terminal() else None
 
     def write(self, event: TextEvent) -> None:
         out = self.out
         if event.kind == ANSWER:
+            if self.status is not None:
+                self.status.clear()
             if self.in_reasoning and self.think == "show":
                 out.write("\n</think>\n\n")
             self.in_reasoning = False
@@ -94,9 +98,13 @@ class StreamWriter:
                 out.flush()
             elif self.think == "stderr":
                 ui.write_reasoning(event.text)
+            elif self.status is not None:
+                self.status.step()
             self.in_reasoning = True
 
     def finish(self) -> None:
+        if self.status is not None:
+            self.status.clear()
         if self.in_reasoning and self.think == "show":
             self.out.write("\n</think>\n")
         if self.in_reasoning and self.think == "stderr":

@@ -6,6 +6,7 @@ planner so the planner stays pure.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -15,7 +16,12 @@ from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
 
-from edgellm.errors import DownloadError, ModelNotFoundError, PlanError
+from edgellm.errors import (
+    ContextOverflowError,
+    DownloadError,
+    ModelNotFoundError,
+    PlanError,
+)
 from edgellm.hardware import Device, detect
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import REFUSAL_HINT, Plan, auto_parallel, make_plan
@@ -201,3 +207,68 @@ def build_warnings(device: Device, info: str | None) -> list[str]:
             "-DCMAKE_CXX_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16\" pip install --force-reinstall --no-cache-dir llama-cpp-python"
         )
     return warnings
+
+
+# A reply's room when run sizes the context to its input: the answer (when no --max-tokens) and a
+# reasoning model's reasoning (when no --think-budget).
+ANSWER_ROOM_TOKENS = 1024
+REASONING_ROOM_TOKENS = 2048
+TEMPLATE_SLACK_TOKENS = 64  # what a chat template adds around the text, at most, for the quick check
+
+
+def reply_room(model: ModelInfo, max_tokens: int | None, think_budget: int | None, no_think: bool) -> int:
+    """Tokens to leave after the prompt: the answer, plus the reasoning's budget for a reasoning model."""
+    room = max_tokens or ANSWER_ROOM_TOKENS
+    if model.thinks and not no_think:
+        room += think_budget if think_budget is not None else REASONING_ROOM_TOKENS
+    return room
+
+
+def might_not_fit(text_bytes: int, room: int, plan: Plan) -> bool:
+    """False when the prompt surely fits without counting its tokens (a token holds at least one byte)."""
+    return text_bytes + TEMPLATE_SLACK_TOKENS + room > plan.n_ctx
+
+
+def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, room: int) -> Prepared:
+    """`prepared` with a context that holds the prompt and `room` tokens of reply, as far as the
+    memory budget and the model's trained context allow: run sizes the context to its input. Unchanged
+    when it fits already or --ctx was given; a ContextOverflowError saying what fits when memory cannot."""
+    plan, model = prepared.plan, prepared.model
+    if options.ctx is not None or prompt_tokens + room <= plan.n_ctx:
+        return prepared
+    trained = model.context_length
+    if prompt_tokens >= trained:
+        raise ContextOverflowError(
+            f"the prompt is {prompt_tokens} tokens but {model.name or 'the model'} is trained for {trained}",
+            hint="shorten the input",
+        )
+    wanted = min(prompt_tokens + room, trained)
+    repacks = _build_repacks(options.sysroot, True)
+
+    def plan_at(n_ctx: int) -> Plan:
+        return make_plan(model, prepared.device, prepared.profile, ctx=n_ctx, mem_budget=options.mem_budget,
+                         threads=options.threads, threads_batch=options.threads_batch, build_repacks=repacks)
+
+    larger = plan_at(wanted)
+    holds = larger.n_ctx if larger.fits else 0
+    if holds < wanted:
+        # The largest context memory holds at its best KV type (the planner shrinks the context
+        # before it tries q8_0 for a shorter one), counted down from what was wanted.
+        holds = next((c for c in range(wanted // 256 * 256, plan.n_ctx, -256)
+                      if (p := plan_at(c)).fits and p.n_ctx >= c), plan.n_ctx)
+        larger = plan_at(holds)
+    if holds <= plan.n_ctx and prompt_tokens < plan.n_ctx:
+        return prepared  # no larger context to be had (the model's training caps it); the prompt fits
+    if holds <= prompt_tokens:
+        raise ContextOverflowError(
+            f"the prompt is {prompt_tokens} tokens, but memory holds a context of at most {holds} tokens"
+            f" ({larger.reasons.get('budget', 'the memory budget')})",
+            hint=f"shorten the input to under {max(holds - room, 1)} tokens, or raise --mem-budget",
+        )
+    from edgellm import ui  # noqa: PLC0415
+
+    ui.info(f"context {plan.n_ctx} -> {larger.n_ctx} tokens, to hold the {prompt_tokens}-token prompt and its reply"
+            + (f" ({larger.reasons['n_ctx']})" if "largest" in larger.reasons.get("n_ctx", "") else ""))
+    for warning in larger.warnings:
+        ui.warn(warning)
+    return dataclasses.replace(prepared, plan=larger)

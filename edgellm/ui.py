@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -217,6 +218,10 @@ def render_plan(plan: Any, console: Console | None = None) -> None:
                   f"weights {format_size(plan.weights_bytes)} + KV {format_size(plan.kv_bytes)} + runtime {format_size(plan.overhead_bytes)}; budget: {r.get('budget', '')}")
     if plan.predicted_tg_tps:
         table.add_row("predicted", f"~{plan.predicted_tg_tps:g} tokens/s generation", r.get("predicted_tg_tps", ""))
+    if plan.worst_answer_s is not None:
+        table.add_row("answer in", f"≤ {plan.worst_answer_s:g} s", r.get("worst_answer_s", ""))
+    elif "worst_answer_s" in r:
+        table.add_row("answer in", "unbounded", r["worst_answer_s"])
     verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
     table.add_row("verdict", verdict, "")
     console.print(table)
@@ -236,7 +241,7 @@ def write_reasoning(text: str) -> None:
 
 def stats_line(stats: Any, temperature: float | None = None) -> str:
     parts = [
-        f"{stats.generated_tokens} tokens",
+        f"{stats.generated_tokens} tokens" + (f" ({stats.reasoning_tokens} reasoning)" if stats.reasoning_tokens else ""),
         f"{stats.gen_tps:.1f} tok/s",
         f"prompt {stats.prompt_tokens_evaluated} tok at {stats.prompt_tps:.1f} tok/s",
         f"first token {stats.ttft_s:.2f}s",
@@ -269,7 +274,7 @@ def _dim_escape(text: str) -> str:
 def chat_status_line(stats: Any, temperature: float | None = None) -> str:
     """One line after each chat reply: speed, first-token latency, KV reuse, context, memory, heat."""
     cached = stats.prompt_tokens - stats.prompt_tokens_evaluated
-    parts = [f"{stats.generated_tokens} tokens"]
+    parts = [f"{stats.generated_tokens} tokens" + (f" ({stats.reasoning_tokens} reasoning)" if stats.reasoning_tokens else "")]
     if stats.generated_tokens:  # stopped during the prompt: no speed or first token to report
         parts += [f"{stats.gen_tps:.1f} tok/s", f"first token {stats.ttft_s:.2f}s"]
     parts += [
@@ -317,15 +322,33 @@ def chat_table(rows: list[tuple[str, str]]) -> None:
     stderr.print(table)
 
 
-def thinking_placeholder() -> None:
-    """Shown while hidden reasoning runs; erased by clear_thinking_placeholder()."""
-    sys.stderr.write(_dim_escape("thinking…"))
-    sys.stderr.flush()
+class ThinkingStatus:
+    """One live line on stderr while hidden reasoning runs (`thinking… 312 tokens · 41 s`), rewritten
+    at most a few times a second and erased when the answer starts. Only for a terminal's stderr."""
 
+    REFRESH_SECONDS = 0.25
 
-def clear_thinking_placeholder() -> None:
-    sys.stderr.write("\r\x1b[K")
-    sys.stderr.flush()
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.started = time.monotonic()
+        self.shown = False
+        self._drawn_at = 0.0
+
+    def step(self, tokens: int = 1) -> None:
+        self.tokens += tokens
+        now = time.monotonic()
+        if self.shown and now - self._drawn_at < self.REFRESH_SECONDS:
+            return
+        self._drawn_at = now
+        sys.stderr.write("\r\x1b[K" + _dim_escape(f"thinking… {self.tokens} tokens · {now - self.started:.0f} s"))
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 # --- downloads ------------------------------------------------------------------------------------

@@ -171,8 +171,13 @@ class FakeEngine:
         return text + "<think>" if self.template_opens_think else text
 
     def prompt_from_messages(self, messages: list[dict[str, Any]], *, check: bool = True, tool_use: ToolUse | None = None,
-                             template_kwargs: dict[str, Any] | None = None) -> Prompt:
-        return self.prompt_from_text(self.format_messages(messages, tool_use=tool_use), check=check)
+                             template_kwargs: dict[str, Any] | None = None, no_think: bool = False) -> Prompt:
+        text = self.format_messages(messages, tool_use=tool_use)
+        if no_think and self.model.thinks:
+            from edgellm.runtime import without_thinking
+
+            text = without_thinking(text)
+        return self.prompt_from_text(text, check=check)
 
     def tool_grammar(self, use: ToolUse) -> str:
         use.grammar = f"call grammar for {len(use.tools)} tools"  # the scripted model writes valid calls itself
@@ -182,7 +187,7 @@ class FakeEngine:
         tokens = encode(text)
         if check:
             self.check_prompt(tokens)
-        return Prompt(tokens, text.endswith("<think>"))
+        return Prompt(tokens, text.endswith("<think>"), text.rstrip().endswith("</think>"))
 
     def check_prompt(self, tokens: list[int]) -> None:
         if not tokens:

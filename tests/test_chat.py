@@ -18,7 +18,7 @@ from edgellm.errors import UsageError
 from conftest import cli_env, run_cli
 
 STATUS = re.compile(
-    r"(\d+) tokens(?: · [\d.]+ tok/s · first token [\d.]+s)? · prompt (\d+) new \+ (\d+) cached · context (\d+)/(\d+)"
+    r"(\d+) tokens(?: \(\d+ reasoning\))?(?: · [\d.]+ tok/s · first token [\d.]+s)? · prompt (\d+) new \+ (\d+) cached · context (\d+)/(\d+)"
 )
 PROMPT = ">>>"  # prompt_toolkit draws the trailing space as a cursor move
 
@@ -369,7 +369,9 @@ def test_ctrl_c_between_tokens_is_handed_to_the_engine(tiny_f32: Path, monkeypat
 def test_arrow_up_recalls_input_across_sessions_and_hidden_thinking_shows_placeholder(tiny_f32: Path, tmp_path: Path) -> None:
     child = spawn_chat("-m", str(tiny_f32), "--seed", "6", "-n", "8", "--think", "hide", cwd=tmp_path)
     child.sendline("Hi from the first session")
-    child.expect_exact("thinking…")  # hidden reasoning still shows that something is happening
+    # Hidden reasoning shows a live line of how far it is, erased before the status line.
+    child.expect(r"thinking… \d+ tokens · \d+ s")
+    child.expect_exact("\r\x1b[K")
     child.expect(STATUS)
     child.expect_exact(PROMPT)
     assert finish(child) == 0

@@ -110,6 +110,11 @@ def build_has_amx(info: str | None = None) -> bool:
     return "AMX_INT8 = 1" in (system_info() if info is None else info)
 
 
+# The bridge line before the closing tag when the thinking budget runs out: the model reads it,
+# so the answer that follows starts from a decision rather than mid-thought.
+DEFAULT_THINK_MESSAGE = "\n\nI have thought about this long enough; time to give the answer."
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int | None = None
@@ -131,6 +136,23 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     # Tool calling: the tools, the choice and the model's call format (None: no tools).
     tool_use: ToolUse | None = None
+    # Reasoning tokens after which the engine ends the reasoning itself (None: the model decides).
+    think_budget: int | None = None
+    # Skip the reasoning: the prompt ends with an empty reasoning block, the reply is all answer.
+    no_think: bool = False
+
+    # The grammar describes the answer alone (JSON modes: --schema, response_format): without a
+    # budget the reply skips its reasoning, so the JSON is the answer. A raw grammar without a budget
+    # owns every token and may spell out "reasoning</think>answer" itself.
+    grammar_is_answer: bool = False
+
+    @property
+    def skips_reasoning(self) -> bool:
+        """No reasoning in this reply: asked for, or an answer grammar with no budget to reason first.
+        (With a budget any grammar waits: the reply reasons, then the grammar holds the answer.)"""
+        return self.no_think or (self.grammar_is_answer and self.think_budget is None)
+    # Written into the reasoning before the engine closes it, as llama-server's --reasoning-budget-message.
+    think_message: str = DEFAULT_THINK_MESSAGE
 
 
 @dataclass
@@ -144,6 +166,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     prompt_tokens_evaluated: int = 0  # fewer than prompt_tokens when the KV cache was reused
     generated_tokens: int = 0
+    reasoning_tokens: int = 0  # of generated_tokens, those the model wrote inside its reasoning
     load_s: float = 0.0
     ttft_s: float = 0.0
     prompt_tps: float = 0.0
@@ -275,12 +298,33 @@ class Engine:
             raise ModelFileError(f"{model.path}: llama.cpp could not load the model: {exc}") from None
         self.load_s = time.perf_counter() - started
         self.sequences = sequences
+        self._set_up(llama_cpp)
+
+    def _set_up(self, llama_cpp: ModuleType) -> None:
         self._vocab = self.llm._model.vocab
         self._llama_cpp = llama_cpp
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._formatter = self._make_formatter()
         self._grammar_cache: dict[str, None] = {}  # grammars already checked, oldest first
         self._grammar_lock = threading.Lock()  # serve checks grammars outside the generation thread
+
+    @classmethod
+    def tokenizer_only(cls, model: ModelInfo) -> Engine:
+        """The model's vocabulary and chat template, no weights (a fraction of a second): to count a
+        prompt's tokens before planning the context it needs. Only prompts and tokens; no generation."""
+        if model.path is None:
+            raise ModelFileError("the model has no file to load")
+        llama_cpp = load_llama_cpp()
+        engine = cls.__new__(cls)
+        engine.model = model
+        engine.sequences = 1
+        engine.load_s = 0.0
+        try:
+            engine.llm = _VocabOnly(llama_cpp, str(model.path))
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelFileError(f"{model.path}: llama.cpp could not read the vocabulary: {exc}") from None
+        engine._set_up(llama_cpp)
+        return engine
 
     # --- prompt formatting -----------------------------------------------------------------------
 
@@ -350,8 +394,13 @@ class Engine:
         return list(self.llm.tokenize(data, add_bos=self._formatter is None, special=True))
 
     def prompt_from_messages(self, messages: list[dict[str, Any]], *, check: bool = True, tool_use: ToolUse | None = None,
-                             template_kwargs: dict[str, Any] | None = None) -> Prompt:
+                             template_kwargs: dict[str, Any] | None = None, no_think: bool = False) -> Prompt:
+        """`no_think`: a reasoning model skips its reasoning (the prompt ends with an empty block)."""
+        if no_think and self.model.thinks:
+            template_kwargs = {**(template_kwargs or {}), "enable_thinking": False}
         text = self.format_messages(messages, tool_use=tool_use, template_kwargs=template_kwargs)
+        if no_think and self.model.thinks:
+            text = without_thinking(text)
         return self.prompt_from_text(text, check=check)
 
     def prompt_from_text(self, text: str, *, check: bool = True) -> Prompt:
@@ -396,8 +445,8 @@ class Engine:
         params = params or SamplingParams()
         if params.tool_use is not None and params.tool_use.active:
             self.tool_grammar(params.tool_use)
-        prompt = self.format_messages(messages, tool_use=params.tool_use)
-        yield from self.generate_from_prompt(prompt, params)
+        prompt = self.prompt_from_messages(messages, tool_use=params.tool_use, no_think=params.skips_reasoning)
+        yield from self.generate_prompt(prompt, params)
 
     def generate_from_prompt(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Event]:
         yield from self.generate_prompt(self.prompt_from_text(prompt), params or SamplingParams())
@@ -583,6 +632,33 @@ class Engine:
             self.llm.close()
 
 
+class _VocabOnly:
+    """What the Engine's prompt code asks of a Llama, from a vocabulary-only load: no context is
+    made (llama-cpp-python's Llama(vocab_only=True) makes one, and llama.cpp warns about it)."""
+
+    def __init__(self, llama_cpp: ModuleType, path: str) -> None:
+        from llama_cpp._internals import LlamaModel  # noqa: PLC0415
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = LlamaModel(path_model=path, params=params, verbose=bool(os.environ.get("EDGELLM_LLAMA_LOG")))
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return list(self._model.tokenize(text, add_bos, special))
+
+    def token_bos(self) -> int:
+        return int(self._model.token_bos())
+
+    def token_eos(self) -> int:
+        return int(self._model.token_eos())
+
+    def n_vocab(self) -> int:
+        return int(self._model.n_vocab())
+
+    def close(self) -> None:
+        self._model.close()
+
+
 class GenerationInterrupted(Exception):
     """Ctrl-C during generation; carries the stats of what was generated so far."""
 
@@ -691,6 +767,16 @@ def _empty_choice(schema: Any) -> str | None:
 
 def _opens_think(prompt: str) -> bool:
     return prompt.rstrip().endswith("<think>")
+
+
+def without_thinking(prompt: str) -> str:
+    """The prompt with an empty reasoning block prefilled: `<think>\\n\\n</think>\\n\\n`, the known way to
+    make the R1 distills answer at once, whether or not the template opened <think> itself."""
+    if _closes_think(prompt):
+        return prompt if prompt.endswith("\n\n") else prompt.rstrip("\n") + "\n\n"
+    if _opens_think(prompt):
+        return prompt.rstrip("\n") + "\n\n</think>\n\n"
+    return prompt + "<think>\n\n</think>\n\n"
 
 
 def _closes_think(prompt: str) -> bool:

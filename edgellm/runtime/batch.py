@@ -31,7 +31,7 @@ from typing import Any
 
 from edgellm.errors import GenerationError
 from edgellm.grammar import GrammarTextDecoder
-from edgellm.reasoning import ANSWER, CLOSE_TAG, ReasoningSplitter
+from edgellm.reasoning import ANSWER, CLOSE_TAG, REASONING, ReasoningSplitter
 from edgellm.runtime import (
     Engine,
     GenerationStats,
@@ -49,6 +49,7 @@ PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the window the pen
 RECENT_TOKENS = 64
 # With a required call, reasoning ends this many tokens before max_tokens (or the slot's end), so the call fits.
 CALL_ROOM_TOKENS = 256
+_SAME_SAMPLER = object()  # _write: keep the sequence's sampler chain
 
 
 @dataclass
@@ -187,6 +188,8 @@ class _Slot:
         self.calls: ToolCallParser | None = None  # tool calling: the parser of this reply's calls
         self.tool_grammar: str | None = None  # the call grammar, until the call starts
         self.reason_until = 0  # with a required call: reasoning is closed at this many tokens
+        self.think_budget: int | None = None  # reasoning tokens allowed before the engine closes it
+        self.answer_grammar: str | None = None  # with a budget, the request's grammar waits for the answer
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_TOKENS)  # generated (token, text), newest last
         self.stats = GenerationStats()
         self.generated = 0
@@ -379,14 +382,20 @@ class Scheduler:
             grammar, tool_grammar = tool_grammar, None
             slot.calls.start_calls()
         slot.tool_grammar = tool_grammar  # switched on when the call starts
-        # A required call after reasoning: the reasoning is closed early enough to leave it room.
+        constrained = grammar is not None
+        reasons = not slot.splitter.in_answer
+        slot.think_budget = params.think_budget if reasons else None
+        slot.answer_grammar = None
+        if grammar is not None and params.think_budget is not None and reasons and slot.tool_grammar is None:
+            # With a thinking budget the reply reasons first; the grammar applies to the answer.
+            slot.answer_grammar, grammar = grammar, None
         slot.sampler = self.backend.new_sampler(params, grammar)
         if grammar is not None:
             slot.decoder = GrammarTextDecoder()
         room = self.slot_ctx - len(slot.cached) - len(slot.pending)
         slot.max_tokens = min(params.max_tokens, room) if params.max_tokens else room
         slot.reason_until = slot.max_tokens - min(CALL_ROOM_TOKENS, slot.max_tokens // 2)
-        slot.stop_at_eog = not params.ignore_eos or grammar is not None
+        slot.stop_at_eog = not params.ignore_eos or constrained
         slot.generated = 0
         slot.next_token = -1
         slot.started = slot.first_at = time.perf_counter()
@@ -430,22 +439,27 @@ class Scheduler:
             if self._call_still_owed(slot):
                 # The model would end while still reasoning, but a call is required: the reasoning
                 # ends here instead, and the call follows.
-                self._start_call(slot, closing=True, newest_kept=False)
+                self._end_reasoning(slot, None)
                 return
             self._finish(slot, "stop")
             return
         slot.generated += 1
         text = slot.decoder.decode(self.backend.piece(token))
-        if slot.calls is not None:
+        if slot.calls is not None or slot.answer_grammar is not None:
             slot.recent.append((token, text))
         if text:
             self._emit(slot, slot.splitter.feed(text))
             if slot.stop.stopped:  # a stop sequence: the reply ends here, without its text
                 self._finish(slot, "stop")
                 return
+        if slot.splitter.in_reasoning:
+            slot.stats.reasoning_tokens += 1
+            if slot.think_budget is not None and slot.stats.reasoning_tokens >= slot.think_budget:
+                self._end_reasoning(slot, token, bridge=True)  # the budget is spent: answer now
+                return
         if self._call_still_owed(slot) and (slot.generated >= slot.reason_until
                                             or len(slot.cached) + 2 + CALL_ROOM_TOKENS >= self.slot_ctx):
-            self._start_call(slot, closing=True)  # keep room for the required call
+            self._end_reasoning(slot, token)  # keep room for the required call
             return
         if slot.generated >= slot.max_tokens or len(slot.cached) + 1 >= self.slot_ctx:
             self._finish(slot, "length")
@@ -453,9 +467,12 @@ class Scheduler:
         if slot.calls is not None and slot.tool_grammar is not None and self._call_starts(slot):
             self._start_call(slot)
             return
+        if slot.answer_grammar is not None and slot.splitter.in_answer:
+            self._start_call(slot, answer_grammar=True)  # the model closed its reasoning: the grammar takes the answer
+            return
         slot.next_token = token
 
-    # -- tool calls --
+    # -- reasoning budget, tool calls, answer grammars: the engine writing into a reply --
 
     def _call_starts(self, slot: _Slot) -> bool:
         """The model wrote an opener (auto), or its reasoning is over and a call is required."""
@@ -473,24 +490,50 @@ class Scheduler:
         return (use is not None and use.must_call and slot.tool_grammar is not None
                 and slot.splitter is not None and not slot.splitter.in_answer)
 
-    def _start_call(self, slot: _Slot, *, closing: bool = False, newest_kept: bool = True) -> None:
+    def _end_reasoning(self, slot: _Slot, newest: int | None, *, bridge: bool = False) -> None:
+        """Close the reasoning now: write the closing tag (after the bridge line when the budget
+        ran out), then what the answer starts with (a required call's opening), and switch on the
+        grammar the answer has. `newest`: the token just sampled (None: it was an end of
+        generation, dropped); every earlier token stays."""
+        request, splitter = slot.request, slot.splitter
+        assert request is not None and splitter is not None
+        params = request.params
+        reasoning, pieces = splitter.close_reasoning()
+        self._emit(slot, pieces)
+        text = ""
+        if reasoning:
+            message = params.think_message if bridge else ""
+            if message:
+                request.emit(TextEvent(REASONING, message))
+            text = message + "\n" + CLOSE_TAG + "\n\n"
+        grammar: str | None | object = _SAME_SAMPLER
+        if self._call_owed_now(slot):
+            assert params.tool_use is not None and slot.calls is not None
+            text += params.tool_use.format.forced_start
+            grammar, slot.tool_grammar = slot.tool_grammar, None
+            slot.calls.start_calls()
+        elif slot.answer_grammar is not None:
+            grammar, slot.answer_grammar = slot.answer_grammar, None
+        written = self.backend.tokenize(text) if text else []
+        self._write(slot, ([newest] if newest is not None else []) + written, len(written), grammar)
+
+    def _call_owed_now(self, slot: _Slot) -> bool:
+        request = slot.request
+        use = request.params.tool_use if request is not None else None
+        return use is not None and use.must_call and slot.tool_grammar is not None
+
+    def _start_call(self, slot: _Slot, *, answer_grammar: bool = False) -> None:
         """Take back the tokens from the opener on (or everything after </think>), write the format's
         own opening instead and switch the call grammar on: the model continues at the first name.
-        `closing`: the reasoning is still open (a required call is owed): close it first, keeping
-        every token; `newest_kept` False: the newest token (an end of generation) is dropped.
+        `answer_grammar`: no call, the answer began and its grammar starts after </think>.
 
         The opener may end inside a token, with text after it that the grammar would not allow;
         writing the opening ourselves makes the grammar start at a known place, token-aligned."""
-        request, calls, splitter = slot.request, slot.calls, slot.splitter
-        assert request is not None and calls is not None and request.params.tool_use is not None and splitter is not None
-        fmt = request.params.tool_use.format
+        request, calls = slot.request, slot.calls
+        assert request is not None
         recent = list(slot.recent)
         raw = "".join(text for _, text in recent)
-        if closing:
-            reasoning, pieces = splitter.close_reasoning()
-            self._emit(slot, pieces)
-            cut, lead = len(raw), ("\n" + CLOSE_TAG + "\n\n" if reasoning else "")
-        elif calls.triggered is not None:
+        if calls is not None and calls.triggered is not None and not answer_grammar:
             cut = raw.rfind(calls.triggered)
             lead = ""
             if cut < 0:  # not among the remembered tokens (cannot happen: openers are short): keep them all
@@ -515,18 +558,36 @@ class Scheduler:
         if in_cache:
             del slot.cached[len(slot.cached) - in_cache:]
             self.backend.keep_prefix(slot.seq_id, len(slot.cached))
-        newest = [recent[-1][0]] if dropped == 0 and recent and newest_kept else []
-        forced = newest + self.backend.tokenize(pre + lead + fmt.forced_start)
-        slot.pending = forced
-        slot.next_token = -1
-        slot.generated += len(forced) - dropped
+        if answer_grammar:
+            grammar, slot.answer_grammar = slot.answer_grammar, None
+            text = pre + lead
+        else:
+            assert calls is not None and request.params.tool_use is not None
+            grammar, slot.tool_grammar = slot.tool_grammar, None
+            text = pre + lead + request.params.tool_use.format.forced_start
+            calls.start_calls()
+        newest = [recent[-1][0]] if dropped == 0 and recent else []
+        written = self.backend.tokenize(text) if text else []
+        slot.generated -= dropped
+        self._write(slot, newest + written, len(written), grammar)
+
+    def _write(self, slot: _Slot, tokens: list[int], written: int, grammar: str | None | object) -> None:
+        """Continue the sequence with `tokens` (evaluated, not sampled; `written` of them are the
+        engine's text) and, unless _SAME_SAMPLER, a new sampler chain with `grammar`."""
+        request = slot.request
+        assert request is not None
+        slot.pending = tokens
+        slot.next_token = -1  # the engine's text takes context, not the reply's max_tokens (which counts sampled tokens)
         slot.recent.clear()
-        slot.decoder = GrammarTextDecoder()  # the call's text, read as its grammar reads it
-        self._free_sampler(slot)
-        slot.sampler = self.backend.new_sampler(request.params, slot.tool_grammar)
-        slot.tool_grammar = None
-        calls.start_calls()
-        if len(slot.cached) + len(forced) + 1 >= self.slot_ctx or slot.generated >= slot.max_tokens:
+        if grammar is not _SAME_SAMPLER:
+            assert grammar is None or isinstance(grammar, str)
+            self._free_sampler(slot)
+            slot.sampler = self.backend.new_sampler(request.params, grammar)
+            if grammar is not None:
+                slot.decoder = GrammarTextDecoder()  # text under a grammar, read as the grammar reads it
+        if not tokens:
+            self._finish(slot, "stop")
+        elif len(slot.cached) + len(tokens) + 1 >= self.slot_ctx or slot.generated >= slot.max_tokens:
             self._finish(slot, "length")
 
     def _emit(self, slot: _Slot, pieces: list[tuple[str, str]]) -> None:

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from edgellm import guards, ui
 from edgellm.errors import ContextOverflowError, EdgeLLMError, GrammarError
 from edgellm.metrics import Metrics
-from edgellm.runtime import Prompt, SamplingParams
+from edgellm.runtime import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
 from edgellm.serve.access_log import RequestLog
 from edgellm.serve.errors import (
     RETRY_AFTER_SECONDS,
@@ -61,6 +61,11 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     # Chat histories longer than a slot: drop the oldest turns ("oldest", as `edgellm chat` does) or 400 ("error").
     truncate: str = "oldest"
+    # Reasoning: the default budget (None: the model decides; 0: no reasoning), the budgets of
+    # reasoning_effort, and the bridge line written when a budget runs out.
+    think_budget: int | None = None
+    effort_budgets: dict[str, int] = field(default_factory=lambda: {"low": 256, "medium": 1024, "high": 4096})
+    think_message: str = DEFAULT_THINK_MESSAGE
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -275,13 +280,15 @@ class Server:
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Response:
         params = self.sampling(body, body.max_completion_tokens or body.max_tokens)
         params.tool_use = self.tool_use(body)
+        self.thinking(body, params)
         if body.response_format is not None and body.response_format.type != "text":
             if body.grammar:
                 raise APIError(400, "use either response_format or grammar, not both", param="grammar")
             if params.tool_use is not None and params.tool_use.active:
                 raise APIError(400, "use either tools or response_format, not both (or tool_choice 'none')", param="response_format")
+            # The JSON is the answer: with a thinking budget the model reasons first, else not at all.
             params.grammar, params.json_schema = response_format_grammar(body.response_format)
-            params.split_reasoning = False  # the grammar owns every token: all of it is the JSON answer
+            params.grammar_is_answer = True
         if body.grammar and params.tool_use is not None and params.tool_use.active:
             raise APIError(400, "use either tools or grammar, not both (or tool_choice 'none')", param="grammar")
         messages = [m.to_template(i) for i, m in enumerate(body.messages)]
@@ -321,6 +328,25 @@ class Server:
         reply = Reply(request, self, "text_completion", body.stream)
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
+    def thinking(self, body: ChatCompletionRequest, params: SamplingParams) -> None:
+        """The reply's reasoning budget: thinking_budget_tokens (0: none), else reasoning_effort
+        (none/minimal: no reasoning; low/medium/high: the profile's budgets), else the server's."""
+        budget = self.config.think_budget
+        effort = body.reasoning_effort
+        if effort is not None:
+            if effort in ("none", "minimal"):
+                budget = 0
+            elif effort in self.config.effort_budgets:
+                budget = self.config.effort_budgets[effort]
+            else:
+                raise APIError(400, f"reasoning_effort must be none, minimal, low, medium or high, not {effort[:40]!r}",
+                               param="reasoning_effort")
+        if body.thinking_budget_tokens is not None:
+            budget = body.thinking_budget_tokens
+        params.no_think = budget == 0
+        params.think_budget = budget or None
+        params.think_message = self.config.think_message
+
     def tool_use(self, body: ChatCompletionRequest) -> ToolUse | None:
         """The request's tools in this model's call format (None: no tools, or tool_choice none
         with no tools), refused with a one-line reason naming the field."""
@@ -353,7 +379,8 @@ class Server:
             if cut not in made:
                 made[cut] = engine.prompt_from_messages(system + rest[cut:], check=False,
                                                         tool_use=params.tool_use if params else None,
-                                                        template_kwargs=template_kwargs)
+                                                        template_kwargs=template_kwargs,
+                                                        no_think=params.skips_reasoning if params else False)
             return made[cut]
 
         # Turns are dropped whole: the history restarts at a user message. Dropping more never

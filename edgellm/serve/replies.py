@@ -203,9 +203,11 @@ def _sse_data(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _usage(job: GenerationJob) -> dict[str, int]:
+def _usage(job: GenerationJob) -> dict[str, Any]:
     prompt = job.stats.prompt_tokens if job.stats else 0
     completion = job.generated_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    reasoning = job.stats.reasoning_tokens if job.stats else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
 

@@ -120,6 +120,8 @@ class ChatCompletionRequest(SamplingFields):
     # llama-server's extension: extra chat template variables (enable_thinking, ...).
     chat_template_kwargs: dict[str, bool | int | float | str | None] | None = None
     reasoning_effort: str | None = None
+    # Extension: the reasoning budget in tokens for this reply (0: no reasoning).
+    thinking_budget_tokens: int | None = Field(default=None, ge=0)
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
