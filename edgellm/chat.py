@@ -371,6 +371,10 @@ class ChatOptions:
     interactive: bool  # a person at a terminal: Ctrl-C stops a reply and the session goes on
     sysroot: str = "/"
     history_file: Path | None = None
+    # grow(prompt_tokens, room): a new Engine whose context holds a message too long for this one
+    # (memory and the model's training permitting), None when there is no larger one; raises a
+    # ContextOverflowError saying what fits.
+    grow: Callable[[int, int], Any] | None = None
 
 
 @dataclass
@@ -569,8 +573,9 @@ class ChatSession:
     # a turn ------------------------------------------------------------------------------------
 
     def turn(self, user_text: str) -> None:
-        engine = self.engine
         try:
+            self._make_room_for(user_text)
+            engine = self.engine
             limit = engine.n_ctx - reply_room(engine.n_ctx, self.sampling.max_tokens)
             before = self.conversation.turns
             dropped, _ = fit_to_context(self.conversation, user_text, self._count_tokens, limit)
@@ -590,6 +595,24 @@ class ChatSession:
             self._forget_unanswered(user_text)
             raise
         self._remember(reply)
+
+    def _make_room_for(self, user_text: str) -> None:
+        """A message that does not fit the context even alone (a long paste): reload the model with
+        a context sized to it, as `run` sizes it to its input; the history is evaluated again."""
+        if self.options.grow is None:
+            return
+        from edgellm import session  # noqa: PLC0415
+
+        sampling = self.sampling
+        room = session.reply_room(self.engine.model, sampling.max_tokens, sampling.think_budget, sampling.skips_reasoning)
+        if len(user_text.encode("utf-8", "replace")) + session.TEMPLATE_SLACK_TOKENS + room <= self.engine.n_ctx:
+            return  # surely fits: a token holds at least one byte
+        alone = self._count_tokens(Conversation(self.conversation.system, []).for_model(user_text))
+        if alone + room <= self.engine.n_ctx:
+            return
+        bigger = self.options.grow(alone, room)
+        if bigger is not None:
+            self.engine = bigger
 
     def _forget_unanswered(self, user_text: str) -> None:
         messages = self.conversation.messages

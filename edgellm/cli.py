@@ -479,11 +479,25 @@ def chat(
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
     _apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     engine = Engine(prepared.model, prepared.plan)
+
+    def grow(prompt_tokens: int, room: int) -> Any:
+        """A context for a message too long for this one (see ChatOptions.grow)."""
+        nonlocal prepared, engine
+        from edgellm import session
+
+        bigger = session.fit_prompt(prepared, plan_options, prompt_tokens, room)
+        if bigger is prepared:
+            return None
+        engine.close()
+        prepared, engine = bigger, Engine(bigger.model, bigger.plan)
+        return engine
+
     try:
         options = repl.ChatOptions(
             show_thinking=(think == "show") if think else interactive,
             interactive=interactive,
             history_file=repl.default_history_file(),
+            grow=grow,
         )
         failures = repl.run_chat(engine, conversation, sampling, options)
     finally:
