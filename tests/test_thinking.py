@@ -213,3 +213,51 @@ def test_a_chat_turn_too_long_for_the_context_gets_a_larger_one(long_trained: Pa
     assert done.returncode == 0, err
     assert re.search(r"context 8192 -> \d+ tokens, to hold the \d+-token prompt and its reply", err), err
     assert len(done.stdout.decode().splitlines()) == 3  # every turn answered, the ones after the long one too
+
+
+def test_chat_think_commands_change_the_reasoning(tiny_f32: Path) -> None:
+    script = "/think budget 5\nHi\n/think off\nHi again\n/think on\n/think\n"
+    done = run_cli("chat", "-m", str(tiny_f32), "-n", "12", "--seed", "1", input=script.encode())
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "reasoning: at most 5 tokens" in err and "reasoning: off (the answer starts at once)" in err
+    statuses = re.findall(r"^(\d+) tokens(?: \((\d+) reasoning\))? ·", err, re.M)
+    assert [reasoning for _, reasoning in statuses] == ["5", ""]  # the second reply had no reasoning at all
+    assert "reasoning is hidden, at most 5 tokens" in err  # on undoes off; the budget set before stays
+
+
+def test_a_real_server_reports_reasoning_tokens_for_a_budget(tiny_8k: Path, tmp_path: Path) -> None:
+    import openai
+    from test_serve import ServerProcess
+
+    server = ServerProcess(tiny_8k, "--think-budget", "7", home=tmp_path, ctx="2048")
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=60)
+        ask = {"model": tiny_8k.stem, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 30, "seed": 2}
+        default = client.chat.completions.create(**ask)  # type: ignore[call-overload]
+        assert default.usage.completion_tokens_details.reasoning_tokens == 7
+        assert default.choices[0].message.reasoning_content.endswith("time to give the answer.")  # type: ignore[attr-defined]
+        own = client.chat.completions.create(**ask, extra_body={"thinking_budget_tokens": 3})  # type: ignore[call-overload]
+        assert own.usage.completion_tokens_details.reasoning_tokens == 3
+        off = client.chat.completions.create(**ask, reasoning_effort="none")  # type: ignore[call-overload]
+        assert off.usage.completion_tokens_details.reasoning_tokens == 0
+        assert not (off.choices[0].message.model_extra or {}).get("reasoning_content")
+    finally:
+        assert server.stop() == 0
+
+
+def test_plan_shows_the_worst_case_time_to_an_answer(tiny_f32: Path) -> None:
+    from edgellm.hardware import detect
+    from edgellm.modelinfo import read_gguf
+    from edgellm.planner import ANSWER_TOKENS, make_plan
+    from edgellm.profiles import load_profiles
+
+    model = read_gguf(tiny_f32)
+    profiles = {p.name: p for p in load_profiles()}
+    pi = make_plan(model, detect("/"), profiles["raspberry-pi-5"])
+    assert pi.think_budget == 512
+    assert pi.predicted_tg_tps and pi.worst_answer_s == round((512 + ANSWER_TOKENS) / pi.predicted_tg_tps, 1)
+    laptop = make_plan(model, detect("/"), profiles["laptop-x86"])
+    assert laptop.worst_answer_s is None and "no thinking budget" in laptop.reasons["worst_answer_s"]
+    done = run_cli("plan", str(tiny_f32), "--profile", "raspberry-pi-5")
+    assert re.search(r"answer in\s+≤ [\d.]+ s", done.stdout.decode()), done.stdout.decode()
