@@ -371,10 +371,10 @@ class ChatOptions:
     interactive: bool  # a person at a terminal: Ctrl-C stops a reply and the session goes on
     sysroot: str = "/"
     history_file: Path | None = None
-    # grow(prompt_tokens, room): a new Engine whose context holds a message too long for this one
-    # (memory and the model's training permitting), None when there is no larger one; raises a
-    # ContextOverflowError saying what fits.
-    grow: Callable[[int, int], Any] | None = None
+    # grow(messages): a new Engine whose context holds these messages and their reply when this one
+    # cannot (memory and the model's training permitting), None when it is not needed or there is no
+    # larger one; raises a ContextOverflowError saying what fits.
+    grow: Callable[[list[dict[str, str]]], Any] | None = None
 
 
 @dataclass
@@ -601,16 +601,7 @@ class ChatSession:
         a context sized to it, as `run` sizes it to its input; the history is evaluated again."""
         if self.options.grow is None:
             return
-        from edgellm import session  # noqa: PLC0415
-
-        sampling = self.sampling
-        room = session.reply_room(self.engine.model, sampling.max_tokens, sampling.think_budget, sampling.skips_reasoning)
-        if len(user_text.encode("utf-8", "replace")) + session.TEMPLATE_SLACK_TOKENS + room <= self.engine.n_ctx:
-            return  # surely fits: a token holds at least one byte
-        alone = self._count_tokens(Conversation(self.conversation.system, []).for_model(user_text))
-        if alone + room <= self.engine.n_ctx:
-            return
-        bigger = self.options.grow(alone, room)
+        bigger = self.options.grow(Conversation(self.conversation.system, []).for_model(user_text))
         if bigger is not None:
             self.engine = bigger
 

@@ -310,7 +310,9 @@ def run(
     prepared = prepare(model or None, plan_options, loading=True, yes=yes)
     _apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     if text is not None:
-        prepared = _context_for(prepared, plan_options, runner.messages_for(text, system), sampling)
+        from edgellm import session
+
+        prepared = session.context_for(prepared, plan_options, runner.messages_for(text, system), sampling)
     engine = Engine(prepared.model, prepared.plan)
     if tool_list is not None:
         from edgellm.toolcalls import ToolUse
@@ -328,24 +330,6 @@ def run(
         raise typer.Exit(130) from None
     finally:
         engine.close()
-
-
-def _context_for(prepared: Any, options: Any, messages: list[dict[str, str]], sampling: Any) -> Any:
-    """`prepared` with a context sized to this prompt and its reply (long piped input), when the
-    profile's default would not hold them; the prompt is counted with the vocabulary alone."""
-    from edgellm import session
-    from edgellm.runtime import Engine
-
-    room = session.reply_room(prepared.model, sampling.max_tokens, sampling.think_budget, sampling.skips_reasoning)
-    size = sum(len(m["content"].encode("utf-8", "replace")) for m in messages)
-    if options.ctx is not None or not session.might_not_fit(size, room, prepared.plan):
-        return prepared
-    counter = Engine.tokenizer_only(prepared.model)
-    try:
-        tokens = len(counter.prompt_from_messages(messages, check=False, no_think=sampling.skips_reasoning).tokens)
-    finally:
-        counter.close()
-    return session.fit_prompt(prepared, options, tokens, room)
 
 
 def _apply_thinking(sampling: Any, profile: Any, budget: Optional[int], no_think: bool, message: Optional[str]) -> None:
@@ -480,12 +464,13 @@ def chat(
     _apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     engine = Engine(prepared.model, prepared.plan)
 
-    def grow(prompt_tokens: int, room: int) -> Any:
+    def grow(messages: list[dict[str, str]]) -> Any:
         """A context for a message too long for this one (see ChatOptions.grow)."""
         nonlocal prepared, engine
         from edgellm import session
 
-        bigger = session.fit_prompt(prepared, plan_options, prompt_tokens, room)
+        bigger = session.context_for(prepared, plan_options, messages, sampling,
+                                     count=lambda m: len(engine.tokenize(engine.format_messages(m))))
         if bigger is prepared:
             return None
         engine.close()

@@ -12,9 +12,11 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
+from typing import Any
 
 from edgellm.errors import (
     ContextOverflowError,
@@ -224,9 +226,27 @@ def reply_room(model: ModelInfo, max_tokens: int | None, think_budget: int | Non
     return room
 
 
-def might_not_fit(text_bytes: int, room: int, plan: Plan) -> bool:
-    """False when the prompt surely fits without counting its tokens (a token holds at least one byte)."""
-    return text_bytes + TEMPLATE_SLACK_TOKENS + room > plan.n_ctx
+def context_for(prepared: Prepared, options: PlanOptions, messages: list[dict[str, str]], sampling: Any,
+                count: Callable[[list[dict[str, str]]], int] | None = None) -> Prepared:
+    """`prepared` with a context sized to `messages` and their reply (long piped input, a long paste
+    in chat) when the current one would not hold them. `count` gives the prompt's tokens (default:
+    counted with the model's vocabulary alone, no weights). A prompt whose bytes, plus what a
+    template adds, fit already is never counted: a token holds at least one byte."""
+    room = reply_room(prepared.model, sampling.max_tokens, sampling.think_budget, sampling.skips_reasoning)
+    size = sum(len((m.get("content") or "").encode("utf-8", "replace")) for m in messages)
+    if options.ctx is not None or size + TEMPLATE_SLACK_TOKENS + room <= prepared.plan.n_ctx:
+        return prepared
+    if count is None:
+        from edgellm.runtime import Engine  # noqa: PLC0415
+
+        counter = Engine.tokenizer_only(prepared.model)
+        try:
+            tokens = len(counter.prompt_from_messages(messages, check=False, no_think=sampling.skips_reasoning).tokens)
+        finally:
+            counter.close()
+    else:
+        tokens = count(messages)
+    return fit_prompt(prepared, options, tokens, room)
 
 
 def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, room: int) -> Prepared:

@@ -89,6 +89,19 @@ def served(request: pytest.FixtureRequest, models_dir: Path, tmp_path_factory: p
         assert server.stop() == 0, server.stderr
 
 
+def load_engine(path: Path, ctx: int):  # type: ignore[no-untyped-def]
+    """The model loaded in-process with this machine's plan at `ctx`."""
+    from edgellm.hardware import detect
+    from edgellm.modelinfo import read_gguf
+    from edgellm.planner import make_plan
+    from edgellm.profiles import select_profile
+    from edgellm.runtime import Engine
+
+    model = read_gguf(path)
+    device = detect("/")
+    return Engine(model, make_plan(model, device, select_profile(device, None)[0], ctx=ctx))
+
+
 def validated(calls: list) -> list[tuple[str, dict]]:
     """(name, arguments) of each call, after checking the arguments parse and match the tool's schema."""
     out = []
@@ -186,14 +199,7 @@ def test_a_full_round_trip_renders_and_answers(served: Served) -> None:
 
 def test_r1_15b_template_renders_calls_and_results_as_the_model_was_trained(tiny_f32: Path) -> None:
     """R1-Distill-Qwen-1.5B's template concatenates the arguments: they go in as JSON text."""
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.planner import make_plan
-    from edgellm.profiles import select_profile
-    from edgellm.runtime import Engine
-
-    model = read_gguf(tiny_f32)
-    engine = Engine(model, make_plan(model, detect("/"), select_profile(detect("/"), None)[0], ctx=1024))
+    engine = load_engine(tiny_f32, 1024)
     try:
         assert (engine.tool_format.name, engine.tool_format.arguments_as_object) == ("r1", False)
         history = [*QUESTION,
@@ -285,15 +291,9 @@ def test_a_bad_tools_file_is_one_line_naming_the_problem(models_dir: Path, tmp_p
 def test_llamas_python_tag_is_visible_to_the_call_parser(models_dir: Path) -> None:
     """<|python_tag|> is a control token: written out like other special tokens it would be
     empty text, and a Llama call that starts with it would never be seen."""
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.planner import make_plan
-    from edgellm.profiles import select_profile
-    from edgellm.runtime import Engine
     from edgellm.runtime.batch import LlamaBackend
 
-    model = read_gguf(model_for(models_dir, "llama3.2"))
-    engine = Engine(model, make_plan(model, detect("/"), select_profile(detect("/"), None)[0], ctx=512))
+    engine = load_engine(model_for(models_dir, "llama3.2"), 512)
     try:
         [tag] = engine.tokenize("<|python_tag|>")
         [eot] = engine.tokenize("<|eot_id|>")

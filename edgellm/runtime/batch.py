@@ -483,12 +483,16 @@ class Scheduler:
             return True
         return use is not None and use.must_call and splitter.in_answer
 
+    def _call_owed(self, slot: _Slot) -> bool:
+        """A call is required and has not started (its grammar is still waiting)."""
+        if slot.tool_grammar is None:  # the common case, first: no tools, or the call is under way
+            return False
+        use = slot.request.params.tool_use if slot.request is not None else None
+        return use is not None and use.must_call
+
     def _call_still_owed(self, slot: _Slot) -> bool:
-        """A call is required, it has not started, and the model is still reasoning."""
-        request = slot.request
-        use = request.params.tool_use if request is not None else None
-        return (use is not None and use.must_call and slot.tool_grammar is not None
-                and slot.splitter is not None and not slot.splitter.in_answer)
+        """A call is owed and the model is still reasoning."""
+        return self._call_owed(slot) and slot.splitter is not None and not slot.splitter.in_answer
 
     def _end_reasoning(self, slot: _Slot, newest: int | None, *, bridge: bool = False) -> None:
         """Close the reasoning now: write the closing tag (after the bridge line when the budget
@@ -507,7 +511,7 @@ class Scheduler:
                 request.emit(TextEvent(REASONING, message))
             text = message + "\n" + CLOSE_TAG + "\n\n"
         grammar: str | None | object = _SAME_SAMPLER
-        if self._call_owed_now(slot):
+        if self._call_owed(slot):
             assert params.tool_use is not None and slot.calls is not None
             text += params.tool_use.format.forced_start
             grammar, slot.tool_grammar = slot.tool_grammar, None
@@ -516,11 +520,6 @@ class Scheduler:
             grammar, slot.answer_grammar = slot.answer_grammar, None
         written = self.backend.tokenize(text) if text else []
         self._write(slot, ([newest] if newest is not None else []) + written, len(written), grammar)
-
-    def _call_owed_now(self, slot: _Slot) -> bool:
-        request = slot.request
-        use = request.params.tool_use if request is not None else None
-        return use is not None and use.must_call and slot.tool_grammar is not None
 
     def _start_call(self, slot: _Slot, *, answer_grammar: bool = False) -> None:
         """Take back the tokens from the opener on (or everything after </think>), write the format's

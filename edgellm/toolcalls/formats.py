@@ -196,18 +196,8 @@ LLAMA3 = ToolFormat(
     closing="",
     template_renders_tools=True,
 )
-GENERIC = ToolFormat(
-    name="generic",
-    openers=("<tool_call>",),
-    opening="<tool_call>",
-    call_prefix='\n{"name": "',
-    name_suffix='", "arguments": ',
-    call_suffix="}\n</tool_call>",
-    separator="\n<tool_call>",
-    closing="",
-    template_renders_tools=False,
-)
-FORMATS = {f.name: f for f in (R1, HERMES, LLAMA3, GENERIC)}
+# Any other template: the Hermes layout, its tools described in the system prompt by edgellm.
+GENERIC = replace(HERMES, name="generic", template_renders_tools=False)
 
 
 def detect_format(template: str | None) -> ToolFormat:
