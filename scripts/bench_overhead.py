@@ -61,7 +61,7 @@ def edgellm_tps(model: Path, n: int, prompt: str, threads: int | None) -> float:
         command += ["--threads", str(threads)]
     # The answer streams through the real stdout path (a pipe), as in `edgellm run ... | cat`.
     result = subprocess.run(command, capture_output=True, check=True)
-    match = re.search(r"(\d+) tokens \| ([\d.]+) tok/s", result.stderr.decode())
+    match = re.search(r"(\d+) tokens(?: \(\d+ reasoning\))? \| ([\d.]+) tok/s", result.stderr.decode())
     if not match:
         raise SystemExit(f"no stats line in: {result.stderr.decode()[-500:]}")
     if int(match.group(1)) < n:
