@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgellm.hardware import Device
+from edgellm.hardware import Device, format_cpu_list
 from edgellm.modelinfo import ModelInfo
 from edgellm.profiles import Profile
 from edgellm.units import format_size
@@ -83,8 +83,10 @@ def select_cores(device: Device, profile: Profile) -> list[int]:
     clusters = device.clusters
     if profile.cores == "all" or not clusters:
         return sorted(cpu for c in clusters for cpu in c.cpus) or list(range(device.cpu_count or 1))
-    if profile.cores == "performance" and len(clusters) > 1:
-        return sorted(cpu for c in clusters[:-1] for cpu in c.cpus)
+    if profile.cores == "performance":
+        # Every core but the in-order efficiency ones: an all-big-core phone (Dimensity 9300,
+        # Snapdragon 8 Elite) has none, so it runs on all of them.
+        return sorted(cpu for c in clusters for cpu in c.cpus if not c.efficiency)
     return list(device.big_cores or clusters[0].cpus)
 
 
@@ -188,7 +190,7 @@ def make_plan(
             warnings.append(f"{option} {asked} is more than the {usable} CPUs this plan runs on: using {usable}")
     n_threads = min(n_threads, usable)
     n_threads_batch = min(n_threads_batch, usable)
-    cluster_names = ", ".join(f"{c.name} {c.cpus}" for c in device.clusters if set(c.cpus) & set(cores))
+    cluster_names = ", ".join(f"{c.name} {format_cpu_list(c.cpus)}" for c in device.clusters if set(c.cpus) & set(cores))
     reasons["cores"] = f"profile cores={profile.cores}: {cluster_names or cores}"
     reasons["threads"] = (
         f"--threads {threads}, capped at the {usable} CPUs" if threads and threads > usable else

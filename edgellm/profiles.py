@@ -41,6 +41,8 @@ class MatchRules:
     cpu_model: tuple[str, ...] = ()
     cpu_parts: tuple[tuple[str, int], ...] = ()
     min_clusters: int = 0
+    android: bool = False
+    core_names: tuple[str, ...] = ()
 
     def explain(self, device: Device) -> str | None:
         """Why the device matches, or None when it does not."""
@@ -68,10 +70,17 @@ class MatchRules:
             if counts == dict(self.cpu_parts):
                 described = " + ".join(f"{n}x {part}" for part, n in self.cpu_parts)
                 return f"CPU parts are exactly {described}"
+        if self.android and device.android:
+            return device.android
         if self.min_clusters and len(device.clusters) >= self.min_clusters:
             return f"{len(device.clusters)} core clusters (phone-style big.LITTLE)"
+        for pattern in self.core_names:
+            for cluster in device.clusters:
+                if fnmatch.fnmatch(cluster.name, pattern):
+                    return f"{cluster.name} cores (matches '{pattern}')"
         has_positive_rule = any(
-            (self.board, self.compatible, self.soc, self.cpu_model, self.cpu_parts, self.min_clusters)
+            (self.board, self.compatible, self.soc, self.cpu_model, self.cpu_parts, self.min_clusters, self.android,
+             self.core_names)
         )
         if not has_positive_rule and (self.arch or self.system):
             return f"architecture {device.arch}"
@@ -188,6 +197,7 @@ TOP_KEYS = {"name": _text, "description": _text, "priority": _int, "default_mode
 MATCH_KEYS = {
     "arch": _str_list, "system": _str_list, "board": _str_list, "compatible": _str_list,
     "soc": _str_list, "cpu_model": _str_list, "cpu_parts": _parts, "min_clusters": _int,
+    "android": _bool, "core_names": _str_list,
 }
 RUNTIME_KEYS = {
     "cores": _choice(CORE_CHOICES), "threads": _int, "threads_batch": _int,

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from edgellm import hardware
 from edgellm.units import format_size
 
 stdout = Console(highlight=False, soft_wrap=True)
@@ -142,7 +143,11 @@ def render_device(device: Any, profile_name: str, reason: str, build: str | None
     for cluster in device.clusters:
         mark = "  [green]<- fastest[/green]" if cluster.fastest else ""
         cap = f", capacity {cluster.capacity}" if cluster.capacity else ""
-        table.add_row("cluster", f"{cluster.name}: cpus {_cpus(cluster.cpus)}, {_freq(cluster.max_freq_khz)}{cap}{mark}")
+        cores = device.physical_core_count(cluster.cpus)
+        threads = f" ({cores} cores)" if cores != len(cluster.cpus) else ""
+        kind = ", efficiency" if cluster.efficiency else ""
+        why = f" · {cluster.signal}" if cluster.signal else ""
+        table.add_row("cluster", f"{cluster.name}: cpus {_cpus(cluster.cpus)}{threads}, {_freq(cluster.max_freq_khz)}{cap}{kind}{mark}{why}")
     table.add_row("features", " ".join(device.features) or "-")
     table.add_row("RAM", f"{format_size(device.mem_total_bytes)} total, {format_size(device.mem_available_bytes)} available")
     if device.swap_total_bytes is not None:
@@ -162,9 +167,7 @@ def render_device(device: Any, profile_name: str, reason: str, build: str | None
 
 
 def _cpus(cpus: list[int]) -> str:
-    if cpus and cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 2:
-        return f"{cpus[0]}-{cpus[-1]}"
-    return ",".join(map(str, cpus))
+    return hardware.format_cpu_list(cpus)
 
 
 # --- profiles -------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import CAPTURES, run_cli
+
 from edgellm.hardware import (
     MAX_CPUS,
     build_clusters,
@@ -19,15 +19,26 @@ from edgellm.hardware import (
     parse_sysctl_text,
     read_text,
 )
+from edgellm.planner import select_cores
 from edgellm.profiles import select_profile
 
 
 @pytest.mark.parametrize("capture", CAPTURES, ids=[c.name for c in CAPTURES])
 def test_detect_matches_what_the_capture_says(capture: Path) -> None:
     expected = json.loads((capture / "expected.json").read_text())
+    # Every capture states the profile, both core lists, the features and the RAM (null: not captured).
+    assert {"profile", "big_cores", "little_cores", "features", "mem_total_bytes"} <= set(expected)
     device = detect(capture)
     profile, reason = select_profile(device)
     assert profile.name == expected["profile"], reason
+    assert device.features == expected["features"]
+    if expected.get("performance_cores") is not None:
+        assert select_cores(device, profile) == expected["performance_cores"]
+    if expected.get("physical_big_cores") is not None:
+        # One thread per physical performance core: hyper-threads slow llama.cpp down.
+        assert device.physical_core_count(device.big_cores) == expected["physical_big_cores"]
+        plan_cores = select_cores(device, profile)
+        assert plan_cores == device.big_cores
     assert device.arch == expected["arch"]
     assert device.cpu_count == expected["cpu_count"]
     if expected.get("big_cores") is not None:
@@ -56,7 +67,6 @@ def test_pi5_that_says_bcm2835_is_not_reported_as_bcm2835() -> None:
 
 
 def test_phone_profile_runs_on_all_but_the_efficiency_cluster() -> None:
-    from edgellm.planner import select_cores
 
     capture = Path(__file__).parent / "data" / "android-phone"
     expected = json.loads((capture / "expected.json").read_text())
@@ -105,7 +115,7 @@ def test_cpufreq_symlink_layout_is_followed(tmp_path: Path) -> None:
 
 def test_policy_dirs_without_symlinks_use_related_cpus(tmp_path: Path) -> None:
     cpu = tmp_path / "sys/devices/system/cpu"
-    for name, cpus, freq in (("policy0", "0-3", "1800000"), ("policy4", "4-5", "2256000"), ("policy6", "6-7", "2304000")):
+    for name, cpus, freq in (("policy0", "0-3", "1800000"), ("policy4", "4-5", "2400000"), ("policy6", "6-7", "3000000")):
         (cpu / "cpufreq" / name).mkdir(parents=True)
         (cpu / "cpufreq" / name / "related_cpus").write_text(_expand(cpus))  # space-separated, as the kernel writes it
         (cpu / "cpufreq" / name / "cpuinfo_max_freq").write_text(freq)
@@ -113,6 +123,14 @@ def test_policy_dirs_without_symlinks_use_related_cpus(tmp_path: Path) -> None:
     device = detect(tmp_path)
     # Without part ids, three frequency classes are three clusters; the fastest is 6-7.
     assert device.big_cores == [6, 7] and device.little_cores == [0, 1, 2, 3]
+
+
+def test_without_part_ids_clocks_a_few_percent_apart_are_one_class() -> None:
+    # RK3588's A76 pairs sit on separate clocks (2.256 and 2.304 GHz): one cluster, not two.
+    freqs = {0: 1800000, 1: 1800000, 2: 1800000, 3: 1800000, 4: 2256000, 5: 2256000, 6: 2304000, 7: 2304000}
+    clusters = build_clusters(list(range(8)), {}, {}, freqs)
+    assert [c.cpus for c in clusters] == [[4, 5, 6, 7], [0, 1, 2, 3]]
+    assert clusters[1].efficiency and "max clock 1.80 GHz vs 2.30 GHz" in clusters[1].signal
 
 
 def _expand(cpus: str) -> str:
