@@ -628,7 +628,7 @@ def _arch(root: Path, header: dict[str, str], processors: list[dict[str, str]]) 
         machine = platform.machine().lower()
         return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine) or UNKNOWN
     if not processors:
-        return UNKNOWN
+        return _arch_from_cpufreq(root)
     first = processors[0]
     if "flags" in first:
         return "x86_64" if " lm " in f" {first['flags']} " else "i686"
@@ -637,6 +637,18 @@ def _arch(root: Path, header: dict[str, str], processors: list[dict[str, str]]) 
         return "aarch64"
     if architecture.startswith("7"):
         return "armv7l"
+    return UNKNOWN
+
+
+# cpufreq drivers that exist only on x86 (ARM has cpufreq-dt, cppc_cpufreq, vendor drivers).
+X86_CPUFREQ_DRIVERS = ("intel_pstate", "intel_cpufreq", "amd-pstate", "amd-pstate-epp", "acpi-cpufreq")
+
+
+def _arch_from_cpufreq(root: Path) -> str:
+    """A capture without /proc/cpuinfo (bug reports paste sysfs and lscpu): x86 by its cpufreq driver."""
+    driver = (read_text(root, "sys/devices/system/cpu/cpu0/cpufreq/scaling_driver", limit=64) or "").strip()
+    if driver in X86_CPUFREQ_DRIVERS or (root / "sys/devices/system/cpu/intel_pstate").is_dir():
+        return "x86_64"
     return UNKNOWN
 
 

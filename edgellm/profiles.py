@@ -77,7 +77,7 @@ class MatchRules:
         for pattern in self.core_names:
             for cluster in device.clusters:
                 if fnmatch.fnmatch(cluster.name, pattern):
-                    return f"{cluster.name} cores (matches '{pattern}')"
+                    return f"core '{cluster.name}' matches '{pattern}'"
         has_positive_rule = any(
             (self.board, self.compatible, self.soc, self.cpu_model, self.cpu_parts, self.min_clusters, self.android,
              self.core_names)

@@ -178,9 +178,13 @@ def llama_build_info() -> str | None:
 
 
 # Features llama.cpp needs compiled in to use what the CPU offers: device feature -> build flag.
+# detect's feature names -> the flag llama.cpp's system info prints when a build uses it
+# (ggml-cpu.cpp ggml_backend_cpu_get_features). AMX is left out: edgellm builds without it.
 BUILD_FLAGS = {
-    "dotprod": "DOTPROD", "i8mm": "MATMUL_INT8", "sve": "SVE", "fp16": "FP16_VA",
-    "avx2": "AVX2", "avx512f": "AVX512", "fma": "FMA", "f16c": "F16C", "avx_vnni": "AVX_VNNI",
+    "dotprod": "DOTPROD", "i8mm": "MATMUL_INT8", "sve": "SVE", "fp16": "FP16_VA", "sme": "SME",
+    "sse3": "SSE3", "ssse3": "SSSE3", "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "bmi2": "BMI2",
+    "avx_vnni": "AVX_VNNI", "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI", "avx512_vnni": "AVX512_VNNI",
+    "avx512_bf16": "AVX512_BF16",
 }
 BUILD_WHY = {
     "dotprod": "prompt processing runs about 2x slower without it",

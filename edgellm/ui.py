@@ -145,9 +145,11 @@ def render_device(device: Any, profile_name: str, reason: str, build: str | None
         cap = f", capacity {cluster.capacity}" if cluster.capacity else ""
         cores = device.physical_core_count(cluster.cpus)
         threads = f" ({cores} cores)" if cores != len(cluster.cpus) else ""
-        kind = ", efficiency" if cluster.efficiency else ""
+        named = "efficiency" in cluster.name or "E-core" in cluster.name
+        kind = ", efficiency cores" if cluster.efficiency and not named else ""
         why = f" · {cluster.signal}" if cluster.signal else ""
-        table.add_row("cluster", f"{cluster.name}: cpus {_cpus(cluster.cpus)}{threads}, {_freq(cluster.max_freq_khz)}{cap}{kind}{mark}{why}")
+        clock = f", {_freq(cluster.max_freq_khz)}" if cluster.max_freq_khz else ""
+        table.add_row("cluster", f"{cluster.name}: cpus {_cpus(cluster.cpus)}{threads}{clock}{cap}{kind}{mark}{why}")
     table.add_row("features", " ".join(device.features) or "-")
     table.add_row("RAM", f"{format_size(device.mem_total_bytes)} total, {format_size(device.mem_available_bytes)} available")
     if device.swap_total_bytes is not None:

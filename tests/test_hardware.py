@@ -227,3 +227,15 @@ def test_ram_from_this_machines_real_meminfo_agrees_with_psutil() -> None:
     assert device.mem_total_bytes == psutil.virtual_memory().total
     assert 0 < device.mem_available_bytes <= device.mem_total_bytes
     assert abs(device.mem_available_bytes - psutil.virtual_memory().available) < 256 * 1024**2  # it moves
+
+
+def test_an_avx512_cpu_on_a_build_without_its_kernels_is_warned_about() -> None:
+    from edgellm.session import build_warnings
+
+    xeon = detect(Path(__file__).parent / "data" / "x86-xeon-sapphire-rapids")
+    # A wheel built on an AVX2 machine, as this machine's own build prints it.
+    avx2_build = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | OPENMP = 1 |"
+    missing = {w.split(" but llama.cpp was built without ")[1].split(":")[0] for w in build_warnings(xeon, avx2_build)}
+    assert missing == {"AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16"}
+    native = avx2_build + " AVX_VNNI = 1 | AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 |"
+    assert build_warnings(xeon, native) == []
