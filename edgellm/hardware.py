@@ -13,6 +13,7 @@ import platform
 import re
 import stat
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -818,8 +819,8 @@ def detect(sysroot: Path | str = "/") -> Device:
     freqs = {cpu: _max_freq_khz(root, cpu) for cpu in cpus}
     arch = _arch(root, header, processors)
     core_of_cpu = _core_of_cpu(root, cpus, by_id)
-    threads_per_core = {cpu: sum(1 for other in cpus if core_of_cpu.get(other, other) == core_of_cpu.get(cpu, cpu))
-                        for cpu in cpus} if core_of_cpu else {}
+    threads_on_core = Counter(core_of_cpu.values())
+    threads_per_core = {cpu: threads_on_core[core_of_cpu[cpu]] for cpu in cpus if cpu in core_of_cpu}
     clusters = build_clusters(
         cpus, parts, capacities, freqs, _x86_core_types(root), is_arm=not arch.startswith(("x86", "i686")),
         identities=identities, threads_per_core=threads_per_core, cache_kb=_cache_kb(cpus, by_id),
