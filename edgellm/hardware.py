@@ -525,19 +525,23 @@ def _identity_signal(identities: dict[int, tuple[str, str, str, str]], cpus: lis
     return describe
 
 
-def _core_name(implementer: str | None, part: str | None) -> str | None:
+def _core_name(implementer: str, part: str | None) -> str | None:
     if not part:
         return None
-    if implementer in (None, "", "0x41") and part in ARM_PARTS:
+    if implementer == "0x41" and part in ARM_PARTS:
         return ARM_PARTS[part][0]
-    if (implementer or "", part) in VENDOR_PARTS:
-        return VENDOR_PARTS[(implementer or "", part)][0]
-    vendor = IMPLEMENTERS.get(implementer or "", f"implementer {implementer}" if implementer else "")
-    return f"{vendor} part {part}".strip()
+    if (implementer, part) in VENDOR_PARTS:
+        return VENDOR_PARTS[(implementer, part)][0]
+    return f"{IMPLEMENTERS.get(implementer, f'implementer {implementer}')} part {part}"
+
+
+def _implementer(identities: dict[int, tuple[str, str, str, str]], cpu: int) -> str:
+    """The CPU's implementer; Arm's own when /proc/cpuinfo names only the part."""
+    return (identities[cpu][0] if cpu in identities else "") or "0x41"
 
 
 def _part_rank(identities: dict[int, tuple[str, str, str, str]], parts: dict[int, str], cpu: int) -> int:
-    implementer = identities[cpu][0] if cpu in identities else "0x41"
+    implementer = _implementer(identities, cpu)
     part = parts.get(cpu, "")
     table = ARM_PARTS if implementer == "0x41" else {p: v for (i, p), v in VENDOR_PARTS.items() if i == implementer}
     return table.get(part, ("", 0))[1]
@@ -550,8 +554,7 @@ def _cluster(members: list[int], signals: Signals, parts: dict[int, str], capaci
     clocks = [khz for khz in (freqs.get(c) for c in members) if khz]
     first = members[0]
     part = parts.get(first)
-    implementer = identities[first][0] if first in identities else None
-    name = core_kinds.get(first) or _core_name(implementer, part) or "cpu"
+    name = core_kinds.get(first) or _core_name(_implementer(identities, first), part) or "cpu"
     if not is_arm and clocks and len(set(clocks)) > 1:
         # Turbo Boost Max 3.0 / AMD preferred cores: a few cores clock higher, same kind of core.
         favoured = [cpu for cpu in members if freqs.get(cpu) == max(clocks)]
@@ -585,8 +588,7 @@ def _mark_efficiency(clusters: list[Cluster], identities: dict[int, tuple[str, s
     if cpu not in parts:
         slowest.efficiency = True
         return
-    implementer = identities[cpu][0] if cpu in identities else "0x41"
-    slowest.efficiency = (implementer, parts[cpu]) in EFFICIENCY_PARTS
+    slowest.efficiency = (_implementer(identities, cpu), parts[cpu]) in EFFICIENCY_PARTS
 
 
 def _cache_kb(cpus: list[int], by_id: dict[int, dict[str, str]]) -> dict[int, int]:

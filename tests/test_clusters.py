@@ -204,6 +204,13 @@ def test_core_identity_from_midr_registers_when_cpuinfo_names_only_one_core(tmp_
     assert device.little_cores == [0, 1, 2, 3] and device.cpu_parts[4] == "0x002"
 
 
+def test_a_cpuinfo_that_names_parts_but_no_implementer_is_read_as_arms_cores() -> None:
+    parts = {**_same(range(4), "0xd05"), **_same(range(4, 8), "0xd0b")}
+    identities = {cpu: ("", part, "", "") for cpu, part in parts.items()}
+    clusters = build_clusters(list(range(8)), parts, {}, {}, identities=identities)
+    assert [(c.name, c.efficiency) for c in clusters] == [("Cortex-A76", False), ("Cortex-A55", True)]
+
+
 def test_junk_in_identity_and_soc_files_degrades_and_never_raises(tmp_path: Path) -> None:
     files = {"proc/cpuinfo": _arm_cpuinfo([("0xzz", "junk", "?")] * 4),
              "sys/devices/soc0/machine": "\x00\x01\x02", "proc/version": "\xff" * 5000}
