@@ -398,7 +398,7 @@ def build_clusters(
     The signals, in order, each splitting the groups the previous ones left:
     1. Intel's own lists of P-cores and E-cores (/sys/devices/cpu_core, cpu_atom), or on ARM the
        core's identity from /proc/cpuinfo: implementer, part, variant and revision;
-    2. cpu_capacity where every CPU has one, else the maximum clock: a gap of CLASS_GAP or more
+    2. cpu_capacity where every CPU has one and they differ, else the maximum clock: a gap of CLASS_GAP or more
        between neighbouring values starts a new class (Oryon's two tiers, Zen5 vs Zen5c, Meteor
        Lake's low-power E-cores), smaller steps do not (favoured cores, RK3588's A76 pairs);
     3. on x86, when neither Intel's lists nor clocks are there (a bare /proc/cpuinfo): Hyper-
@@ -419,7 +419,9 @@ def build_clusters(
     elif cpus and all(cpu in parts for cpu in cpus):
         groups = _split(groups, parts.__getitem__, lambda part: f"CPU part {part}")
 
-    if all(capacities.get(cpu) for cpu in cpus):
+    # A capacity every CPU shares (1024 everywhere: x86 kernels, ARM boards without
+    # capacity-dmips-mhz) says nothing; the clocks may.
+    if all(capacities.get(cpu) for cpu in cpus) and len({capacities[cpu] for cpu in cpus}) > 1:
         groups = _split_by_gap(groups, capacities, "cpu_capacity", str)
     else:
         groups = _split_by_gap(groups, freqs, "max clock", _ghz)

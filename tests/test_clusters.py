@@ -97,6 +97,13 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, list[int], bool]]]] = [
         [("cpu", [4, 5, 6, 7], False), ("cpu", [0, 1, 2, 3], True)],
     ),
     (
+        # x86 kernels give every CPU cpu_capacity 1024: no information, so the clocks decide.
+        "uniform-capacity-leaves-it-to-the-clocks",
+        {"cpus": list(range(8)), "parts": {}, "capacities": _same(range(8), 1024),
+         "freqs": {**_same(range(4), 5090910), **_same(range(4, 8), 3506494)}, "is_arm": False},
+        [("performance", [0, 1, 2, 3], False), ("efficiency", [4, 5, 6, 7], True)],
+    ),
+    (
         # Exynos 9810: Samsung's M3 is not in Arm's table; its vendor is told apart, and the A55s
         # are the efficiency cluster.
         "exynos-m3-and-a55",
