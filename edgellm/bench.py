@@ -40,6 +40,7 @@ from typing import Any
 
 from edgellm import __version__, hardware
 from edgellm.errors import EdgeLLMError, ModelNotFoundError, PlanError, UsageError
+from edgellm.units import parse_duration  # noqa: F401  (bench --duration; the parser lives with the units)
 
 DEFAULT_PROMPT = 512
 DEFAULT_GEN = 128
@@ -86,21 +87,6 @@ def parse_parallel(text: str) -> list[int]:
         raise UsageError(f"--parallel {text!r}: at most {MAX_SEQUENCES} sequences (llama.cpp's limit)",
                          hint="e.g. --parallel 1,2,4")
     return values
-
-
-def parse_duration(text: str) -> float:
-    """'30m' -> 1800.0; '90s', '1h', '1h30m' and plain seconds ('45') also work."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-    else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
-            raise UsageError(f"--duration {text!r}: expected e.g. 30m, 90s, 1h or 1h30m")
-        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-    if seconds <= 0:
-        raise UsageError("--duration must be positive")
-    return seconds
 
 
 def parse_cpu_list(text: str) -> list[int]:

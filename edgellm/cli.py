@@ -756,6 +756,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key or --insecure.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8080,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
+    api_key_file: Annotated[Optional[str], typer.Option("--api-key-file", help="Read the API key from the first line of FILE (mode 600), so it is not on the command line.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")] = False,
     alias: Annotated[Optional[str], typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
     allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
@@ -770,6 +771,7 @@ def serve(
     mem_budget: MemBudgetOpt = None,
     think_budget: ThinkBudgetOpt = None,
     think_message: ThinkMessageOpt = None,
+    idle_unload: Annotated[Optional[str], typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
 
@@ -781,12 +783,20 @@ def serve(
     """
     from edgellm import serve as server
     from edgellm.runtime import Engine
+    from edgellm.sdnotify import Notifier
+    from edgellm.serve.lifecycle import install_test_stall
     from edgellm.session import PlanOptions, prepare
+    from edgellm.units import parse_duration
 
     if not model:
         raise UsageError("no model: pass -m FILE.gguf", hint="edgellm serve -m ~/models/model.gguf")
     if truncate not in ("oldest", "error"):
         raise UsageError(f"--truncate must be oldest or error, not '{truncate}'")
+    if api_key_file is not None:
+        if api_key:
+            raise UsageError("use either --api-key (or EDGELLM_API_KEY) or --api-key-file, not both")
+        api_key = server.read_api_key_file(api_key_file)
+    idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
     server.check_bind(host, api_key, insecure)
     prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads,
                                           parallel=parallel), loading=True)
@@ -798,18 +808,31 @@ def serve(
     model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
     slots = f", {parallel} slots of {plan_.n_ctx_per_slot} tokens" if parallel > 1 else ""
     ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
-    engine = Engine(prepared.model, plan_, sequences=parallel)
+    notifier = Notifier()
+    notifier.status(f"loading {model_id}")
+
+    def load_engine() -> Engine:
+        return Engine(prepared.model, plan_, sequences=parallel)
+
+    engine = load_engine()
+    install_test_stall(engine.scheduler)
+    server.warm_up(engine)
     slot_ctx = plan_.n_ctx_per_slot
     config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
                                  allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
-                                 truncate=truncate, **_serve_thinking(prepared.profile, think_budget, think_message))
+                                 truncate=truncate, idle_unload_s=idle_unload_s,
+                                 **_serve_thinking(prepared.profile, think_budget, think_message))
     url = server.url_of(sock)
     ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
+    if notifier.enabled:
+        watchdog = f", watchdog every {notifier.watchdog_s:g}s" if notifier.watchdog_s else ""
+        ui.info(f"systemd: telling it when ready{watchdog}")
     try:
-        server.serve(engine, config, sock)
+        server.serve(engine, config, sock, notifier=notifier, load_engine=load_engine)
     finally:
         engine.close()
         sock.close()
+        notifier.close()
     ui.info("stopped")
 
 

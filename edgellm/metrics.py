@@ -20,6 +20,9 @@ class Metrics:
         self.generated_tokens = 0
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.ttft_sum = 0.0
+        self.generations = 0
+        self.model_unloads = 0  # --idle-unload freed the model
+        self.model_reloads = 0  # and a request loaded it again
 
     def request(self, path: str, status: int) -> None:
         with self._lock:
@@ -29,6 +32,7 @@ class Metrics:
         with self._lock:
             self.prompt_tokens += prompt_tokens
             self.generated_tokens += generated_tokens
+            self.generations += 1
 
     def first_token(self, seconds: float) -> None:
         with self._lock:
@@ -36,7 +40,15 @@ class Metrics:
             self.ttft_counts[index] += 1
             self.ttft_sum += seconds
 
-    def render(self, *, slots: int, busy: int, queued: int) -> str:
+    def unloaded(self) -> None:
+        with self._lock:
+            self.model_unloads += 1
+
+    def reloaded(self) -> None:
+        with self._lock:
+            self.model_reloads += 1
+
+    def render(self, *, slots: int, busy: int, queued: int, loaded: bool = True) -> str:
         with self._lock:
             lines = [
                 "# HELP edgellm_requests_total HTTP requests answered, by path and status.",
@@ -50,6 +62,9 @@ class Metrics:
             lines += _metric("edgellm_slots_busy", "gauge", "Slots generating now.", busy)
             lines += _metric("edgellm_slots_idle", "gauge", "Slots free now.", slots - busy)
             lines += _metric("edgellm_queue_depth", "gauge", "Requests waiting for a slot.", queued)
+            lines += _metric("edgellm_model_loaded", "gauge", "1 while the model is in memory (0: freed by --idle-unload).", int(loaded))
+            lines += _metric("edgellm_model_unloads_total", "counter", "Times --idle-unload freed the model.", self.model_unloads)
+            lines += _metric("edgellm_model_reloads_total", "counter", "Times a request loaded the model again.", self.model_reloads)
             lines += [
                 "# HELP edgellm_time_to_first_token_seconds From the request to its first generated token.",
                 "# TYPE edgellm_time_to_first_token_seconds histogram",

@@ -1,4 +1,5 @@
-"""Byte sizes as people write them ('1.5GiB', '900MB', '512M') and as edgellm prints them."""
+"""Byte sizes and durations as people write them ('1.5GiB', '900MB', '30m', '1h30m') and as
+edgellm prints them."""
 
 from __future__ import annotations
 
@@ -33,3 +34,20 @@ def format_size(n_bytes: int | float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
         value /= 1024
     return f"{value:.2f} GiB"
+
+
+def parse_duration(text: str, option: str = "--duration") -> float:
+    """'30m' -> 1800.0; '90s', '1h', '1h30m' and plain seconds ('45') also work."""
+    from edgellm.errors import UsageError  # noqa: PLC0415  (units stays importable on its own)
+
+    text = text.strip().lower()
+    if re.fullmatch(r"\d{1,9}(\.\d{1,6})?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d{1,9}(?:\.\d{1,6})?)\s*([hms])", text)
+        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+            raise UsageError(f"{option} {text!r}: expected e.g. 30m, 90s, 1h or 1h30m")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise UsageError(f"{option} must be positive")
+    return seconds

@@ -38,19 +38,23 @@ def long_model(tiny_8k: Path) -> Path:
 class ServerProcess:
     """`python -m edgellm serve` on a free loopback port, its stderr collected line by line."""
 
-    def __init__(self, model: Path, *args: str, home: Path, ctx: str = "8192") -> None:
+    def __init__(self, model: Path, *args: str, home: Path, ctx: str = "8192", env: dict[str, str] | None = None,
+                 wait: bool = True) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edgellm", "serve", "-m", str(model), "--port", "0", "--ctx", ctx, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_HOME=str(home)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_HOME=str(home), **(env or {})),
         )
         self._lines: list[str] = []
         self._changed = threading.Condition()
         threading.Thread(target=self._read_stderr, daemon=True).start()
+        if not wait:
+            return
         line = self.wait_for_line(r"serving .* at (http://\S+)/v1")
         match = re.search(r"at (http://\S+)/v1", line)
         assert match, line
         self.root = match.group(1)
         self.base_url = self.root + "/v1"
+        self.model_id = model.stem
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None

@@ -50,6 +50,8 @@ RECENT_TOKENS = 64
 # With a required call, reasoning ends this many tokens before max_tokens (or the slot's end), so the call fits.
 CALL_ROOM_TOKENS = 256
 _SAME_SAMPLER = object()  # _write: keep the sequence's sampler chain
+# The idle generation loop wakes this often to show it is alive (serve's systemd watchdog).
+HEARTBEAT_SECONDS = 1.0
 
 
 @dataclass
@@ -225,6 +227,9 @@ class Scheduler:
         self._stopping = False
         self.backend.clear()
         self.steps = 0
+        # When the loop last came round (time.monotonic()): a watchdog reads it, so a decode
+        # that never returns stops the heartbeat. The idle loop beats every HEARTBEAT_SECONDS.
+        self.heartbeat = time.monotonic()
 
     # -- submitting (any thread) --
 
@@ -282,9 +287,11 @@ class Scheduler:
             while True:
                 with self._wake:
                     while not self._stopping and not self._waiting and not any(s.busy for s in self.slots):
-                        self._wake.wait()
+                        self.heartbeat = time.monotonic()
+                        self._wake.wait(HEARTBEAT_SECONDS)
                     if self._stopping:
                         break
+                self.heartbeat = time.monotonic()
                 self.step()
         finally:
             for slot in self.slots:

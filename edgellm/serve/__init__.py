@@ -11,7 +11,8 @@ The parts, as llama.cpp's tools/server splits them:
   schemas     request bodies (pydantic)           errors      OpenAI-shaped errors and handlers
   jobs        admission, queue, one job's events  replies     events -> JSON body or SSE
   app         routes, auth, prompt preparation    access_log  one log line per request, metrics
-  startup     bind, key check, uvicorn and signals
+  startup     bind, key check and key file, warm-up, uvicorn and signals
+  lifecycle   systemd watchdog and status, the idle unload
 """
 
 from edgellm.serve.app import Server, ServerConfig, create_app
@@ -20,8 +21,11 @@ from edgellm.serve.startup import (
     check_bind,
     is_loopback,
     listen,
+    read_api_key_file,
     serve,
     url_of,
+    warm_up,
 )
 
-__all__ = ["Server", "ServerConfig", "allowed_hosts", "check_bind", "create_app", "is_loopback", "listen", "serve", "url_of"]
+__all__ = ["Server", "ServerConfig", "allowed_hosts", "check_bind", "create_app", "is_loopback", "listen",
+           "read_api_key_file", "serve", "url_of", "warm_up"]

@@ -31,7 +31,9 @@ from edgellm.serve.errors import (
     install_handlers,
     shutting_down,
 )
+from edgellm.sdnotify import Notifier
 from edgellm.serve.jobs import Admission, GenerationJob, QueueFull, wait_watching_client
+from edgellm.serve.lifecycle import supervise
 from edgellm.serve.replies import Reply
 from edgellm.serve.schemas import (
     ChatCompletionRequest,
@@ -66,26 +68,42 @@ class ServerConfig:
     think_budget: int | None = None
     effort_budgets: dict[str, int] = field(default_factory=lambda: {"low": 256, "medium": 1024, "high": 4096})
     think_message: str = DEFAULT_THINK_MESSAGE
+    # Free the model after this many seconds without requests; the next request loads it again.
+    idle_unload_s: float | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
 class Server:
     """Owns the engine, its scheduler and the threads around it; builds the FastAPI app."""
 
-    def __init__(self, engine: Any, config: ServerConfig) -> None:
-        self.engine = engine
+    def __init__(self, engine: Any, config: ServerConfig, *, notifier: Notifier | None = None,
+                 load_engine: Callable[[], Any] | None = None) -> None:
+        """`load_engine` loads the model again after --idle-unload freed it; `notifier` tells
+        systemd how the service is (a no-op outside systemd)."""
+        self.engine: Any = engine  # None while --idle-unload has freed it
+        self.first_engine = engine
         self.config = config
+        self.notifier = notifier or Notifier({})
+        self.load_engine = load_engine
         self.scheduler = engine.scheduler  # the engine's one scheduler (run and chat use it too)
         slots = len(self.scheduler.slots)
         self.admission = Admission(slots, config.queue_size)
-        self.generator = threading.Thread(target=self.scheduler.run, name="edgellm-generate", daemon=True)
+        self.generator = self._generator_thread()
         self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-prepare")
         self.max_piece_bytes = int(engine.max_piece_bytes)
         self.active_jobs: set[GenerationJob] = set()
         self.ignored_fields: set[str] = set()  # unknown request fields already logged
         self.metrics = Metrics()
         self.draining = False
+        self.ready_status = f"serving {config.model_id}"
+        self.users = 0  # requests past authorisation that may touch the engine, not yet answered
+        self.last_used = time.monotonic()
+        self._load_lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _generator_thread(self) -> threading.Thread:
+        return threading.Thread(target=self.scheduler.run, name="edgellm-generate", daemon=True)
 
     # -- jobs --
 
@@ -122,6 +140,7 @@ class Server:
         """On SIGTERM/Ctrl-C (called from the signal handler): take no new work, give the running
         generation SHUTDOWN_GRACE_SECONDS to finish, then cancel it so its response ends cleanly."""
         self.draining = True
+        self.notifier.stopping(f"stopping: {len(self.active_jobs)} requests get {SHUTDOWN_GRACE_SECONDS}s to finish")
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.call_later, SHUTDOWN_GRACE_SECONDS, self.cancel_all)
 
@@ -133,14 +152,74 @@ class Server:
     async def shutdown(self) -> None:
         """Stop in-flight generation and wait for the worker to let go of the engine."""
         self.draining = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         self.cancel_all()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.preparer.shutdown, True)
         for job in list(self.active_jobs):
             await job.wait_finished()
+        async with self._load_lock:
+            if self.engine is self.first_engine:
+                await loop.run_in_executor(None, self._stop_generator)  # its owner closes it
+            elif self.engine is not None:
+                await loop.run_in_executor(None, self._close_engine, self.engine)  # one reload() made
+
+    def _stop_generator(self) -> None:
         self.scheduler.stop()
-        await loop.run_in_executor(None, self.generator.join)
+        self.generator.join()
         self.scheduler.close()
+
+    # -- idle unload --
+
+    @asynccontextmanager
+    async def engine_in_use(self) -> AsyncIterator[None]:
+        """Around a request's use of the engine: loads it if --idle-unload freed it, and keeps
+        the unload away until the request is answered (its generation job, if any, holds it then)."""
+        self.users += 1
+        self.last_used = time.monotonic()
+        try:
+            if self.engine is None:
+                await self.reload()
+            yield
+        finally:
+            self.users -= 1
+            self.last_used = time.monotonic()
+
+    def should_unload(self, now: float) -> bool:
+        idle = self.config.idle_unload_s
+        return (idle is not None and self.engine is not None and not self.draining and self.users == 0
+                and not self.active_jobs and self.scheduler.busy == 0 and self.scheduler.waiting == 0
+                and now - self.last_used >= idle)
+
+    async def unload(self) -> None:
+        """Free the model and its context (the memory goes back to the board)."""
+        async with self._load_lock:
+            if not self.should_unload(time.monotonic()):
+                return
+            engine, self.engine = self.engine, None  # requests from now on wait for reload()
+            await asyncio.get_running_loop().run_in_executor(None, self._close_engine, engine)
+            self.metrics.unloaded()
+            ui.info(f"idle for {self.config.idle_unload_s:g}s: model unloaded (the next request loads it again)")
+
+    def _close_engine(self, engine: Any) -> None:
+        self._stop_generator()
+        engine.close()
+
+    async def reload(self) -> None:
+        async with self._load_lock:
+            if self.engine is not None:
+                return
+            if self.load_engine is None:
+                raise APIError(503, "the model is not loaded", type="server_error", code="model_unloaded")
+            started = time.perf_counter()
+            engine = await asyncio.get_running_loop().run_in_executor(None, self.load_engine)
+            self.scheduler = engine.scheduler
+            self.generator = self._generator_thread()
+            self.generator.start()
+            self.engine = engine
+            self.metrics.reloaded()
+            ui.info(f"model loaded again in {time.perf_counter() - started:.1f}s")
 
     # -- the app --
 
@@ -149,6 +228,8 @@ class Server:
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             self._loop = asyncio.get_running_loop()
             self.generator.start()
+            self._supervisor = asyncio.create_task(supervise(self))
+            self.notifier.ready(self.ready_status)
             yield
             await self.shutdown()
 
@@ -162,20 +243,25 @@ class Server:
             if not self.is_authorized(request):
                 return {"status": "ok"}
             scheduler = self.scheduler
-            return {"status": "ok", "model": self.config.model_id, "busy": scheduler.busy > 0, "queued": scheduler.waiting,
-                    "slots": len(scheduler.slots), "slots_busy": scheduler.busy}
+            loaded = self.engine is not None
+            return {"status": "ok", "model": self.config.model_id, "model_loaded": loaded,
+                    "busy": loaded and scheduler.busy > 0, "queued": scheduler.waiting if loaded else 0,
+                    "slots": len(scheduler.slots), "slots_busy": scheduler.busy if loaded else 0,
+                    "idle_unload_s": self.config.idle_unload_s}
 
         @app.get("/metrics")
         async def metrics(request: Request) -> Response:
             self.authorize(request)
             scheduler = self.scheduler
-            text = self.metrics.render(slots=len(scheduler.slots), busy=scheduler.busy, queued=scheduler.waiting)
+            loaded = self.engine is not None
+            text = self.metrics.render(slots=len(scheduler.slots), busy=scheduler.busy if loaded else 0,
+                                       queued=scheduler.waiting if loaded else 0, loaded=loaded)
             return Response(text, media_type="text/plain; version=0.0.4")
 
         @app.get("/slots")
         async def slots(request: Request) -> list[dict[str, Any]]:
             self.authorize(request)
-            return self.scheduler.describe()
+            return self.scheduler.describe() if self.engine is not None else []
 
         @app.get("/v1/models")
         async def list_models(request: Request) -> dict[str, Any]:
@@ -193,14 +279,16 @@ class Server:
             self.authorize(request)
             require_json(request)
             body = ChatCompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            return await self.chat(request, body)
+            async with self.engine_in_use():
+                return await self.chat(request, body)
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
             self.authorize(request)
             require_json(request)
             body = CompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            return await self.complete(request, body)
+            async with self.engine_in_use():
+                return await self.complete(request, body)
 
         wrapped: Any = app
         if self.config.cors_origins:

@@ -1,14 +1,19 @@
-"""Binding, the refusal to expose a model without a key, and running uvicorn until a signal."""
+"""Binding, the refusal to expose a model without a key, the key file, the warm-up, and running
+uvicorn until a signal."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import socket
+import stat
+from collections.abc import Callable
 from typing import Any
 
-from edgellm import guards
+from edgellm import guards, hardware
 from edgellm.errors import UsageError
+from edgellm.sdnotify import Notifier
 from edgellm.serve.app import SHUTDOWN_GRACE_SECONDS, Server, ServerConfig
 
 
@@ -66,14 +71,59 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def serve(engine: Any, config: ServerConfig, sock: socket.socket) -> list[int]:
+# An API key file may be at most this long (a key is a line; this is not the place for a PEM).
+MAX_KEY_FILE_BYTES = 4096
+
+
+def read_api_key_file(path: str) -> str:
+    """The key in `path` (its first line), refusing a file others can read or an empty one.
+
+    systemd's LoadCredential= hands the service a 0400 copy; a key file written by hand must be
+    chmod 600 (ssh refuses a world-readable private key for the same reason).
+    """
+    try:
+        fd = hardware.open_regular_file(path)
+    except FileNotFoundError:
+        raise UsageError(f"--api-key-file {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"--api-key-file {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o077:
+            raise UsageError(f"--api-key-file {path} can be read by others (mode {stat.S_IMODE(mode):04o})",
+                             hint=f"chmod 600 {path}")
+        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise UsageError(f"--api-key-file {path}: more than {MAX_KEY_FILE_BYTES} bytes; it should hold one key on one line")
+    lines = data.decode("utf-8", "replace").splitlines()
+    key = lines[0].strip() if lines else ""
+    if not key or not key.isprintable() or any(c.isspace() for c in key):
+        raise UsageError(f"--api-key-file {path}: the first line must be the key (printable, no spaces)")
+    return key
+
+
+def warm_up(engine: Any) -> None:
+    """One real decode and sample before the service says it is ready: a model that loads but
+    cannot generate (a broken build, a bad file) fails here, not on the first user's request."""
+    from edgellm.runtime import SamplingParams  # noqa: PLC0415
+
+    for _ in engine.generate_from_prompt("Hello", SamplingParams(max_tokens=1, seed=0)):
+        pass
+    engine.forget_cache()
+
+
+def serve(engine: Any, config: ServerConfig, sock: socket.socket, *, notifier: Notifier | None = None,
+          load_engine: Callable[[], Any] | None = None) -> list[int]:
     """Serve until SIGTERM or Ctrl-C; uvicorn drains in-flight requests, then we cancel the rest.
 
     Returns the signals that stopped it.
     """
     import uvicorn  # noqa: PLC0415
 
-    edge = Server(engine, config)
+    edge = Server(engine, config, notifier=notifier, load_engine=load_engine)
+    edge.ready_status = f"serving {config.model_id} at {url_of(sock)}"
 
     class SignalAwareServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

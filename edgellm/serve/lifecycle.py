@@ -1,0 +1,81 @@
+"""The server's life as a service: systemd's watchdog and status, and the idle unload.
+
+One asyncio task (`supervise`) runs beside the routes. Because it runs on the event loop and reads
+the generation loop's heartbeat, a watchdog ping means both are alive: an HTTP loop that hangs or
+a decode that never returns stops the pings, and systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+from edgellm.sdnotify import Notifier
+
+STATUS_EVERY_SECONDS = 5.0
+TICK_SECONDS = 1.0
+# Tests only: the decode after this many stalls until the process ends, to see the watchdog act.
+TEST_STALL_ENV = "EDGELLM_TEST_STALL_DECODE_AFTER"
+
+
+def tick_seconds(notifier: Notifier) -> float:
+    """How often to look: twice per watchdog period (sd_watchdog_enabled(3) advises half)."""
+    if notifier.watchdog_s:
+        return max(min(notifier.watchdog_s / 4, TICK_SECONDS), 0.05)
+    return TICK_SECONDS
+
+
+def heartbeat_fresh(heartbeat: float, watchdog_s: float, now: float | None = None) -> bool:
+    """The generation loop came round within half a watchdog period (a step, or the idle beat)."""
+    return ((now if now is not None else time.monotonic()) - heartbeat) < watchdog_s / 2
+
+
+def status_text(server: Any) -> str:
+    served = server.metrics.generations
+    if server.engine is None:
+        return f"model unloaded after {server.config.idle_unload_s:g}s idle (loads on the next request); {served} requests served"
+    scheduler = server.scheduler
+    return f"{scheduler.busy} of {len(scheduler.slots)} slots busy, {scheduler.waiting} queued, {served} requests served"
+
+
+async def supervise(server: Any) -> None:
+    """Watchdog pings, STATUS= lines and the idle unload, until cancelled."""
+    notifier: Notifier = server.notifier
+    tick = tick_seconds(notifier)
+    last_status = ""
+    last_status_at = 0.0
+    while True:
+        await asyncio.sleep(tick)
+        now = time.monotonic()
+        if server.draining:
+            continue  # STOPPING=1 went out: systemd times the stop now, not the watchdog
+        if notifier.watchdog_s and (server.engine is None or heartbeat_fresh(server.scheduler.heartbeat, notifier.watchdog_s, now)):
+            notifier.watchdog()
+        text = status_text(server)
+        if notifier.enabled and (text != last_status or now - last_status_at > STATUS_EVERY_SECONDS * 12):
+            notifier.status(text)
+            last_status, last_status_at = text, now
+        if server.should_unload(now):
+            await server.unload()
+
+
+def install_test_stall(scheduler: Any) -> None:
+    """For tests of the watchdog only: make a decode hang when EDGELLM_TEST_STALL_DECODE_AFTER is set."""
+    after = os.environ.get(TEST_STALL_ENV, "")
+    if not after.isdigit():
+        return
+    backend = scheduler.backend
+    decode = backend.decode
+    calls = [0]
+    forever = threading.Event()
+
+    def stalling_decode() -> int:
+        calls[0] += 1
+        if calls[0] > int(after):
+            forever.wait()
+        return int(decode())
+
+    backend.decode = stalling_decode
