@@ -19,6 +19,7 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
+from conftest import run_cli
 from test_serve import THINK_GRAMMAR, ServerProcess
 
 from edgellm.sdnotify import Notifier, status_line
@@ -242,3 +243,43 @@ def test_status_is_one_bounded_line_and_pings_come_twice_a_period() -> None:
     assert tick_seconds(Notifier({"WATCHDOG_USEC": "1000000"})) == 0.25
     assert heartbeat_fresh(heartbeat=100.0, watchdog_s=10.0, now=104.0)
     assert not heartbeat_fresh(heartbeat=100.0, watchdog_s=10.0, now=105.5)
+
+
+# --- the API key from a file --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, content, message", [
+    (0o644, "secret\n", "can be read by others (mode 0644)"),
+    (0o600, "\n", "the first line must be the key"),
+    (0o600, "two words\n", "the first line must be the key"),
+])
+def test_a_bad_api_key_file_is_one_line_and_exit_2(tmp_path: Path, tiny_q4km: Path, mode: int, content: str, message: str) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(content)
+    key_file.chmod(mode)
+    result = run_cli("serve", "-m", str(tiny_q4km), "--api-key-file", str(key_file))
+    assert result.returncode == 2 and message in result.stderr.decode() and b"Traceback" not in result.stderr
+    assert len(result.stderr.decode().strip().splitlines()) <= 2  # the error, and perhaps its hint
+
+
+def test_api_key_file_missing_or_given_with_a_key(tmp_path: Path, tiny_q4km: Path) -> None:
+    result = run_cli("serve", "-m", str(tiny_q4km), "--api-key-file", str(tmp_path / "none"))
+    assert result.returncode == 2 and b"no such file" in result.stderr
+    (tmp_path / "key").write_text("k\n")
+    (tmp_path / "key").chmod(0o600)
+    result = run_cli("serve", "-m", str(tiny_q4km), "--api-key-file", str(tmp_path / "key"), "--api-key", "x")
+    assert result.returncode == 2 and b"not both" in result.stderr
+
+
+def test_the_key_in_the_file_is_the_one_required(tmp_path: Path, tiny_q4km: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-a-file\n")
+    key_file.chmod(0o600)
+    server = ServerProcess(tiny_q4km, "--api-key-file", str(key_file), "--ctx", "512", home=tmp_path / "home")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            server.client(api_key="wrong").models.list()
+        assert server.client(api_key="sk-from-a-file").models.list().data[0].id == server.model_id
+        assert "sk-from-a-file" not in server.stderr
+    finally:
+        assert server.stop() == 0
