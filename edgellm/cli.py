@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import typer
 
 from edgellm import __version__, ui
 from edgellm.errors import EdgeLLMError, NotYetAvailableError, OutputError, UsageError
+from edgellm.service import DEFAULT_WATCHDOG_S
 from edgellm.units import parse_size
 
 app = typer.Typer(
@@ -834,6 +836,110 @@ def serve(
         sock.close()
         notifier.close()
     ui.info("stopped")
+
+
+# `edgellm service` -------------------------------------------------------------------------------
+
+service_app = typer.Typer(
+    help="Run `edgellm serve` as a systemd service: started at boot, restarted when it hangs or dies.\n\n"
+    "Example: sudo edgellm service install -m deepseek-r1-1.5b --host 0.0.0.0",
+    no_args_is_help=True,
+)
+app.add_typer(service_app, name="service")
+# install and unit pass the options they do not know to `edgellm serve` in the unit.
+SERVE_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+ServiceModelOpt = Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name or owner/repo:QUANT (pulled if needed).")]
+UserOpt = Annotated[bool, typer.Option("--user", help="A user service (systemctl --user) run as you, instead of a system service run by the edgellm user.")]
+WatchdogOpt = Annotated[int, typer.Option("--watchdog", min=5, help="Seconds without a sign of life before systemd restarts serve (WatchdogSec=).")]
+KeyFileOpt = Annotated[Optional[str], typer.Option("--api-key-file", help="The API key's file (mode 600). Default: a new random key in /etc/edgellm/api-key (or ~/.config/edgellm/api-key with --user).")]
+
+
+@service_app.command("install", context_settings=SERVE_PASSTHROUGH)
+@error_funnel
+def service_install(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = False,
+                    watchdog: WatchdogOpt = DEFAULT_WATCHDOG_S, api_key_file: KeyFileOpt = None) -> None:
+    """Write a systemd unit for `edgellm serve` (other options go to serve), enable it and start it.
+
+    Without --user it is a system service, run by a dedicated edgellm user with its models in
+    /var/lib/edgellm (needs root). Start returns once the model is loaded and answers.
+
+    Example: sudo edgellm service install -m deepseek-r1-1.5b --host 0.0.0.0 --port 8080
+    """
+    from edgellm import service
+
+    done = service.install(model, list(ctx.args), user_mode=user, key_file=Path(api_key_file) if api_key_file else None,
+                           watchdog_s=watchdog, say=ui.info)
+    ui.info(f"{service.UNIT_NAME} is running and enabled: {done.url}")
+    key_note = "a new key" if done.key_created else "the key"
+    ui.info(f"{key_note} is in {done.key_file}; clients send it as 'Authorization: Bearer KEY'")
+    if user:
+        ui.info(f"to start it at boot without logging in: sudo loginctl enable-linger {os.environ.get('USER', '$USER')}")
+    ui.info(f"see it with: edgellm service status{' --user' if user else ''}")
+
+
+@service_app.command("unit", context_settings=SERVE_PASSTHROUGH)
+@error_funnel
+def service_unit(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = False,
+                 watchdog: WatchdogOpt = DEFAULT_WATCHDOG_S, api_key_file: KeyFileOpt = None) -> None:
+    """Print the unit `install` would write, without installing anything (the model must be here).
+
+    Example: edgellm service unit -m ~/models/model.gguf --port 8081 > edgellm.service
+    """
+    from edgellm import service
+
+    key = Path(api_key_file).absolute() if api_key_file else service.default_key_file(user)
+    spec = service.build_spec(service.model_file(model, fetch=False), list(ctx.args), user_mode=user, key_file=key, watchdog_s=watchdog)
+    ui.print_text(service.render_unit(spec))
+
+
+@service_app.command("status")
+@error_funnel
+def service_status(user: UserOpt = False) -> None:
+    """Show whether the service runs, its last log lines and serve's own status line.
+
+    Example: edgellm service status
+    """
+    from edgellm import service
+
+    shown = service.status(user)
+    ui.print_text(shown.stdout)
+    if shown.returncode != 0:
+        raise typer.Exit(shown.returncode)
+
+
+@service_app.command("logs")
+@error_funnel
+def service_logs(user: UserOpt = False, lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 50,
+                 follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False) -> None:
+    """The service's log (the journal).
+
+    Example: edgellm service logs -f
+    """
+    from edgellm import service
+
+    command = service.logs_command(user, lines, follow)
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except FileNotFoundError:
+        raise UsageError("journalctl is not installed: edgellm service needs systemd") from None
+
+
+@service_app.command("uninstall")
+@error_funnel
+def service_uninstall(user: UserOpt = False) -> None:
+    """Stop and disable the service and remove its unit; models and the key file stay.
+
+    Example: sudo edgellm service uninstall
+    """
+    from edgellm import service
+
+    service.require_root(user)
+    removed = service.stop_and_remove(user)
+    if removed is None:
+        ui.info(f"{service.UNIT_NAME} was not installed{' for this user' if user else ''}")
+        return
+    kept = service.default_key_file(user)
+    ui.info(f"removed {removed}; kept {kept}{'' if user else ' and ' + str(service.STATE_DIR)} (delete them yourself if unwanted)")
 
 
 def main() -> None:

@@ -30,6 +30,12 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def print_text(text: str) -> None:
+    """Text for stdout as it is (a unit file, a tool's output): no markup, no wrapping."""
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    sys.stdout.flush()
+
+
 def error(message: str, hint: str | None = None) -> None:
     stderr.print(Text("error: ", style="bold red") + Text(message))
     if hint:

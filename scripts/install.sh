@@ -2,7 +2,8 @@
 # Install edgellm into the active Python environment (a venv: Raspberry Pi OS refuses system pip).
 #
 #   scripts/install.sh          edgellm and its dependencies
-#   scripts/install.sh --test   the same plus the test extra, as an editable install
+#   scripts/install.sh --test   the same plus the test extra, as an editable install (and
+#                               systemd-analyze, from Debian's systemd package, when missing)
 #
 # llama-cpp-python is compiled from source for this CPU (about 8 minutes on a 2-core x86 machine,
 # longer on a Pi). The wheel is kept in $EDGELLM_WHEEL_CACHE (default ~/.cache/edgellm/wheels),
@@ -57,6 +58,14 @@ fi
 
 if [ "${1:-}" = "--test" ]; then
   "$python" -m pip install --quiet -e "${here}[test]"
+  # The service tests check the generated units with systemd's own verifier (Debian: systemd).
+  if ! command -v systemd-analyze >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -qq systemd >/dev/null || echo "warning: could not install systemd (systemd-analyze)" >&2
+    else
+      echo "warning: systemd-analyze is missing; the unit checks in tests/test_service_unit.py need it" >&2
+    fi
+  fi
 else
   "$python" -m pip install --quiet "${here}"
 fi

@@ -1,0 +1,189 @@
+"""`edgellm service`: the unit it writes (checked by systemd's own `systemd-analyze verify`), the
+quoting of ExecStart, and install's steps against a scripted systemctl (a fake is fine for the
+order of calls; the real thing is exercised by hand against a running user manager, see README)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from edgellm import service
+from edgellm.errors import EdgeLLMError, UsageError
+
+
+def _analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: scripts/install.sh --test installs Debian's systemd package")
+        pytest.skip("systemd-analyze is not installed")
+    return found
+
+
+def _verify(unit_text: str, directory: Path, *, user: bool) -> subprocess.CompletedProcess[str]:
+    path = directory / service.UNIT_NAME
+    path.write_text(unit_text)
+    command = [_analyze(), *(["--user"] if user else []), "verify", str(path)]
+    runtime = directory / "runtime"  # a user manager's runtime directory, which verify --user looks up
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice", "XDG_RUNTIME_DIR": str(runtime)})
+
+
+def _spec(tiny: Path, *serve_args: str, user: bool = False, key: Path | None = Path("/etc/edgellm/api-key")) -> service.UnitSpec:
+    return service.build_spec(tiny, list(serve_args), user_mode=user, key_file=key)
+
+
+def test_the_system_unit_passes_systemd_analyze_verify(tiny_q4km: Path, tmp_path: Path) -> None:
+    text = service.render_unit(_spec(tiny_q4km, "--host", "0.0.0.0", "--port", "8081"))
+    checked = _verify(text, tmp_path, user=False)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr.strip() == "", checked.stderr  # not even a warning
+    for line in ("Type=notify", "WatchdogSec=120", "Restart=on-failure", "StartLimitBurst=5", "User=edgellm",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StateDirectory=edgellm",
+                 "LoadCredential=api-key:/etc/edgellm/api-key", "StandardOutput=journal", "WantedBy=multi-user.target"):
+        assert line in text.splitlines(), line
+    exec_line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert exec_line.startswith(f"ExecStart={service.edgellm_command()[0]} serve -m {tiny_q4km}")
+    assert exec_line.endswith("--host 0.0.0.0 --port 8081 --api-key-file ${CREDENTIALS_DIRECTORY}/api-key")
+
+
+def test_the_user_unit_passes_verify_and_keeps_to_what_user_managers_can_do(tiny_q4km: Path, tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    text = service.render_unit(_spec(tiny_q4km, user=True, key=key))
+    checked = _verify(text, tmp_path, user=True)
+    assert checked.returncode == 0 and checked.stderr.strip() == "", checked.stderr  # verify only warns on bad lines
+    assert "User=" not in text and "LoadCredential" not in text and "ProtectSystem" not in text
+    assert f"--api-key-file {key}" in text and "WantedBy=default.target" in text and "Type=notify" in text
+
+
+@pytest.mark.parametrize("arg, word", [
+    ("plain-arg", "plain-arg"),
+    ("two words", '"two words"'),
+    ("100%", "100%%"),  # systemd's specifier
+    ("$HOME", "$$HOME"),  # systemd's variable expansion
+    ('say "hi"', '"say \\"hi\\""'),
+    ("back\\slash", '"back\\\\slash"'),
+    ("${CREDENTIALS_DIRECTORY}/api-key", "${CREDENTIALS_DIRECTORY}/api-key"),
+    ("", '""'),
+])
+def test_exec_start_words_are_quoted_for_systemd(arg: str, word: str) -> None:
+    assert service.systemd_quote(arg) == word
+
+
+def test_odd_serve_options_still_make_a_valid_unit(tiny_q4km: Path, tmp_path: Path) -> None:
+    text = service.render_unit(_spec(tiny_q4km, "--think-message", "it's 100% $done, \"ok\"", "--alias", "my model"))
+    checked = _verify(text, tmp_path, user=False)
+    assert checked.returncode == 0 and checked.stderr.strip() == "", checked.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--api-key", "sk-1"], "reads the key from a file"),
+    (["--api-key=sk-1"], "reads the key from a file"),
+    (["-m", "other.gguf"], "give the model"),
+    (["--alias", "a\nb"], "newline"),
+])
+def test_options_a_unit_must_not_carry_are_refused(args: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        service.check_serve_args(args)
+
+
+def test_the_url_install_reports_follows_the_serve_options() -> None:
+    assert service.service_url([]) == "http://127.0.0.1:8080/v1"
+    assert service.service_url(["--host", "0.0.0.0", "-p", "9000"]) == "http://0.0.0.0:9000/v1"
+    assert service.service_url(["--host=::1", "--port=81"]) == "http://[::1]:81/v1"
+
+
+class ScriptedSystemd:
+    """systemctl and journalctl as install calls them: records every command, answers as told."""
+
+    def __init__(self, failing: str | None = None, state: str = "running") -> None:
+        self.calls: list[list[str]] = []
+        self.failing = failing
+        self.state = state
+
+    def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        self.calls.append(command)
+        if command[-1] == "is-system-running":
+            return subprocess.CompletedProcess(command, 0, self.state + "\n", "")
+        if command[0] == "journalctl":
+            return subprocess.CompletedProcess(command, 0, "error: the model file is not a GGUF\n", "")
+        if self.failing and self.failing in command:
+            return subprocess.CompletedProcess(command, 1, "", f"Job for edgellm.service failed ({self.failing}).")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+
+@pytest.fixture()
+def user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("EDGELLM_HOME", str(tmp_path / "config" / "edgellm"))
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    return tmp_path / "config"
+
+
+def test_user_install_writes_the_unit_and_a_private_key_then_reloads_enables_and_starts(tiny_q4km: Path, user_config: Path) -> None:
+    systemd = ScriptedSystemd()
+    done = service.install(str(tiny_q4km), ["--port", "8099"], user_mode=True, runner=systemd)
+    unit = user_config / "systemd" / "user" / "edgellm.service"
+    assert done.unit == unit and done.url == "http://127.0.0.1:8099/v1" and done.key_created
+    assert [c[2:] for c in systemd.calls if c[0] == "systemctl"] == [
+        ["is-system-running"], ["daemon-reload"], ["enable", "edgellm.service"], ["restart", "edgellm.service"]]
+    assert all(c[:2] == ["systemctl", "--user"] for c in systemd.calls)
+    key = user_config / "edgellm" / "api-key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.read_text().startswith("sk-edgellm-")
+    assert f"--port 8099 --api-key-file {key}" in unit.read_text()
+    # Installing again keeps the key: clients configured with it go on working.
+    before = key.read_text()
+    again = service.install(str(tiny_q4km), [], user_mode=True, runner=ScriptedSystemd())
+    assert not again.key_created and key.read_text() == before
+
+
+def test_a_start_that_fails_says_why_with_the_journal_and_a_hint(tiny_q4km: Path, user_config: Path) -> None:
+    with pytest.raises(EdgeLLMError) as failed:
+        service.install(str(tiny_q4km), [], user_mode=True, runner=ScriptedSystemd(failing="restart"))
+    assert "systemctl restart edgellm.service failed" in failed.value.message
+    assert "the model file is not a GGUF" in failed.value.message and "service logs --user" in (failed.value.hint or "")
+
+
+def test_no_running_systemd_is_a_clear_refusal(tiny_q4km: Path, user_config: Path) -> None:
+    with pytest.raises(UsageError, match="not running here"):
+        service.install(str(tiny_q4km), [], user_mode=True, runner=ScriptedSystemd(state="offline"))
+    assert not (user_config / "systemd").exists()
+
+
+def test_a_given_key_file_must_be_private(tiny_q4km: Path, user_config: Path, tmp_path: Path) -> None:
+    key = tmp_path / "mine"
+    key.write_text("sk-mine\n")
+    key.chmod(0o644)
+    with pytest.raises(UsageError, match="can be read by others"):
+        service.install(str(tiny_q4km), [], user_mode=True, key_file=key, runner=ScriptedSystemd())
+    key.chmod(0o600)
+    done = service.install(str(tiny_q4km), [], user_mode=True, key_file=key, runner=ScriptedSystemd())
+    assert done.key_file == key and not done.key_created
+
+
+def test_a_system_install_without_root_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(UsageError, match="needs root") as refused:
+        service.require_root(user_mode=False)
+    assert "--user" in (refused.value.hint or "")
+    service.require_root(user_mode=True)  # a user service needs nothing
+
+
+def test_service_commands_from_the_cli(tiny_q4km: Path, tmp_path: Path) -> None:
+    printed = run_cli("service", "unit", "-m", str(tiny_q4km), "--port", "8123", "--user", XDG_CONFIG_HOME=str(tmp_path))
+    assert printed.returncode == 0, printed.stderr
+    assert b"--port 8123 --api-key-file" in printed.stdout and printed.stderr == b""
+    refused = run_cli("service", "unit", "-m", str(tiny_q4km), "--api-key", "x")
+    assert refused.returncode == 2 and b"reads the key from a file" in refused.stderr and b"Traceback" not in refused.stderr
+    missing = run_cli("service", "status", "--user", XDG_CONFIG_HOME=str(tmp_path))
+    assert missing.returncode == 2 and b"not installed" in missing.stderr
+    for command in ("install", "unit", "status", "logs", "uninstall"):
+        shown = run_cli("service", command, "--help")
+        assert shown.returncode == 0 and b"Example: " in shown.stdout
