@@ -260,9 +260,16 @@ def write_unit(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
+def journal_filter(user_mode: bool) -> list[str]:
+    """The service's lines: by unit for the system one; for a user one by the unit's
+    SyslogIdentifier and the user's uid, in whichever journal files the user may read (its own,
+    or the system's for the systemd-journal group; user-unit metadata is missing where the user
+    manager's cgroup is not delegated, as in containers)."""
+    return [f"_UID={os.getuid()}", "-t", "edgellm"] if user_mode else ["-u", UNIT_NAME]
+
+
 def journal_tail(user_mode: bool, lines: int = 15, runner: Runner = run_command) -> str:
-    unit = ["--user-unit", UNIT_NAME] if user_mode else ["-u", UNIT_NAME]
-    return runner(["journalctl", *unit, "-n", str(lines), "--no-pager", "-o", "cat"]).stdout.strip()
+    return runner(["journalctl", *journal_filter(user_mode), "-n", str(lines), "--no-pager", "-o", "cat"]).stdout.strip()
 
 
 def start(user_mode: bool, runner: Runner = run_command) -> None:
@@ -388,5 +395,4 @@ def status(user_mode: bool, runner: Runner = run_command) -> subprocess.Complete
 
 
 def logs_command(user_mode: bool, lines: int, follow: bool) -> list[str]:
-    unit = ["--user-unit", UNIT_NAME] if user_mode else ["-u", UNIT_NAME]
-    return ["journalctl", *unit, "-n", str(lines), "--no-pager", *(["-f"] if follow else [])]
+    return ["journalctl", *journal_filter(user_mode), "-n", str(lines), "--no-pager", *(["-f"] if follow else [])]
