@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from edgellm import service
 from edgellm.errors import EdgeLLMError, UsageError
 
