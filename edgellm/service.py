@@ -32,8 +32,9 @@ STATE_DIR = Path("/var/lib/edgellm")
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 SYSTEM_KEY_FILE = Path("/etc/edgellm/api-key")
 CREDENTIAL = "api-key"
-# A decode step on a Pi takes seconds, a 512-token prompt batch of a 7B model tens of seconds;
-# serve pings only while its loop came round within half of this. Loading from an SD card is slow.
+# A decode step on a Pi takes seconds, a 512-token prompt batch of a 7B model about a minute;
+# serve pings while its loop came round within this (edgellm.serve.lifecycle.heartbeat_fresh).
+# Loading from an SD card is slow, hence the start timeout.
 DEFAULT_WATCHDOG_S = 120
 START_TIMEOUT_S = 600
 # serve options a unit may not carry: the key comes from a file, never the command line.

@@ -29,8 +29,14 @@ def tick_seconds(notifier: Notifier) -> float:
 
 
 def heartbeat_fresh(heartbeat: float, watchdog_s: float, now: float | None = None) -> bool:
-    """The generation loop came round within half a watchdog period (a step, or the idle beat)."""
-    return ((now if now is not None else time.monotonic()) - heartbeat) < watchdog_s / 2
+    """The generation loop came round (a step, or the idle beat) recently enough to ping.
+
+    A decode step is one blocking llama.cpp call: a 512-token prompt batch of a 7B model on a Pi
+    takes about a minute. So a step may take nearly the whole watchdog period (less two ticks of
+    margin); a hung one is then caught within two periods.
+    """
+    age = (now if now is not None else time.monotonic()) - heartbeat
+    return age < watchdog_s - 2 * min(watchdog_s / 4, TICK_SECONDS)
 
 
 def status_text(server: Any) -> str:
