@@ -938,8 +938,8 @@ def service_uninstall(user: UserOpt = False) -> None:
     if removed is None:
         ui.info(f"{service.UNIT_NAME} was not installed{' for this user' if user else ''}")
         return
-    kept = service.default_key_file(user)
-    ui.info(f"removed {removed}; kept {kept}{'' if user else ' and ' + str(service.STATE_DIR)} (delete them yourself if unwanted)")
+    kept = str(service.default_key_file(user)) + ("" if user else f" and {service.STATE_DIR} (the models)")
+    ui.info(f"removed {removed}; kept {kept}: delete by hand what you no longer want")
 
 
 def main() -> None:

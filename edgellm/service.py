@@ -115,6 +115,17 @@ def exec_start(spec: UnitSpec) -> str:
     return " ".join(systemd_quote(word) for word in words)
 
 
+# Seccomp filters, in system and user units alike: serve (Python, llama.cpp, its CPU pinning)
+# runs with the system-service set of calls, checked under a real user manager.
+SECCOMP_HARDENING = (
+    "SystemCallFilter=@system-service",
+    "SystemCallErrorNumber=EPERM",
+    "SystemCallArchitectures=native",
+    "LockPersonality=yes",
+    "RestrictRealtime=yes",
+)
+
+
 def render_unit(spec: UnitSpec) -> str:
     """The unit file's text."""
     about = spec.description or f"edgellm: OpenAI-compatible LLM server ({spec.model_path.name})"
@@ -165,17 +176,16 @@ def render_unit(spec: UnitSpec) -> str:
             "ProtectHostname=yes",
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
             "RestrictNamespaces=yes",
-            "RestrictRealtime=yes",
             "RestrictSUIDSGID=yes",
-            "LockPersonality=yes",
-            "SystemCallArchitectures=native",
             "CapabilityBoundingSet=",
+            *SECCOMP_HARDENING,
             "UMask=0077",
         ]
     else:
-        # User managers cannot set up most sandboxing without user namespaces, which many board
-        # kernels lack (the unit would fail with status 218); these two need none.
-        lines += ["NoNewPrivileges=yes", "UMask=0077"]
+        # User managers cannot set up namespaces (ProtectSystem=, PrivateTmp=, ...) without user
+        # namespaces, which many board kernels lack (the unit would fail with status 218);
+        # seccomp needs none, only NoNewPrivileges.
+        lines += ["NoNewPrivileges=yes", *SECCOMP_HARDENING, "UMask=0077"]
     lines += [
         "StandardOutput=journal",
         "StandardError=journal",

@@ -47,7 +47,8 @@ def test_the_system_unit_passes_systemd_analyze_verify(tiny_q4km: Path, tmp_path
     assert checked.stderr.strip() == "", checked.stderr  # not even a warning
     for line in ("Type=notify", "WatchdogSec=120", "Restart=on-failure", "StartLimitBurst=5", "User=edgellm",
                  "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StateDirectory=edgellm",
-                 "LoadCredential=api-key:/etc/edgellm/api-key", "StandardOutput=journal", "WantedBy=multi-user.target"):
+                 "LoadCredential=api-key:/etc/edgellm/api-key", "StandardOutput=journal", "WantedBy=multi-user.target",
+                 "SystemCallFilter=@system-service", "CapabilityBoundingSet="):
         assert line in text.splitlines(), line
     exec_line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert exec_line.startswith(f"ExecStart={service.edgellm_command()[0]} serve -m {tiny_q4km}")
@@ -60,6 +61,7 @@ def test_the_user_unit_passes_verify_and_keeps_to_what_user_managers_can_do(tiny
     checked = _verify(text, tmp_path, user=True)
     assert checked.returncode == 0 and checked.stderr.strip() == "", checked.stderr  # verify only warns on bad lines
     assert "User=" not in text and "LoadCredential" not in text and "ProtectSystem" not in text
+    assert "SystemCallFilter=@system-service" in text and "NoNewPrivileges=yes" in text  # seccomp needs no namespaces
     assert f"--api-key-file {key}" in text and "WantedBy=default.target" in text and "Type=notify" in text
 
 
