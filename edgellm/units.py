@@ -3,6 +3,7 @@ edgellm prints them."""
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {
@@ -41,13 +42,15 @@ def parse_duration(text: str, option: str = "--duration") -> float:
     from edgellm.errors import UsageError  # noqa: PLC0415  (units stays importable on its own)
 
     text = text.strip().lower()
-    if re.fullmatch(r"\d{1,9}(\.\d{1,6})?", text):
+    if re.fullmatch(r"\d+(\.\d+)?", text):
         seconds = float(text)
     else:
-        parts = re.findall(r"(\d{1,9}(?:\.\d{1,6})?)\s*([hms])", text)
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
         if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
             raise UsageError(f"{option} {text!r}: expected e.g. 30m, 90s, 1h or 1h30m")
         seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not math.isfinite(seconds):  # 400 nines parse as a float: infinity
+        raise UsageError(f"{option} {seconds}: expected a positive, finite duration", hint=f"e.g. {option} 30m")
     if seconds <= 0:
         raise UsageError(f"{option} must be positive")
     return seconds

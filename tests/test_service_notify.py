@@ -286,3 +286,13 @@ def test_the_key_in_the_file_is_the_one_required(tmp_path: Path, tiny_q4km: Path
         assert "sk-from-a-file" not in server.stderr
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("soon", "--idle-unload 'soon': expected e.g. 30m, 90s, 1h or 1h30m"),
+    ("0", "--idle-unload must be positive"),
+    ("9" * 400, "--idle-unload inf: expected a positive, finite duration"),
+])
+def test_a_bad_idle_unload_is_refused_before_anything_loads(tiny_q4km: Path, value: str, message: str) -> None:
+    result = run_cli("serve", "-m", str(tiny_q4km), "--idle-unload", value)
+    assert result.returncode == 2 and message in result.stderr.decode() and b"Traceback" not in result.stderr
