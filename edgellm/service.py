@@ -363,7 +363,7 @@ def install(model: str, serve_args: Sequence[str], *, user_mode: bool, key_file:
     require_systemd(user_mode, runner)
     if not user_mode:
         ensure_service_user(runner)
-        STATE_DIR.mkdir(mode=0o750, exist_ok=True)
+        STATE_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
     say(f"model: {model}")
     path = model_file(model, fetch=True, state_dir=None if user_mode else STATE_DIR)
     spec = build_spec(path, serve_args, user_mode=user_mode, key_file=None, watchdog_s=watchdog_s)

@@ -189,3 +189,46 @@ def test_service_commands_from_the_cli(tiny_q4km: Path, tmp_path: Path) -> None:
     for command in ("install", "unit", "status", "logs", "uninstall"):
         shown = run_cli("service", command, "--help")
         assert shown.returncode == 0 and b"Example: " in shown.stdout
+
+
+def test_system_install_creates_the_user_checks_what_it_can_read_and_hands_the_key_by_credential(
+        tiny_q4km: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The system paths moved below tmp_path; the service user is one that exists here (root), so
+    # the ownership changes are real; useradd and runuser are answered by the script.
+    monkeypatch.setattr(service, "SYSTEM_UNIT_DIR", tmp_path / "etc/systemd/system")
+    monkeypatch.setattr(service, "SYSTEM_KEY_FILE", tmp_path / "etc/edgellm/api-key")
+    monkeypatch.setattr(service, "STATE_DIR", tmp_path / "var/lib/edgellm")
+    monkeypatch.setattr(service, "SERVICE_USER", "root")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    systemd = ScriptedSystemd()
+    done = service.install(str(tiny_q4km), ["--host", "0.0.0.0"], user_mode=False, runner=systemd)
+    text = done.unit.read_text()
+    assert done.unit == tmp_path / "etc/systemd/system/edgellm.service"
+    assert f"LoadCredential=api-key:{tmp_path}/etc/edgellm/api-key" in text and "User=root" in text
+    assert "--host 0.0.0.0 --api-key-file ${CREDENTIALS_DIRECTORY}/api-key" in text
+    key = tmp_path / "etc/edgellm/api-key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    checks = [c for c in systemd.calls if c[0] == "runuser"]
+    assert [c[-2:] for c in checks] == [["-r", str(tiny_q4km.absolute())], ["-x", service.edgellm_command()[0]]]
+    assert ["systemctl", "restart", "edgellm.service"] in systemd.calls and not any("--user" in c for c in systemd.calls)
+
+
+def test_system_install_refuses_a_model_the_service_user_cannot_read(tiny_q4km: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "SYSTEM_UNIT_DIR", tmp_path / "etc/systemd/system")
+    monkeypatch.setattr(service, "STATE_DIR", tmp_path / "var/lib/edgellm")
+    monkeypatch.setattr(service, "SERVICE_USER", "root")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+
+    class CannotRead(ScriptedSystemd):
+        def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+            if command[0] == "runuser":
+                self.calls.append(command)
+                return subprocess.CompletedProcess(command, 1, "", "")
+            return super().__call__(command)
+
+    with pytest.raises(UsageError, match="cannot read the model") as refused:
+        service.install(str(tiny_q4km), [], user_mode=False, runner=CannotRead())
+    assert "/opt/edgellm" in (refused.value.hint or "") and not (tmp_path / "etc/systemd/system").exists()
