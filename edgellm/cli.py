@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from edgellm import __version__, ui
-from edgellm.errors import EdgeLLMError, NotYetAvailableError, OutputError, UsageError
+from edgellm.errors import EdgeLLMError, OutputError, UsageError
 from edgellm.service import DEFAULT_WATCHDOG_S
 from edgellm.units import parse_size
 
@@ -415,13 +415,6 @@ def _read_text_file(path: Optional[Path], option: str) -> Optional[str]:
         return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{option} {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-
-
-# Commands that later work fills in -----------------------------------------------------------------
-
-
-def _not_yet(name: str) -> None:
-    raise NotYetAvailableError(f"`edgellm {name}` is not yet available in this version")
 
 
 @app.command()

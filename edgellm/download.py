@@ -481,11 +481,6 @@ def _verify(repo: str, remote: RemoteFile, partial: Path, actual_sha256: str) ->
         )
 
 
-def require_online(what: str) -> None:
-    if offline():
-        raise offline_error(what)
-
-
 def not_a_model(spec: str) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"'{spec}' is not a model file, a catalog name or a Hugging Face repo",

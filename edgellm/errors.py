@@ -19,12 +19,6 @@ class EdgeLLMError(Exception):
         self.hint = hint
 
 
-class NotYetAvailableError(EdgeLLMError):
-    """A registered command whose implementation has not landed yet."""
-
-    exit_code = 2
-
-
 class UsageError(EdgeLLMError):
     """Arguments that do not make sense together."""
 

@@ -8,7 +8,6 @@ planner picks one for this device (catalog.choose_quant). Downloads live in hugg
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -461,10 +460,3 @@ def render_downloaded(items: list[Downloaded]) -> str:
     rows = [[d.name, d.quant or "?", format_size(d.size), str(d.path)] for d in items]
     total = sum(d.size for d in items)
     return format_table(["model", "quant", "size", "path"], rows) + f"{len(items)} model(s), {format_size(total)}\n"
-
-
-def disk_free(path: Path) -> int:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free

@@ -76,9 +76,3 @@ def test_unexpected_exceptions_go_through_the_funnel(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("EDGELLM_DEBUG", "1")
     result = runner.invoke(probe, [])
     assert result.exit_code == 1 and "Traceback" in result.output
-
-
-def test_not_yet_available_commands_exit_2() -> None:
-    from edgellm.errors import NotYetAvailableError
-
-    assert NotYetAvailableError.exit_code == 2

@@ -96,14 +96,6 @@ def quantize_model(source: Path, destination: Path, quant: str, threads: int = 0
 # ------------------------------------------------------------------------------------------------
 # Loading and generation
 
-AMX_HINT = (
-    "this llama-cpp-python was built with Intel AMX kernels, which crash on batched prompts "
-    "(llama.cpp issue 20824); rebuild without them: "
-    'CMAKE_ARGS="-DCMAKE_C_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16 '
-    '-DCMAKE_CXX_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16" '
-    "pip install --force-reinstall --no-cache-dir llama-cpp-python"
-)
-
 
 def build_has_amx(info: str | None = None) -> bool:
     """True when the installed llama.cpp carries the AMX kernels that segfault (llama.cpp #20824)."""
@@ -196,15 +188,6 @@ def peak_rss_bytes() -> int:
     """The process's peak resident set size so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(usage if sys.platform == "darwin" else usage * 1024)
-
-
-def current_rss_bytes() -> int:
-    try:
-        import psutil  # noqa: PLC0415
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:
-        return 0
 
 
 def pin_to_cores(cores: list[int]) -> list[int] | None:
