@@ -95,3 +95,12 @@ def run_cli(*args: str, input: bytes | None = None, timeout: float = 300, **env:
         env=cli_env(**env),
         check=False,
     )
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """Write {relative path: text} below root (a hand-made sysroot or tree); returns root."""
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import write_tree
 
 from edgellm.hardware import X86_FEATURES, build_clusters, detect, format_cpu_list
 from edgellm.planner import select_cores
@@ -144,14 +145,6 @@ def test_each_cluster_says_which_signal_split_it() -> None:
     assert build_clusters(**by_name["hyper-threads-only-on-p-cores"])[0].signal == "2 threads per core"
 
 
-def _write(root: Path, files: dict[str, str]) -> Path:
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
-
-
 def _arm_cpuinfo(cores: list[tuple[str, str, str]], features: str = "fp asimd fphp asimdhp asimddp i8mm bf16") -> str:
     return "".join(
         f"processor\t: {n}\nFeatures\t: {features}\nCPU implementer\t: {impl}\nCPU architecture: 8\n"
@@ -163,7 +156,7 @@ def _arm_cpuinfo(cores: list[tuple[str, str, str]], features: str = "fp asimd fp
 def test_an_all_big_core_phone_is_a_phone_by_its_android_kernel_and_runs_on_every_core(tmp_path: Path) -> None:
     # Dimensity 9300's layout (4x Cortex-A720 + 4x Cortex-X4): two clusters, no efficiency cores.
     cores = [(ARM, "0xd81", "0x0")] * 4 + [(ARM, "0xd82", "0x0")] * 4
-    root = _write(tmp_path, {
+    root = write_tree(tmp_path, {
         "proc/cpuinfo": _arm_cpuinfo(cores),
         "proc/version": "Linux version 6.1.68-android14-11-o-g7a6ad5ffd1a6 (build-user@build-host) "
                         "(Android (10087095, +pgo, +bolt, +lto, -mlgo, based on r487747c) clang version 17.0.2)",
@@ -184,7 +177,7 @@ def test_an_all_big_core_phone_is_a_phone_by_its_android_kernel_and_runs_on_ever
 ])
 def test_a_phone_is_known_by_its_soc0_names(tmp_path: Path, files: dict[str, str], soc: str | None) -> None:
     cores = [(ARM, "0xd05", "0x2")] * 4 + [(ARM, "0xd41", "0x1")] * 4  # two clusters: not a phone by count
-    device = detect(_write(tmp_path, {"proc/cpuinfo": _arm_cpuinfo(cores), **files}))
+    device = detect(write_tree(tmp_path, {"proc/cpuinfo": _arm_cpuinfo(cores), **files}))
     profile, reason = select_profile(device)
     if soc is None:  # Arm's SMCCC codes name no SoC: the device stays unmatched, not misnamed
         assert device.soc == "unknown" and profile.name == "generic"
@@ -194,7 +187,7 @@ def test_a_phone_is_known_by_its_soc0_names(tmp_path: Path, files: dict[str, str
 
 def test_android_userland_marks_a_phone_even_on_a_plain_kernel(tmp_path: Path) -> None:
     cores = [(ARM, "0xd05", "0x2")] * 4 + [(ARM, "0xd41", "0x1")] * 4
-    root = _write(tmp_path, {"proc/cpuinfo": _arm_cpuinfo(cores), "system/build.prop": "ro.product.model=X\n"})
+    root = write_tree(tmp_path, {"proc/cpuinfo": _arm_cpuinfo(cores), "system/build.prop": "ro.product.model=X\n"})
     profile, reason = select_profile(detect(root))
     assert profile.name == "phone-arm" and reason == "/system/build.prop exists"
 
@@ -206,7 +199,7 @@ def test_core_identity_from_midr_registers_when_cpuinfo_names_only_one_core(tmp_
     for cpu in range(8):
         midr = "0x00000000411fd050" if cpu < 4 else "0x00000000532f0020"  # Cortex-A55 r1p0, Exynos M3
         files[f"sys/devices/system/cpu/cpu{cpu}/regs/identification/midr_el1"] = midr + "\n"
-    device = detect(_write(tmp_path, files))
+    device = detect(write_tree(tmp_path, files))
     assert [(c.name, c.cpus) for c in device.clusters] == [("Exynos M3", [4, 5, 6, 7]), ("Cortex-A55", [0, 1, 2, 3])]
     assert device.little_cores == [0, 1, 2, 3] and device.cpu_parts[4] == "0x002"
 
@@ -223,7 +216,7 @@ def test_junk_in_identity_and_soc_files_degrades_and_never_raises(tmp_path: Path
              "sys/devices/soc0/machine": "\x00\x01\x02", "proc/version": "\xff" * 5000}
     for cpu in range(4):
         files[f"sys/devices/system/cpu/cpu{cpu}/regs/identification/midr_el1"] = "0xffffffffffffffffff\n"
-    device = detect(_write(tmp_path, files))
+    device = detect(write_tree(tmp_path, files))
     assert len(device.clusters) == 1 and device.soc == "unknown" and device.android is None
 
 
@@ -235,7 +228,7 @@ def test_x86_feature_vocabulary_covers_what_llama_cpp_variants_key_on(tmp_path: 
         assert needed in X86_FEATURES
     flags = "fpu pni ssse3 sse4_1 sse4_2 avx f16c fma bmi2 avx2 avx512f avx512cd avx512dq avx512bw avx512vl " \
             "avx512vbmi avx512_vbmi2 avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16 lm"
-    device = detect(_write(tmp_path, {"proc/cpuinfo": f"processor\t: 0\nflags\t\t: {flags}\n"}))
+    device = detect(write_tree(tmp_path, {"proc/cpuinfo": f"processor\t: 0\nflags\t\t: {flags}\n"}))
     assert device.features == [f for f in X86_FEATURES if f not in ("avx_vnni", "amx_fp16")]
 
 

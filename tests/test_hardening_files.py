@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_cli
+from conftest import cli_env, run_cli, write_tree
 
 from edgellm import synthetic
 
@@ -215,14 +215,6 @@ def test_symlink_loop_and_dangling_link_say_what_they_are(tmp_path: Path) -> Non
     assert "broken symlink (its target missing-target.gguf does not exist)" in line
 
 
-def _sysroot(root: Path, files: dict[str, str]) -> Path:
-    for relative, content in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
-
-
 def _fifo(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
@@ -247,7 +239,7 @@ BASE_SYSROOT = {
 @pytest.mark.parametrize("attack", ["huge-cpu-range", "cpuinfo-is-dev-zero", "cpuinfo-is-a-fifo", "thermal-is-a-fifo",
                                     "meminfo-5000-digits", "cpuinfo-ids-too-big"])
 def test_detect_survives_hostile_sysroots(tmp_path: Path, attack: str) -> None:
-    root = _sysroot(tmp_path / "root", BASE_SYSROOT)
+    root = write_tree(tmp_path / "root", BASE_SYSROOT)
     if attack == "huge-cpu-range":
         (root / "sys/devices/system/cpu/online").write_text("0-4000000000\n")  # was a MemoryError
     elif attack == "cpuinfo-is-dev-zero":
