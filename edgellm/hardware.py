@@ -527,14 +527,18 @@ def _identity_signal(identities: dict[int, tuple[str, str, str, str]], cpus: lis
     return describe
 
 
+def _known_core(implementer: str, part: str | None) -> tuple[str, int] | None:
+    """(name, rank) from the part tables: Arm's own by part, other vendors' by (implementer, part)."""
+    if not part:
+        return None
+    return ARM_PARTS.get(part) if implementer == "0x41" else VENDOR_PARTS.get((implementer, part))
+
+
 def _core_name(implementer: str, part: str | None) -> str | None:
     if not part:
         return None
-    if implementer == "0x41" and part in ARM_PARTS:
-        return ARM_PARTS[part][0]
-    if (implementer, part) in VENDOR_PARTS:
-        return VENDOR_PARTS[(implementer, part)][0]
-    return f"{IMPLEMENTERS.get(implementer, f'implementer {implementer}')} part {part}"
+    known = _known_core(implementer, part)
+    return known[0] if known else f"{IMPLEMENTERS.get(implementer, f'implementer {implementer}')} part {part}"
 
 
 def _implementer(identities: dict[int, tuple[str, str, str, str]], cpu: int) -> str:
@@ -543,10 +547,8 @@ def _implementer(identities: dict[int, tuple[str, str, str, str]], cpu: int) -> 
 
 
 def _part_rank(identities: dict[int, tuple[str, str, str, str]], parts: dict[int, str], cpu: int) -> int:
-    implementer = _implementer(identities, cpu)
-    part = parts.get(cpu, "")
-    table = ARM_PARTS if implementer == "0x41" else {p: v for (i, p), v in VENDOR_PARTS.items() if i == implementer}
-    return table.get(part, ("", 0))[1]
+    known = _known_core(_implementer(identities, cpu), parts.get(cpu))
+    return known[1] if known else 0
 
 
 def _cluster(members: list[int], signals: Signals, parts: dict[int, str], capacities: dict[int, int | None],
