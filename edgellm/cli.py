@@ -804,7 +804,8 @@ def serve(
     slots = f", {parallel} slots of {plan_.n_ctx_per_slot} tokens" if parallel > 1 else ""
     ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
     notifier = Notifier()
-    notifier.status(f"loading {model_id}")
+    if notifier.enabled and not notifier.status(f"loading {model_id}"):
+        ui.warn(f"{notifier.failed}: systemd will not hear that the server is ready")
 
     def load_engine() -> Engine:
         return Engine(prepared.model, plan_, sequences=parallel)

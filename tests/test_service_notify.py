@@ -296,3 +296,13 @@ def test_the_key_in_the_file_is_the_one_required(tmp_path: Path, tiny_q4km: Path
 def test_a_bad_idle_unload_is_refused_before_anything_loads(tiny_q4km: Path, value: str, message: str) -> None:
     result = run_cli("serve", "-m", str(tiny_q4km), "--idle-unload", value)
     assert result.returncode == 2 and message in result.stderr.decode() and b"Traceback" not in result.stderr
+
+
+def test_a_notify_socket_that_is_not_there_is_one_warning_and_serve_goes_on(tiny_q4km: Path, tmp_path: Path) -> None:
+    env = {"NOTIFY_SOCKET": str(tmp_path / "gone"), "WATCHDOG_USEC": "junk"}
+    server = ServerProcess(tiny_q4km, "--api-key", "k", "--ctx", "512", home=tmp_path / "home", env=env)
+    try:
+        _complete(server)
+        assert "warning: cannot notify systemd at" in server.stderr and "Traceback" not in server.stderr
+    finally:
+        assert server.stop() == 0
