@@ -25,15 +25,15 @@ from typing import IO, Any, Protocol
 
 from edgellm import ui
 from edgellm.errors import EdgeLLMError, UsageError
-from edgellm.hardware import cpu_temperature, read_regular_file
+from edgellm.hardware import cpu_temperature, format_cpu_list, read_regular_file
 from edgellm.reasoning import ANSWER
 from edgellm.response import Response
 from edgellm.runtime import (  # llama_cpp loads lazily
-    Engine,
     Event,
     GenerationStats,
     SamplingParams,
 )
+from edgellm.runtime.protocol import GenerationEngine
 from edgellm.session import PlanOptions, Prepared
 
 PROMPT = ">>> "
@@ -41,7 +41,6 @@ CONTINUATION_PROMPT = "... "
 BLOCK_QUOTE = '"""'
 TRANSCRIPT_FORMAT = "edgellm-chat"
 TRANSCRIPT_VERSION = 1
-THINK_CHOICES = ("show", "hide")
 NO_LIMIT_WORDS = ("none", "off", "default", "random")
 MAX_TRANSCRIPT_BYTES = 64 * 1024**2  # a context's worth of text is well under 1 MiB
 
@@ -52,7 +51,8 @@ COMMAND_HELP: dict[str, str] = {
     "/save FILE": "write the conversation to a JSON transcript",
     "/load FILE": "replace the conversation with a saved transcript",
     "/stats": "details of the last reply, the context and the settings",
-    "/think [show|hide|off|on|budget N]": "show or hide the reasoning; off skips it, on lets the model reason, budget N ends it after N tokens",
+    "/think [show|stderr|hide|off|on|budget N]": "where the reasoning goes (inline, dimmed on stderr, hidden); off skips it, "
+                                                  "on lets the model reason, budget N ends it after N tokens",
     "/set temp|top_p|max_tokens|seed VALUE": "change sampling (alone: show the values)",
     "/exit": "leave (also /bye, Ctrl-D)",
 }
@@ -288,7 +288,7 @@ class ReplyKeys:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> ReplyKeys:
+    def __enter__(self) -> ReplyKeys:  # noqa: PYI034  (typing.Self needs Python 3.11; 3.10 is supported)
         if not self.enabled:
             return self
         try:
@@ -367,7 +367,7 @@ def read_message(reader: LineReader) -> str:
 
 @dataclass
 class ChatOptions:
-    show_thinking: bool
+    think: str  # a ui.THINK_MODES value: show (inline on stdout), stderr or hide
     interactive: bool  # a person at a terminal: Ctrl-C stops a reply and the session goes on
     sysroot: str = "/"
     history_file: Path | None = None
@@ -387,7 +387,7 @@ class ChatSession:
     """The loop: read a message or a command, generate, render, keep the history."""
 
     def __init__(
-        self, engine: Engine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions, out: IO[str]
+        self, engine: GenerationEngine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions, out: IO[str]
     ) -> None:
         self.engine = engine
         self.conversation = conversation
@@ -501,12 +501,12 @@ class ChatSession:
         choice, _, value = argument.lower().partition(" ")
         sampling = self.sampling
         if not choice:
-            ui.info(f"reasoning is {'shown' if self.options.show_thinking else 'hidden'}, {self._thinking_summary()}; "
-                    "change it with /think show|hide|off|on|budget N")
+            ui.info(f"reasoning is {self._shown_where()}, {self._thinking_summary()}; "
+                    "change it with /think show|stderr|hide|off|on|budget N")
             return
-        if choice in THINK_CHOICES:
-            self.options.show_thinking = choice == "show"
-            ui.info(f"reasoning will be {'shown' if self.options.show_thinking else 'hidden'}")
+        if choice in ui.THINK_MODES:
+            self.options.think = choice
+            ui.info(f"reasoning will be {self._shown_where()}")
             return
         if choice == "off":
             sampling.no_think = True
@@ -517,8 +517,11 @@ class ChatSession:
             sampling.no_think = budget == 0
             sampling.think_budget = budget or None
         else:
-            raise UsageError(f"/think takes show, hide, off, on or budget N, not '{argument}'")
+            raise UsageError(f"/think takes show, stderr, hide, off, on or budget N, not '{argument}'")
         ui.info(f"reasoning: {self._thinking_summary()}")
+
+    def _shown_where(self) -> str:
+        return {"show": "shown inline", "stderr": "shown on stderr", "hide": "hidden"}[self.options.think]
 
     def _thinking_summary(self) -> str:
         sampling = self.sampling
@@ -560,9 +563,9 @@ class ChatSession:
             ("context", f"{engine.tokens_in_context} / {engine.n_ctx} tokens in the KV cache ({plan.kv_type})"),
             ("history", f"{self.conversation.turns} turns, {len(self.conversation.messages)} messages, "
                         f"system prompt {'set' if self.conversation.system else 'none'}"),
-            ("threads", f"{plan.threads} generation, {plan.threads_batch} prompt, cores {_cores(plan.cores)}"),
+            ("threads", f"{plan.threads} generation, {plan.threads_batch} prompt, cores {format_cpu_list(plan.cores)}"),
             ("sampling", self._sampling_summary()),
-            ("reasoning", ("shown" if self.options.show_thinking else "hidden") + ", " + self._thinking_summary()),
+            ("reasoning", f"{self._shown_where()}, {self._thinking_summary()}"),
             ("session", f"{self.totals.replies} replies, {self.totals.generated_tokens} tokens generated, "
                         f"model load {engine.load_s:.2f}s"),
         ]
@@ -618,7 +621,7 @@ class ChatSession:
         try:
             with keys:
                 response = Response(events)
-                render = ReplyRenderer(self.out, self.options.show_thinking, terminal=self.options.interactive)
+                render = ui.ReplyRenderer(self.out, self.options.think, terminal=self.options.interactive)
                 # Ctrl-C (or Ctrl-D, which ReplyKeys turns into SIGINT) stops the reply; what was
                 # said stays, as in a real conversation.
                 response.finish(lambda event: render.answer(event.text) if event.kind == ANSWER else render.reasoning(event.text))
@@ -650,60 +653,6 @@ class ChatSession:
             ui.chat_status(reply.stats, cpu_temperature(self.options.sysroot))
 
 
-class ReplyRenderer:
-    """Writes a streaming reply: answer to `out`, reasoning dimmed on stderr (or a live "thinking…" line)."""
-
-    def __init__(self, out: IO[str], show_thinking: bool, terminal: bool) -> None:
-        self.out = out
-        self.show_thinking = show_thinking
-        self.terminal = terminal
-        self.in_reasoning = False
-        self.status: ui.ThinkingStatus | None = None
-        self.answer_started = False
-        self.last_char = "\n"
-        self.last_stream: IO[str] | None = None
-
-    def reasoning(self, text: str) -> None:
-        self.in_reasoning = True
-        if self.show_thinking:
-            ui.write_reasoning(text)
-            self.last_stream, self.last_char = sys.stderr, text[-1]
-        elif self.terminal:
-            # Hidden reasoning can take minutes on a Pi: say that something is happening, and how much.
-            if self.status is None:
-                self.status = ui.ThinkingStatus()
-            self.status.step()
-
-    def answer(self, text: str) -> None:
-        if not self.answer_started:
-            text = text.lstrip("\n") if self.in_reasoning else text
-            if not text:
-                return
-            self.answer_started = True
-            if self.status is not None:
-                self.status.clear()
-            elif self.in_reasoning and self.show_thinking:
-                # A blank line between the dimmed reasoning and the answer.
-                sys.stderr.write("\n\n" if self.last_char != "\n" else "\n")
-                sys.stderr.flush()
-        self.out.write(text)
-        self.out.flush()
-        self.last_stream, self.last_char = self.out, text[-1]
-
-    def finish(self, interrupted: bool = False) -> None:
-        if self.status is not None:
-            self.status.clear()
-        if interrupted and self.last_stream is None and self.terminal:
-            sys.stderr.write("\n")  # after the terminal's ^C echo, before the "interrupted" line
-        if self.last_stream is not None and self.last_char != "\n":
-            self.last_stream.write("\n")
-            self.last_stream.flush()
-        if not self.answer_started and not self.terminal:
-            # Plain-text mode keeps one output line per turn, even for an empty answer.
-            self.out.write("\n")
-            self.out.flush()
-
-
 def _number(value: str, key: str, kind: type, low: float | None, high: float | None) -> Any:
     try:
         number = kind(value)
@@ -721,17 +670,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _cores(cores: list[int]) -> str:
-    return ",".join(map(str, cores)) if cores else "all"
-
-
-def default_history_file() -> Path:
-    from edgellm.profiles import edgellm_home  # noqa: PLC0415
-
-    return edgellm_home() / "history" / "chat"
-
-
-def run_chat(engine: Engine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions) -> int:
+def run_chat(engine: GenerationEngine, conversation: Conversation, sampling: SamplingParams, options: ChatOptions) -> int:
     """Run the REPL until /exit, Ctrl-D or end of input; returns how many turns or commands failed."""
     session = ChatSession(engine, conversation, sampling, options, sys.stdout)
     reader: LineReader
@@ -741,7 +680,7 @@ def run_chat(engine: Engine, conversation: Conversation, sampling: SamplingParam
         reader = PlainReader(sys.stdin, show_prompt=options.interactive)
     if options.interactive:
         ui.chat_banner(session.model_name, engine.model.quant, engine.n_ctx, engine.plan.threads,
-                       _cores(engine.plan.cores), engine.plan.profile, conversation.turns)
+                       format_cpu_list(engine.plan.cores), engine.plan.profile, conversation.turns)
     session.run(reader)
     return session.failures
 

@@ -9,17 +9,17 @@ Wi-Fi must survive both. The partial file is blobs/<sha256>.incomplete and a lat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from edgellm.errors import DownloadError, ModelNotFoundError, UsageError
 from edgellm.hardware import read_regular_file
@@ -155,7 +155,7 @@ class RepoListing:
 
 
 def _has_token() -> bool:
-    from huggingface_hub import get_token
+    from huggingface_hub import get_token  # noqa: PLC0415  (huggingface_hub takes ~0.3 s to import: only downloads pay)
 
     return get_token() is not None
 
@@ -163,8 +163,8 @@ def _has_token() -> bool:
 @contextmanager
 def hub_errors(repo: str, revision: str, filename: str | None = None, *, network: bool = True) -> Iterator[None]:
     """Turn huggingface_hub and network exceptions into one-line DownloadErrors with a next step."""
-    import httpx2
-    from huggingface_hub.errors import (
+    import httpx2  # noqa: PLC0415  (huggingface_hub takes ~0.3 s to import: only downloads pay)
+    from huggingface_hub.errors import (  # noqa: PLC0415  (only downloads pay for the import)
         GatedRepoError,
         HfHubHTTPError,
         OfflineModeIsEnabled,
@@ -206,8 +206,6 @@ def hub_errors(repo: str, revision: str, filename: str | None = None, *, network
 
 
 def _is_network_oserror(exc: OSError) -> bool:
-    import errno
-
     return exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
 
 
@@ -227,7 +225,7 @@ def list_repo(repo: str, revision: str = DEFAULT_REVISION) -> RepoListing:
     """The repo's files with sizes and LFS sha256 (one /api/models call)."""
     if offline():
         raise offline_error(repo)
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # noqa: PLC0415  (huggingface_hub takes ~0.3 s to import: only downloads pay)
 
     with hub_errors(repo, revision):
         info = HfApi(endpoint=hub_endpoint()).model_info(repo, revision=revision, files_metadata=True)
@@ -237,87 +235,26 @@ def list_repo(repo: str, revision: str = DEFAULT_REVISION) -> RepoListing:
         size = lfs.size if lfs is not None else (sibling.size or 0)
         files[sibling.rfilename] = RemoteFile(sibling.rfilename, int(size), lfs.sha256 if lfs is not None else None, sibling.blob_id)
     if not info.sha:
-        raise DownloadError(f"the hub's answer for {repo} at {revision} has no commit id", hint=f"{hub_endpoint()} is not behaving like Hugging Face: check HF_ENDPOINT")
+        raise DownloadError(f"the hub's answer for {repo} at {revision} has no commit id",
+                            hint=f"{hub_endpoint()} is not behaving like Hugging Face: check HF_ENDPOINT")
     return check_listing_names(RepoListing(repo, revision, info.sha, files))
 
 
 # --- progress --------------------------------------------------------------------------------------
 
 
-class TransferProgress:
-    """Bytes, speed and ETA of one transfer, shown on stderr: a redrawn line on a terminal, a
-    plain line every 10% otherwise (logs and CI)."""
-
-    def __init__(self, label: str, total: int, initial: int = 0, stream: IO[str] | None = None) -> None:
-        self.label, self.total, self.done = label, total, initial
-        self.stream = stream or sys.stderr
-        self.terminal = self.stream.isatty()
-        self.started = time.monotonic()
-        self.start_bytes = initial
-        self.last_draw = 0.0
-        self.next_step = (initial * 10 // max(total, 1) + 1) * 10
-        if initial:
-            self._line(f"resuming {label} at {format_size(initial)} of {format_size(total)}")
-
-    def speed(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return (self.done - self.start_bytes) / elapsed if elapsed > 0 else 0.0
-
-    def describe(self) -> str:
-        speed = self.speed()
-        eta = (self.total - self.done) / speed if speed > 0 else None
-        percent = self.done * 100 // max(self.total, 1)
-        eta_text = f"ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "ETA -"
-        return f"{self.label}  {percent:3d}%  {format_size(self.done)} / {format_size(self.total)}  {format_size(speed)}/s  {eta_text}"
-
-    def update(self, n_bytes: int) -> None:
-        self.done += n_bytes
-        now = time.monotonic()
-        if self.terminal:
-            if now - self.last_draw >= 0.1:
-                self.last_draw = now
-                width = 24
-                filled = width * self.done // max(self.total, 1)
-                bar = "#" * filled + "-" * (width - filled)
-                self.stream.write(f"\r[{bar}] {self.describe()}\x1b[K")
-                self.stream.flush()
-        elif self.done * 100 // max(self.total, 1) >= self.next_step:
-            self.next_step = (self.done * 100 // max(self.total, 1)) // 10 * 10 + 10
-            self._line(self.describe())
-
-    def reset(self, done: int) -> None:
-        self.done = self.start_bytes = done
-        self.started = time.monotonic()
-
-    def close(self) -> None:
-        if self.terminal:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-        elapsed = time.monotonic() - self.started
-        self._line(f"{self.label}: {format_size(self.done)} in {elapsed:.1f}s ({format_size(self.speed())}/s)")
-
-    def _line(self, text: str) -> None:
-        if self.terminal:
-            self.stream.write("\r\x1b[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
 class Progress(Protocol):
-    """What a transfer reports to: TransferProgress (plain lines) or ui.DownloadProgress (Rich)."""
+    """What a transfer reports to: ui.TransferProgress (plain lines) or ui.DownloadProgress (Rich)."""
 
     def update(self, n_bytes: int) -> None: ...
     def reset(self, done: int) -> None: ...
     def close(self) -> None: ...
 
 
-def default_progress(label: str, total: int, initial: int = 0) -> Progress:
-    """A Rich bar on a terminal, plain lines every 10% otherwise (logs, CI, pipes)."""
-    if sys.stderr.isatty():
-        from edgellm.ui import DownloadProgress  # noqa: PLC0415
+def _default_progress(label: str, total: int, initial: int = 0) -> Progress:
+    from edgellm.ui import download_progress  # noqa: PLC0415  (the library asks ui how to show it)
 
-        return DownloadProgress(label, total, initial)
-    return TransferProgress(label, total, initial)
+    return download_progress(label, total, initial)
 
 
 # --- the transfer ----------------------------------------------------------------------------------
@@ -344,8 +281,6 @@ def _hash_existing(path: Path) -> Any:
 
 
 def _disk_full(exc: OSError) -> bool:
-    import errno
-
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -374,11 +309,11 @@ def download(
             partial.unlink()
             have = 0
         check_disk_space(partial.parent, remote.size - have)
-        from huggingface_hub.utils import WeakFileLock
+        from huggingface_hub.utils import WeakFileLock  # noqa: PLC0415  (huggingface_hub takes ~0.3 s to import: only downloads pay)
 
         # One pull per file at a time: two processes appending to one partial file would corrupt it.
         with WeakFileLock(str(partial) + ".lock"):
-            actual = _transfer(repo, remote, revision, partial, progress_factory or default_progress)
+            actual = _transfer(repo, remote, revision, partial, progress_factory or _default_progress)
             _verify(repo, remote, partial, actual)
             os.replace(partial, blob)
     pointer.parent.mkdir(parents=True, exist_ok=True)
@@ -408,9 +343,9 @@ def _transfer(repo: str, remote: RemoteFile, revision: str, partial: Path,
     Returns the sha256 of the whole file, hashed as the bytes arrive (a resumed file's first part
     is hashed from disk first), so a 4.6 GB model is not read back a second time.
     """
-    import httpx2
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    import httpx2  # noqa: PLC0415  (huggingface_hub takes ~0.3 s to import: only downloads pay)
+    from huggingface_hub import hf_hub_url  # noqa: PLC0415  (huggingface_hub takes ~0.3 s to import: only downloads pay)
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status  # noqa: PLC0415  (huggingface_hub takes ~0.3 s to import: only downloads pay)
 
     url = hf_hub_url(repo, remote.filename, revision=revision, endpoint=hub_endpoint())
     headers = build_hf_headers()

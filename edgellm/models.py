@@ -8,12 +8,11 @@ planner picks one for this device (catalog.choose_quant). Downloads live in hugg
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgellm import download
+from edgellm import download, ui
 from edgellm.catalog import (
     CatalogEntry,
     QuantCandidate,
@@ -217,27 +216,15 @@ def locate(
 # --- pulling ---------------------------------------------------------------------------------------
 
 
-def interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-def confirm(question: str) -> bool:
-    import typer
-
-    return bool(typer.confirm(question, default=True, err=True))
-
-
 def fetch(located: Located, *, yes: bool = False, progress_factory: Any = None) -> Path:
     """Download a located file (asking first on a terminal when it is over 1 GB, unless yes)."""
     if located.path is not None:
         return located.path
     if located.remote is None or located.commit is None:
         raise DownloadError(f"{located.name}: no download information", hint=f"edgellm pull {located.ref.spec}")
-    from edgellm import ui
-
     size = located.remote.size
-    if size > download.CONFIRM_ABOVE_BYTES and not yes and interactive():
-        if not confirm(f"Download {located.name} ({format_size(size)}) from {located.ref.repo}?"):
+    if size > download.CONFIRM_ABOVE_BYTES and not yes and ui.interactive():
+        if not ui.confirm(f"Download {located.name} ({format_size(size)}) from {located.ref.repo}?"):
             raise DownloadError("download cancelled", hint=f"edgellm pull {located.ref.spec} --yes")
     ui.info(f"pulling {located.name} ({format_size(size)}) from {download.hub_endpoint()}/{located.ref.repo} [{located.reason}]")
     return download.download(located.ref.repo, located.remote, revision=located.ref.revision, commit=located.commit,
@@ -429,34 +416,3 @@ def catalog_rows(device: Device, profile: Profile, *, ctx: int | None = None, me
             "quants": quants,
         })
     return rows
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Plain aligned columns: readable in a terminal and greppable in a pipe."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def render_catalog(rows: list[dict[str, Any]], profile: Profile) -> str:
-    table = []
-    for row in rows:
-        for index, quant in enumerate(row["quants"]):
-            mark = "*" if quant["quant"] == row["recommended_quant"] else ""
-            table.append([
-                row["name"] if index == 0 else "", f"{quant['quant']}{mark}", format_size(quant["size"]),
-                "yes" if quant["downloaded"] else "-", "yes" if quant["fits"] else "no",
-                f"~{quant['predicted_tg_tps']:g}" if quant["predicted_tg_tps"] else "-",
-                row["license"] if index == 0 else "",
-            ])
-    note = f"* the quant `edgellm pull NAME` picks here (profile {profile.name}); default model: {profile.default_model}\n"
-    return format_table(["model", "quant", "size", "downloaded", "fits", "tok/s", "license"], table) + note
-
-
-def render_downloaded(items: list[Downloaded]) -> str:
-    if not items:
-        return ""
-    rows = [[d.name, d.quant or "?", format_size(d.size), str(d.path)] for d in items]
-    total = sum(d.size for d in items)
-    return format_table(["model", "quant", "size", "path"], rows) + f"{len(items)} model(s), {format_size(total)}\n"

@@ -6,18 +6,14 @@ warnings and errors go to stderr. `--json` prints one object, `--jsonl` one line
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from typing import IO, Any
 
 from edgellm import ui
-from edgellm.errors import UsageError
-from edgellm.reasoning import ANSWER, REASONING
+from edgellm.errors import Interrupted, UsageError
 from edgellm.response import Response
-from edgellm.runtime import GenerationInterrupted, GenerationStats, TextEvent
-
-THINK_MODES = ("hide", "show", "stderr")
+from edgellm.runtime.protocol import GenerationEngine
 
 
 @dataclass
@@ -61,60 +57,9 @@ def messages_for(prompt: str, system: str | None) -> list[dict[str, str]]:
     return messages
 
 
-def resolve_think(mode: str | None) -> str:
-    if mode is None:
-        return "stderr" if ui.stderr_is_terminal() else "hide"
-    if mode not in THINK_MODES:
-        raise UsageError(f"--think must be one of {', '.join(THINK_MODES)}, not '{mode}'")
-    return mode
-
-
-class StreamWriter:
-    """Writes text events to the terminal or pipe as they arrive: the answer to `out`, the
-    reasoning where --think says (inside <think> tags with show, dimmed on stderr with stderr)."""
-
-    def __init__(self, think: str, out: IO[str]) -> None:
-        self.think = think
-        self.out = out
-        self.in_reasoning = False
-        # Hidden reasoning can take minutes: on a terminal, one live line says how far it is.
-        self.status = ui.ThinkingStatus() if think == "hide" and ui.stderr_is_terminal() else None
-
-    def write(self, event: TextEvent) -> None:
-        out = self.out
-        if event.kind == ANSWER:
-            if self.status is not None:
-                self.status.clear()
-            if self.in_reasoning and self.think == "show":
-                out.write("\n</think>\n\n")
-            self.in_reasoning = False
-            out.write(event.text)
-            out.flush()
-        elif event.kind == REASONING:
-            if self.think == "show":
-                if not self.in_reasoning:
-                    out.write("<think>\n")
-                out.write(event.text)
-                out.flush()
-            elif self.think == "stderr":
-                ui.write_reasoning(event.text)
-            elif self.status is not None:
-                self.status.step()
-            self.in_reasoning = True
-
-    def finish(self) -> None:
-        if self.status is not None:
-            self.status.clear()
-        if self.in_reasoning and self.think == "show":
-            self.out.write("\n</think>\n")
-        if self.in_reasoning and self.think == "stderr":
-            sys.stderr.write("\n")
-        self.out.flush()
-
-
-def run_one(engine: Any, request: RunRequest, prompt: str) -> int:
+def run_one(engine: GenerationEngine, request: RunRequest, prompt: str) -> int:
     """Generate one reply; returns the exit code. On Ctrl-C what was generated is still written
-    (with --json: the partial reply, finish_reason "interrupted"), then GenerationInterrupted rises."""
+    (with --json: the partial reply, finish_reason "interrupted"), then Interrupted rises."""
     response = Response(engine.generate(messages_for(prompt, request.system), request.sampling))
     if request.json_output:
         try:
@@ -122,24 +67,17 @@ def run_one(engine: Any, request: RunRequest, prompt: str) -> int:
         finally:
             ui.print_json(response.to_json())
     else:
-        writer = StreamWriter(resolve_think(request.think), sys.stdout)
+        writer = ui.StreamWriter(ui.think_mode(request.think, ui.stderr_is_terminal()), sys.stdout)
         response.finish(writer.write)
         writer.finish()
-        calls = response.complete_calls
-        if calls and response.answer and not response.answer.endswith("\n"):
-            sys.stdout.write("\n")
-        for call in calls:  # one JSON object per line, for shell agents
-            sys.stdout.write(json.dumps(call.to_json(), ensure_ascii=False) + "\n")
-        if not calls and not response.interrupted and sys.stdout.isatty() and not response.answer.endswith("\n"):
-            sys.stdout.write("\n")
-        sys.stdout.flush()
+        writer.end_answer(response.answer, [call.to_json() for call in response.complete_calls], response.interrupted)
     _raise_if_interrupted(response)
     if request.show_stats and response.stats is not None:
         ui.print_stats(response.stats)
     return 0
 
 
-def run_jsonl(engine: Any, request: RunRequest, lines: str) -> int:
+def run_jsonl(engine: GenerationEngine, request: RunRequest, lines: str) -> int:
     """One JSON line per non-empty input line, in order; the model stays loaded throughout.
     On Ctrl-C the current line's partial reply is written too, finish_reason "interrupted"."""
     count = 0
@@ -151,8 +89,7 @@ def run_jsonl(engine: Any, request: RunRequest, lines: str) -> int:
         try:
             response.finish()
         finally:
-            sys.stdout.write(json.dumps({"prompt": line, **response.to_json()}, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+            ui.print_json_line({"prompt": line, **response.to_json()})
         _raise_if_interrupted(response)
         count += 1
         if request.show_stats and response.stats is not None:
@@ -163,6 +100,6 @@ def run_jsonl(engine: Any, request: RunRequest, lines: str) -> int:
 
 
 def _raise_if_interrupted(response: Response) -> None:
-    """The CLI turns this into "interrupted after N tokens" and exit 130."""
+    """Ctrl-C: what was generated is written; the funnel says how much and exits 130."""
     if response.interrupted:
-        raise GenerationInterrupted(response.stats or GenerationStats(finish_reason="interrupted"))
+        raise Interrupted(f"interrupted after {response.stats.generated_tokens if response.stats else 0} tokens")

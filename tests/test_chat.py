@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from conftest import cli_env, run_cli
 
 from edgellm import chat, synthetic
 from edgellm.errors import UsageError
-from conftest import cli_env, run_cli
+from edgellm.ui import stream
 
 STATUS = re.compile(
     r"(\d+) tokens(?: \(\d+ reasoning\))?(?: · [\d.]+ tok/s · first token [\d.]+s)? · prompt (\d+) new \+ (\d+) cached · context (\d+)/(\d+)"
@@ -190,13 +191,28 @@ def test_piped_stdin_one_turn_per_line_plain_text(tiny_no_prefill: Path, tmp_pat
 
 def test_piped_reasoning_goes_to_stderr_never_stdout(tiny_f32: Path, tmp_path: Path) -> None:
     script = f"Hello\n/save {tmp_path / 't.json'}\n"
-    result = run_cli("chat", "-m", str(tiny_f32), "--seed", "4", "-n", "12", "--think", "show", input=script.encode())
+    result = run_cli("chat", "-m", str(tiny_f32), "--seed", "4", "-n", "12", "--think", "stderr", input=script.encode())
     assert result.returncode == 0, result.stderr.decode()
     saved = read_transcript(tmp_path / "t.json")
     reasoning = saved["messages"][1].get("reasoning", "")
     assert reasoning  # this template opens <think>, so the tiny model's text starts as reasoning
     assert reasoning.strip()[:8] in result.stderr.decode()
     assert result.stdout.decode() == _expected_stdout(saved["messages"])
+
+
+def test_think_show_puts_reasoning_inline_on_stdout_as_run_does(tiny_f32: Path, tmp_path: Path) -> None:
+    # One --think vocabulary (issue 14): show means inline in <think> tags on stdout, for chat as for run.
+    script = f"Hello\n/save {tmp_path / 't.json'}\n"
+    result = run_cli("chat", "-m", str(tiny_f32), "--seed", "4", "-n", "12", "--think", "show", input=script.encode())
+    assert result.returncode == 0, result.stderr.decode()
+    saved = read_transcript(tmp_path / "t.json")
+    reasoning, answer = saved["messages"][1].get("reasoning", ""), saved["messages"][1]["content"]
+    assert reasoning  # this template opens <think>, so the tiny model's text starts as reasoning
+    stdout = result.stdout.decode()
+    assert stdout.startswith("<think>\n" + reasoning)
+    closed = stdout.index("</think>\n", len("<think>\n" + reasoning))
+    assert stdout[closed + len("</think>\n"):].strip() == answer.strip()
+    assert reasoning.strip()[:8] not in result.stderr.decode()
 
 
 def test_context_overflow_drops_oldest_turns_keeps_system(tiny_f32: Path, tmp_path: Path) -> None:
@@ -230,7 +246,7 @@ def test_bad_arguments_are_one_line_errors(tiny_f32: Path, tmp_path: Path) -> No
     for args, expected in (
         (("--load", str(tmp_path / "bad.json")), "message 1 needs a role of user or assistant"),
         (("--load", str(tmp_path / "absent.json")), "cannot read"),
-        (("--think", "loud"), "--think must be show or hide"),
+        (("--think", "loud"), "--think must be one of hide, show, stderr"),
     ):
         result = run_cli("chat", "-m", str(tiny_f32), *args, input=b"")
         stderr = result.stderr.decode()
@@ -326,7 +342,7 @@ def test_piped_ctrl_c_mid_reply_stops_the_script_cleanly(long_context_model: Pat
 
     child = subprocess.Popen(
         [sys.executable, "-m", "edgellm", "chat", "-m", str(long_context_model), "--ctx", "16384",
-         "--seed", "11", "--think", "show"],
+         "--seed", "11", "--think", "stderr"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
     )
     assert child.stdin is not None and child.stderr is not None
@@ -353,8 +369,8 @@ def test_ctrl_c_between_tokens_is_handed_to_the_engine(tiny_f32: Path, monkeypat
         if len(writes) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(chat.ui, "write_reasoning", write_then_interrupt)
-    options = chat.ChatOptions(show_thinking=True, interactive=True)
+    monkeypatch.setattr(stream, "write_reasoning", write_then_interrupt)
+    options = chat.ChatOptions(think="stderr", interactive=True)
     session = chat.ChatSession(engine, chat.Conversation(), SamplingParams(seed=1), options, sys.stdout)
     try:
         session.turn("Tell me a story")
