@@ -1,12 +1,15 @@
 """`edgellm bench`: prompt and generation speed measured the way llama.cpp's llama-bench does it,
 plus what edge users need: heat and throttling, memory, the profile's choice against alternatives,
-long soaks, and full-size synthetic models that answer "how fast would it be here?" before a download.
+long soaks, and full-size synthetic models (edgellm.synthetic) that answer "how fast would it be
+here?" before a download.
 
 Measurement (as llama-bench): per test one warm-up, then `reps` repetitions, each on an empty KV
 cache (after `depth` untimed tokens when asked), timing pp (a batch of random tokens) and tg (random
 tokens decoded one at a time, end-of-sequence ignored). t/s per repetition, then mean and sample
 standard deviation. The decoding itself is edgellm.runtime.BenchContext; this module plans the tests,
-samples heat, and writes the report (JSON is the source; table, CSV and markdown are views of it).
+samples heat (hardware.HeatProbe) while they run, and makes the report, a BenchReport: its JSON is
+the source, and edgellm.ui.bench's table, CSV and markdown are views of it. `bench report` merges
+the JSON of several devices (load_reports, merge_reports: files from elsewhere are checked first).
 
 `--parallel 1,2,4` measures instead as llama.cpp's llama-batched-bench does: for each number of
 sequences B (and each -p/-n), on an empty KV cache, B different random prompts of -p tokens decoded
@@ -20,14 +23,10 @@ decoding is edgellm.runtime.batched_bench.BatchedBench.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -38,9 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgellm import __version__, hardware
-from edgellm.errors import EdgeLLMError, ModelNotFoundError, PlanError, UsageError
-from edgellm.units import parse_duration  # noqa: F401  (bench --duration; the parser lives with the units)
+from edgellm import __version__, hardware, runtime
+from edgellm.errors import EdgeLLMError, PlanError, UsageError
+from edgellm.options import MAX_SEQUENCES, parse_cpu_list
+from edgellm.response import Response
+from edgellm.runtime import SamplingParams
+from edgellm.session import PlanOptions, prepare
+from edgellm.synthetic import synthetic_model_path
 
 DEFAULT_PROMPT = 512
 DEFAULT_GEN = 128
@@ -52,190 +55,10 @@ COOL_TO_TIMEOUT_S = 600.0
 COOL_TO_RANGE_C = (1.0, 150.0)  # below, no CPU gets there under load; above, every sensor already is
 MAX_REPORT_BYTES = 16 * 1024**2  # a report with hundreds of tests is ~1 MiB
 SCHEMA = "edgellm-bench/1"
-MAX_LIST_VALUES = 4096  # -p/-n/-t/--depth lists: far more tests than anyone can wait for
-MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: a context holds at most this many sequences
 
 # --------------------------------------------------------------------------------------------------
-# Argument parsing helpers
+# Heat over one test (hardware.HeatProbe reads it)
 # --------------------------------------------------------------------------------------------------
-
-
-def parse_int_list(text: str, option: str, *, minimum: int = 0) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]; also accepts llama-bench's 'first-last+step' ranges ('1-8+1')."""
-    values: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:-(\d+)(?:\+(\d+))?)?", part)
-        if not match:
-            raise UsageError(f"{option} {text!r}: expected numbers separated by commas, e.g. {option} 1,2,4")
-        first, last, step = int(match.group(1)), match.group(2), match.group(3)
-        if step is not None and int(step) == 0:
-            raise UsageError(f"{option} {part!r}: a range's step must be at least 1")
-        span = range(first, int(last) + 1, int(step or 1)) if last else range(first, first + 1)
-        if len(values) + len(span) > MAX_LIST_VALUES:  # sized before expanding: 1-4000000000 is 4e9 ints
-            raise UsageError(f"{option} {text!r}: more than {MAX_LIST_VALUES} values")
-        values.extend(span)
-    if not values or min(values) < minimum:
-        raise UsageError(f"{option} {text!r}: every value must be at least {minimum}")
-    return list(dict.fromkeys(values))
-
-
-def parse_parallel(text: str) -> list[int]:
-    """--parallel '1,2,4' -> [1, 2, 4]: numbers of sequences decoded at once, 1 to MAX_SEQUENCES."""
-    values = parse_int_list(text, "--parallel", minimum=1)
-    if max(values) > MAX_SEQUENCES:
-        raise UsageError(f"--parallel {text!r}: at most {MAX_SEQUENCES} sequences (llama.cpp's limit)",
-                         hint="e.g. --parallel 1,2,4")
-    return values
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """'4-7' or '0,2,4' -> CPU ids (the kernel's CPU-list format, as hardware reads it)."""
-    cpus = hardware.parse_cpu_list(text)
-    if not cpus:
-        raise UsageError(f"--cores {text!r}: expected big, all, or CPU ids like 4-7 or 0,2")
-    return cpus
-
-
-# --------------------------------------------------------------------------------------------------
-# Synthetic models
-# --------------------------------------------------------------------------------------------------
-
-
-def _synthetic_shape(name: str) -> Any:
-    """A catalog model's architecture, or the test suite's tiny shape."""
-    from edgellm import catalog, synthetic
-
-    if name == "tiny":
-        return synthetic.TINY
-    entry = catalog.find_entry(name)
-    return entry.shape if entry is not None else None
-
-
-def synthetic_spec(spec: str) -> tuple[str, str, Any]:
-    """'deepseek-r1-7b:Q4_K_M' -> (name, quant, ModelShape); the quant defaults to Q4_K_M."""
-    from edgellm import synthetic
-
-    name, _, quant = spec.partition(":")
-    name, quant = name.strip().lower(), (quant.strip() or "Q4_K_M").upper()
-    shape = _synthetic_shape(name)
-    if shape is None:
-        from edgellm import catalog
-
-        raise ModelNotFoundError(
-            f"no synthetic shape for '{name}'",
-            hint="edgellm bench --synthetic NAME, with a name from `edgellm models`: " + ", ".join(sorted(catalog.load_catalog())),
-        )
-    try:
-        synthetic.quant_types(shape, quant)
-    except ValueError as exc:
-        raise UsageError(f"--synthetic {spec}: {exc}", hint=f"edgellm bench --synthetic {name}:Q4_K_M") from None
-    return name, quant, shape
-
-
-def synthetic_model_path(spec: str, *, cache_dir: Path | None = None, announce: Callable[[str], None] | None = None) -> Path:
-    """Build (once) and return the cached synthetic GGUF for `spec`, e.g. 'deepseek-r1-1.5b:Q4_K_S'."""
-    from edgellm import synthetic
-    from edgellm.profiles import edgellm_home
-
-    name, quant, shape = synthetic_spec(spec)
-    directory = cache_dir or edgellm_home() / "synthetic"
-    path = directory / f"{name}-{quant}-synthetic.gguf"
-    label = f"{name} (synthetic)"
-    expected = synthetic.expected_file_size(shape, quant, name=label)
-    if path.is_file() and path.stat().st_size == expected:
-        return path
-    free = shutil.disk_usage(directory if directory.exists() else directory.anchor or "/").free
-    if free < expected:
-        from edgellm.units import format_size
-
-        raise EdgeLLMError(
-            f"a synthetic {name} {quant} needs {format_size(expected)} on disk but {directory} has {format_size(free)} free",
-            hint="free some space, or point EDGELLM_HOME at a larger disk",
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    if announce:
-        announce(f"building synthetic {name} {quant} ({expected / 1e9:.2f} GB, once) in {path}")
-    partial = path.with_suffix(".partial")
-    try:
-        synthetic.write_synthetic_model(partial, shape, quant, name=label)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# Heat: thermal zones, CPU frequency, Raspberry Pi throttling
-# --------------------------------------------------------------------------------------------------
-
-# Bits of the Raspberry Pi firmware's get_throttled word (vcgencmd get_throttled).
-THROTTLE_BITS = {
-    0: "under-voltage",
-    1: "arm frequency capped",
-    2: "throttled",
-    3: "soft temperature limit",
-    16: "under-voltage has occurred",
-    17: "arm frequency capping has occurred",
-    18: "throttling has occurred",
-    19: "soft temperature limit has occurred",
-}
-
-
-def decode_throttled(value: int) -> list[str]:
-    return [text for bit, text in THROTTLE_BITS.items() if value & (1 << bit)]
-
-
-class HeatProbe:
-    """Reads temperatures, CPU frequencies and Pi throttling from /sys (below `sysroot`)."""
-
-    def __init__(self, sysroot: str | Path = "/", cpus: Sequence[int] | None = None) -> None:
-        root = Path(sysroot)
-        self.sysroot = root
-        self._temp_files = sorted((root / "sys/class/thermal").glob("thermal_zone*/temp"))
-        cpufreq = root / "sys/devices/system/cpu"
-        wanted = set(cpus) if cpus else None
-        self._freq_files = [
-            path for path in sorted(cpufreq.glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))
-            if wanted is None or int(path.parent.parent.name[3:]) in wanted
-        ]
-        self._throttled_file = root / "sys/devices/platform/soc/soc:firmware/get_throttled"
-        self._vcgencmd = shutil.which("vcgencmd") if root.resolve() == Path("/") else None
-
-    @property
-    def has_temperature(self) -> bool:
-        return bool(self._temp_files)
-
-    def celsius(self) -> float | None:
-        """The hottest zone now (a CPU under load is the hottest thing on these boards)."""
-        temps = [v / 1000.0 for v in (_read_int(p) for p in self._temp_files) if v is not None and v > -50_000]
-        return round(max(temps), 1) if temps else None
-
-    def mean_freq_khz(self) -> float | None:
-        values = [v for v in (_read_int(p) for p in self._freq_files) if v]
-        return sum(values) / len(values) if values else None
-
-    def throttled(self) -> int | None:
-        """The firmware's throttle word, from sysfs (newer Pi kernels) or `vcgencmd get_throttled`."""
-        value = _read_text(self._throttled_file)
-        if value is None and self._vcgencmd:
-            try:
-                out = subprocess.run([self._vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=5, check=False).stdout
-            except (OSError, subprocess.SubprocessError):
-                out = ""
-            value = out.partition("=")[2] or None
-        try:
-            return int(value.strip(), 16) if value else None
-        except ValueError:
-            return None
-
-
-def _read_text(path: Path) -> str | None:
-    return hardware.read_text(path.parent, path.name)
-
-
-def _read_int(path: Path) -> int | None:
-    return hardware.read_int(path.parent, path.name)
 
 
 @dataclass
@@ -258,7 +81,7 @@ class HeatSampler:
     """Samples the probe on a background thread while a test runs (a file read every half second;
     llama.cpp releases the GIL while it decodes, so this costs the benchmark nothing measurable)."""
 
-    def __init__(self, probe: HeatProbe, interval_s: float = HEAT_INTERVAL_S) -> None:
+    def __init__(self, probe: hardware.HeatProbe, interval_s: float = HEAT_INTERVAL_S) -> None:
         self.probe = probe
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -299,7 +122,7 @@ class HeatSampler:
             record.freq_min_mhz = round(min(self._freqs), 1)
             record.freq_drop_pct = round(100.0 * (1 - min(self._freqs) / self._freqs[0]), 1) if self._freqs[0] else None
         throttled = self.probe.throttled()
-        record.throttled = decode_throttled(throttled) if throttled else []
+        record.throttled = hardware.decode_throttled(throttled) if throttled else []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,7 +281,7 @@ class ParallelResult:
         spec = self.spec
         gen_tps = [1e9 * spec.sequences * spec.n_gen / ns for ns in self.gen_ns]
         pp_tps = [1e9 * spec.sequences * spec.n_prompt / ns for ns in self.prompt_ns] if spec.n_prompt else []
-        all_tps = [1e9 * spec.n_kv / (p + g) for p, g in zip(self.prompt_ns, self.gen_ns)]
+        all_tps = [1e9 * spec.n_kv / (p + g) for p, g in zip(self.prompt_ns, self.gen_ns, strict=True)]
         mean = statistics.fmean(gen_tps)
         return {
             "test": spec.name,
@@ -542,7 +365,7 @@ def measure_parallel(batched: Any, spec: ParallelSpec, reps: int) -> tuple[list[
     return prompt_ns, gen_ns
 
 
-def cool_down(probe: HeatProbe, seconds: float, target_c: float | None, say: Callable[[str], None]) -> None:
+def cool_down(probe: hardware.HeatProbe, seconds: float, target_c: float | None, say: Callable[[str], None]) -> None:
     """Sleep `seconds`, then (if asked) until the hottest zone is below `target_c` (at most 10 min)."""
     if seconds > 0:
         time.sleep(seconds)
@@ -562,7 +385,7 @@ def cool_down(probe: HeatProbe, seconds: float, target_c: float | None, say: Cal
         now = probe.celsius()
 
 
-def soak(bench_ctx: Any, threads: int, duration_s: float, probe: HeatProbe,
+def soak(bench_ctx: Any, threads: int, duration_s: float, probe: hardware.HeatProbe,
          progress: ProgressFn | None = None) -> dict[str, Any]:
     """Generate continuously for `duration_s`; a t/s, temperature and frequency sample per window.
 
@@ -629,21 +452,69 @@ def summarize_soak(samples: list[dict[str, Any]], duration_s: float, total_token
 
 
 # --------------------------------------------------------------------------------------------------
-# The run
+# The report and the run
 # --------------------------------------------------------------------------------------------------
 
 
-def _device_json(device: Any) -> dict[str, Any]:
-    return {
-        "board": device.board,
-        "soc": device.soc,
-        "arch": device.arch,
-        "cpu_model": device.cpu_model,
-        "cpu_count": device.cpu_count,
-        "big_cores": device.big_cores,
-        "mem_total_bytes": device.mem_total_bytes,
-        "clusters": [{"name": c.name, "cpus": c.cpus, "max_freq_khz": c.max_freq_khz} for c in device.clusters],
-    }
+# What a report keeps of `detect --json`: enough to tell devices apart and compare them.
+DEVICE_KEYS = ("board", "soc", "arch", "cpu_model", "cpu_count", "big_cores", "mem_total_bytes", "clusters")
+CLUSTER_KEYS = ("name", "cpus", "max_freq_khz")
+
+
+def device_json(device: hardware.Device) -> dict[str, Any]:
+    data = device.to_json()
+    data["clusters"] = [{key: cluster[key] for key in CLUSTER_KEYS} for cluster in data["clusters"]]
+    return {key: data[key] for key in DEVICE_KEYS}
+
+
+@dataclass
+class BenchReport:
+    """One `edgellm bench` run; `to_json()` is the `--json` schema (SCHEMA), in this field order.
+
+    The parts other tools read field by field stay JSON objects: `device` (DEVICE_KEYS), `results`
+    (one TestResult/ParallelResult.to_json() per test), `thermal`, `soak` and `parallel`.
+    """
+
+    schema: str
+    edgellm_version: str
+    created: str
+    synthetic: bool
+    model: str
+    model_path: str
+    model_size_bytes: int
+    quant: str
+    device: dict[str, Any]
+    profile: str
+    cores_choice: str
+    cores: list[int]
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    kv_type: str
+    flash_attn: bool
+    plan_threads: int
+    plan_threads_batch: int
+    predicted_tg_tps: float | None
+    llama_cpp_system_info: str
+    load_s: float
+    ttft_s: float | None
+    peak_rss_bytes: int
+    results: list[dict[str, Any]]
+    thermal: dict[str, Any]
+    soak: dict[str, Any] | None = None  # --duration only
+    parallel: dict[str, Any] | None = None  # --parallel only
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("soak", "parallel"):  # absent, not null, when not measured
+            if data[key] is None:
+                del data[key]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchReport:
+        """A report this edgellm wrote (a cores sweep's child process): unknown keys are a TypeError."""
+        return cls(**data)
 
 
 def resolve_cores(choice: str | None, device: Any, plan_cores: list[int]) -> tuple[list[int], str]:
@@ -663,10 +534,8 @@ def resolve_cores(choice: str | None, device: Any, plan_cores: list[int]) -> tup
     return cpus, choice
 
 
-def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Load the model once, run every test (or the soak, or the --parallel tests) and return the JSON report."""
-    from edgellm import runtime
-    from edgellm.session import PlanOptions, prepare
+def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[str], None] = lambda _: None) -> BenchReport:
+    """Load the model once, run every test (or the soak, or the --parallel tests) and return the report."""
 
     if bool(config.model) == bool(config.synthetic):
         raise UsageError("pass either -m FILE.gguf or --synthetic NAME", hint="edgellm bench --synthetic deepseek-r1-1.5b")
@@ -702,14 +571,14 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
     engine = runtime.Engine(prepared.model, plan, sequences=sequences)
     try:
         pinned = engine.pinned_cores or (cores if cores else [])
-        probe = HeatProbe(config.sysroot, pinned or None)
+        probe = hardware.HeatProbe(config.sysroot, pinned or None)
         results: list[Any] = []  # TestResult, or ParallelResult with --parallel
         soak_report = None
         parallel_info = None
         thermal_start = probe.celsius()
         throttled_start = probe.throttled()
         if config.parallel:
-            from edgellm.runtime.batched_bench import BatchedBench
+            from edgellm.runtime.batched_bench import BatchedBench  # noqa: PLC0415  (only for --parallel)
 
             specs = config.parallel_tests(plan.threads, plan.threads_batch)
             batched = BatchedBench(engine, max_sequences=sequences,
@@ -735,48 +604,45 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
             results = _run_tests(bench_ctx, config, plan, probe, pinned, progress, say)
         ttft_s = _time_to_first_token(engine, bench_ctx, config.prompts[0] if config.prompts[0] > 0 else 32)
         info = runtime.system_info()
-        report: dict[str, Any] = {
-            "schema": SCHEMA,
-            "edgellm_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        return BenchReport(
+            schema=SCHEMA,
+            edgellm_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             # A synthetic file passed with -m is still synthetic: the builder always names it so.
-            "synthetic": bool(config.synthetic) or "synthetic" in (prepared.model.name or "").lower(),
-            "model": prepared.model.name or Path(model_spec).name,
-            "model_path": str(prepared.model.path),
-            "model_size_bytes": prepared.model.file_size,
-            "quant": prepared.model.quant,
-            "device": _device_json(prepared.device),
-            "profile": prepared.profile.name,
-            "cores_choice": cores_label,
-            "cores": pinned,
-            "n_ctx": engine.n_ctx,
-            "n_batch": bench_ctx.n_batch,
-            "n_ubatch": bench_ctx.n_ubatch,
-            "kv_type": plan.kv_type,
-            "flash_attn": plan.flash_attn,
-            "plan_threads": plan.threads,
-            "plan_threads_batch": plan.threads_batch,
-            "predicted_tg_tps": plan.predicted_tg_tps,
-            "llama_cpp_system_info": info,
-            "load_s": round(engine.load_s, 3),
-            "ttft_s": round(ttft_s, 4) if ttft_s is not None else None,
-            "peak_rss_bytes": runtime.peak_rss_bytes(),
-            "results": (
+            synthetic=bool(config.synthetic) or "synthetic" in (prepared.model.name or "").lower(),
+            model=prepared.model.name or Path(model_spec).name,
+            model_path=str(prepared.model.path),
+            model_size_bytes=prepared.model.file_size,
+            quant=prepared.model.quant,
+            device=device_json(prepared.device),
+            profile=prepared.profile.name,
+            cores_choice=cores_label,
+            cores=pinned,
+            n_ctx=engine.n_ctx,
+            n_batch=bench_ctx.n_batch,
+            n_ubatch=bench_ctx.n_ubatch,
+            kv_type=plan.kv_type,
+            flash_attn=plan.flash_attn,
+            plan_threads=plan.threads,
+            plan_threads_batch=plan.threads_batch,
+            predicted_tg_tps=plan.predicted_tg_tps,
+            llama_cpp_system_info=info,
+            load_s=round(engine.load_s, 3),
+            ttft_s=round(ttft_s, 4) if ttft_s is not None else None,
+            peak_rss_bytes=runtime.peak_rss_bytes(),
+            results=(
                 [r.to_json() for r in results] if soak_report is None
                 else [_soak_result_json(results[0], [s["tps"] for s in soak_report["samples"]], soak_report["duration_s"])]
             ),
-            "thermal": _thermal_summary(probe, thermal_start, throttled_start, results),
-        }
-        if soak_report is not None:
-            report["soak"] = soak_report
-        if parallel_info is not None:
-            report["parallel"] = parallel_info
-        return report
+            thermal=_thermal_summary(probe, thermal_start, throttled_start, results),
+            soak=soak_report,
+            parallel=parallel_info,
+        )
     finally:
         engine.close()
 
 
-def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: HeatProbe, pinned: list[int],
+def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: hardware.HeatProbe, pinned: list[int],
                progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """The llama-bench tests, in order, heat sampled per test."""
     def one(spec: TestSpec, heat: HeatRecord) -> TestResult:
@@ -788,7 +654,7 @@ def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: HeatProbe,
                       config, probe, progress, say)
 
 
-def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchConfig, probe: HeatProbe,
+def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchConfig, probe: hardware.HeatProbe,
                         pinned: list[int], progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """The --parallel tests (llama-batched-bench's), in order, heat sampled per test."""
     def one(spec: ParallelSpec, heat: HeatRecord) -> ParallelResult:
@@ -799,7 +665,7 @@ def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchCo
 
 
 def _each_test(specs: list[Any], threads_of: Callable[[Any], int], run_one: Callable[[Any, HeatRecord], Any],
-               config: BenchConfig, probe: HeatProbe, progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
+               config: BenchConfig, probe: hardware.HeatProbe, progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """Run `run_one` for each test in order: cool-down between tests, progress, heat sampled
     while it runs (`run_one` gets the sampler's record, which the sampler completes as it exits)."""
     results: list[Any] = []
@@ -839,14 +705,12 @@ def _soak_result_json(result: TestResult, window_tps: list[float], duration_s: f
 
 def _time_to_first_token(engine: Any, bench_ctx: Any, n_prompt: int) -> float | None:
     """A real request's first token: a prompt of n_prompt tokens through Engine.generate_tokens."""
-    from edgellm.response import Response
-    from edgellm.runtime import SamplingParams
 
     n_prompt = min(n_prompt, engine.n_ctx - 2)
     if n_prompt < 1:
         return None
     bench_ctx.clear()
-    import numpy as np
+    import numpy as np  # noqa: PLC0415  (numpy costs ~0.1 s to import; only the first-token test needs it)
 
     tokens = np.random.default_rng(1).integers(0, bench_ctx.n_vocab, n_prompt).tolist()
     if bench_ctx.bos is not None:
@@ -856,7 +720,7 @@ def _time_to_first_token(engine: Any, bench_ctx: Any, n_prompt: int) -> float | 
     return stats.ttft_s if stats else None
 
 
-def _thermal_summary(probe: HeatProbe, start_c: float | None, throttled_start: int | None, results: list[TestResult]) -> dict[str, Any]:
+def _thermal_summary(probe: hardware.HeatProbe, start_c: float | None, throttled_start: int | None, results: list[TestResult]) -> dict[str, Any]:
     maxima = [r.heat.temp_max_c for r in results if r.heat.temp_max_c is not None]
     drops = [r.heat.freq_drop_pct for r in results if r.heat.freq_drop_pct is not None]
     throttled_end = probe.throttled()
@@ -866,15 +730,15 @@ def _thermal_summary(probe: HeatProbe, start_c: float | None, throttled_start: i
         "temp_end_c": probe.celsius(),
         "temp_max_c": max(maxima) if maxima else None,
         "freq_drop_max_pct": max(drops) if drops else None,
-        "throttled_start": decode_throttled(throttled_start) if throttled_start is not None else None,
-        "throttled_end": decode_throttled(throttled_end) if throttled_end is not None else None,
+        "throttled_start": hardware.decode_throttled(throttled_start) if throttled_start is not None else None,
+        "throttled_end": hardware.decode_throttled(throttled_end) if throttled_end is not None else None,
     }
 
 
-def run_cores_sweep(config: BenchConfig, choices: list[str], say: Callable[[str], None]) -> dict[str, Any]:
+def run_cores_sweep(config: BenchConfig, choices: list[str], say: Callable[[str], None]) -> BenchReport:
     """One child process per cores choice (llama.cpp's worker threads keep the affinity they were
     born with, so a second pinning in one process would not take), merged into one report."""
-    reports: list[dict[str, Any]] = []
+    reports: list[BenchReport] = []
     for choice in choices:
         say(f"cores {choice}: running in a child process")
         child = dataclasses.replace(config, cores=choice)
@@ -885,224 +749,18 @@ def run_cores_sweep(config: BenchConfig, choices: list[str], say: Callable[[str]
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise EdgeLLMError(f"the benchmark on cores {choice} failed: {last}")
-        reports.append(json.loads(proc.stdout))
-    merged = dict(reports[0])
-    merged["results"] = [dict(row, cores_choice=r["cores_choice"]) for r in reports for row in r["results"]]
-    merged["cores_choice"] = ", ".join(r["cores_choice"] for r in reports)
-    merged["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in reports)
-    return merged
+        reports.append(BenchReport.from_json(json.loads(proc.stdout)))
+    return dataclasses.replace(
+        reports[0],
+        results=[dict(row, cores_choice=r.cores_choice) for r in reports for row in r.results],
+        cores_choice=", ".join(r.cores_choice for r in reports),
+        peak_rss_bytes=max(r.peak_rss_bytes for r in reports),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
-# Views of the report: CSV, markdown, merge of several reports
+# bench report FILE...: reports from other devices, checked, then merged into one table
 # --------------------------------------------------------------------------------------------------
-
-CSV_FIELDS = ("model", "quant", "synthetic", "device", "test", "threads", "cores", "n_prompt", "n_gen", "depth",
-              "reps", "tps_mean", "tps_std", "predicted_tps", "temp_before_c", "temp_after_c", "temp_max_c",
-              "freq_drop_pct", "throttled")
-
-
-def device_label(device: dict[str, Any]) -> str:
-    board, soc = device.get("board", "unknown"), device.get("soc", "unknown")
-    if board not in ("", "unknown"):
-        return board
-    return soc if soc not in ("", "unknown") else str(device.get("cpu_model", "unknown"))
-
-
-def model_label(report: dict[str, Any]) -> str:
-    name = str(report.get("model", "?"))
-    if report.get("synthetic") and "synthetic" not in name.lower():
-        name += " (synthetic)"
-    return f"{name} {report.get('quant', '')}".strip()
-
-
-def _cores_text(cores: list[int]) -> str:
-    if not cores:
-        return "all"
-    if len(cores) > 2 and cores == list(range(cores[0], cores[-1] + 1)):
-        return f"{cores[0]}-{cores[-1]}"
-    return ",".join(map(str, cores))
-
-
-PARALLEL_CSV_FIELDS = ("model", "quant", "synthetic", "device", "test", "sequences", "threads", "threads_batch", "cores",
-                       "n_prompt", "n_gen", "n_kv", "reps", "tps_mean", "tps_std", "tps_per_sequence", "pp_tps_mean",
-                       "pp_tps_std", "total_tps_mean", "temp_before_c", "temp_after_c", "temp_max_c", "freq_drop_pct",
-                       "throttled")
-
-
-_PARALLEL_ROW_FIELDS = ("test", "sequences", "threads", "threads_batch", "n_prompt", "n_gen", "n_kv", "reps", "tps_mean",
-                        "tps_std", "tps_per_sequence", "pp_tps_mean", "pp_tps_std", "total_tps_mean")
-
-
-def is_parallel(report: dict[str, Any]) -> bool:
-    """A --parallel report: its rows are llama-batched-bench's tests, not llama-bench's."""
-    return bool(report.get("parallel"))
-
-
-def _blank(value: Any) -> Any:
-    return "" if value is None else value
-
-
-def to_csv(report: dict[str, Any]) -> str:
-    buffer = io.StringIO()
-    if is_parallel(report):
-        writer = csv.DictWriter(buffer, fieldnames=PARALLEL_CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in report["results"]:
-            heat = row.get("thermal") or {}
-            writer.writerow({
-                "model": report["model"], "quant": report["quant"], "synthetic": str(report["synthetic"]).lower(),
-                "device": device_label(report["device"]), "cores": _cores_text(row["cores"]),
-                **{k: _blank(row.get(k)) for k in _PARALLEL_ROW_FIELDS},
-                **{k: _blank(heat.get(k)) for k in ("temp_before_c", "temp_after_c", "temp_max_c", "freq_drop_pct")},
-                "throttled": "; ".join(heat.get("throttled") or []),
-            })
-        return buffer.getvalue()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in report["results"]:
-        heat = row.get("thermal") or {}
-        writer.writerow({
-            "model": report["model"], "quant": report["quant"], "synthetic": str(report["synthetic"]).lower(),
-            "device": device_label(report["device"]), "test": row["test"], "threads": row["threads"],
-            "cores": _cores_text(row["cores"]), "n_prompt": row["n_prompt"], "n_gen": row["n_gen"],
-            "depth": row.get("depth", 0), "reps": row["reps"], "tps_mean": row["tps_mean"], "tps_std": row["tps_std"],
-            "predicted_tps": row.get("predicted_tps") if row.get("predicted_tps") is not None else "",
-            **{k: ("" if heat.get(k) is None else heat.get(k)) for k in ("temp_before_c", "temp_after_c", "temp_max_c", "freq_drop_pct")},
-            "throttled": "; ".join(heat.get("throttled") or []),
-        })
-    return buffer.getvalue()
-
-
-def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-
-def _temp_text(heat: dict[str, Any]) -> str:
-    if heat.get("temp_max_c") is None:
-        return "-"
-    return f"{heat.get('temp_before_c')}→{heat.get('temp_after_c')} (max {heat['temp_max_c']})"
-
-
-def _mean_std(mean: float | None, std: float | None) -> str:
-    return "-" if mean is None else f"{mean:.2f} ± {std or 0.0:.2f}"
-
-
-def _heat_cells(heat: dict[str, Any]) -> list[str]:
-    return [
-        _temp_text(heat),
-        f"{heat['freq_drop_pct']:.0f}%" if heat.get("freq_drop_pct") is not None else "-",
-        ", ".join(heat.get("throttled") or []) or "-",
-    ]
-
-
-def result_headers(report: dict[str, Any]) -> list[str]:
-    return PARALLEL_HEADERS if is_parallel(report) else RESULT_HEADERS
-
-
-def result_rows(report: dict[str, Any]) -> list[list[str]]:
-    """The cells of the per-test table shared by the terminal table and markdown."""
-    if is_parallel(report):
-        return [
-            [
-                row["test"], str(row["sequences"]), str(row["threads"]),
-                row.get("cores_choice") or _cores_text(row["cores"]),
-                _mean_std(row["tps_mean"], row["tps_std"]),
-                f"{row['tps_per_sequence']:.2f}",
-                _mean_std(row.get("pp_tps_mean"), row.get("pp_tps_std")),
-                *_heat_cells(row.get("thermal") or {}),
-            ]
-            for row in report["results"]
-        ]
-    rows = []
-    for row in report["results"]:
-        heat = row.get("thermal") or {}
-        predicted = row.get("predicted_tps")
-        rows.append([
-            row["test"], str(row["threads"]), row.get("cores_choice") or _cores_text(row["cores"]),
-            f"{row['tps_mean']:.2f} ± {row['tps_std']:.2f}",
-            f"{predicted:g}" if predicted else "-",
-            _temp_text(heat),
-            f"{heat['freq_drop_pct']:.0f}%" if heat.get("freq_drop_pct") is not None else "-",
-            ", ".join(heat.get("throttled") or []) or "-",
-        ])
-    return rows
-
-
-RESULT_HEADERS = ["test", "threads", "cores", "t/s", "predicted t/s", "temp °C", "freq drop", "throttled"]
-# --parallel: generation t/s of all sequences together (S_TG) and of each, prompt t/s of all (S_PP)
-PARALLEL_HEADERS = ["test", "seqs", "threads", "cores", "gen t/s (all)", "t/s each", "prompt t/s",
-                    "temp °C", "freq drop", "throttled"]
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    from edgellm.units import format_size
-
-    lines = [
-        f"model: {model_label(report)}, {format_size(report.get('model_size_bytes'))}"
-        + (" — SYNTHETIC: random weights, real shapes and quant types; speed is the real model's, text is noise" if report.get("synthetic") else ""),
-        (f"device: {device_label(report['device'])} ({report['device'].get('cpu_model')}, {report['device'].get('cpu_count')} CPUs),"
-        f" profile {report['profile']}, cores {report.get('cores_choice')}"),
-        (f"load {report['load_s']:.2f} s, first token {report['ttft_s'] if report['ttft_s'] is not None else '-'} s,"
-        f" peak RSS {format_size(report['peak_rss_bytes'])}, n_ctx {report['n_ctx']}, batch {report['n_batch']}/{report['n_ubatch']},"
-        f" KV {report['kv_type']}{', flash attention' if report['flash_attn'] else ''}"),
-    ]
-    thermal = report.get("thermal") or {}
-    if not thermal.get("sensors"):
-        lines.append("thermal: no temperature sensors found")
-    soak_report = report.get("soak")
-    if soak_report:
-        change = soak_report.get("change_pct")
-        lines.append(
-            f"soak {soak_report['duration_s']:.0f} s: first minute {soak_report['first_minute_tps']} t/s,"
-            f" sustained (last {soak_report['sustained_window_s']:.0f} s) {soak_report['sustained_tps']} t/s"
-            + (f" ({change:+}%)" if change is not None else "")
-        )
-    if is_parallel(report):
-        lines += parallel_summary_lines(report)
-    lines.append(f"llama.cpp: {report.get('llama_cpp_system_info', '')}")
-    return lines
-
-
-def parallel_summary_lines(report: dict[str, Any]) -> list[str]:
-    """How the --parallel numbers were measured, and the answer: how many sequences pay off."""
-    info = report.get("parallel") or {}
-    lines = [
-        "parallel: as llama-batched-bench: per test, on an empty KV cache, one prompt of -p random tokens per"
-        " sequence (not shared), then -n steps that each decode one token of every sequence in one batch;"
-        " gen t/s (all) = sequences x n / generation time"
-        + (f"; KV cache for {info.get('n_seq_max')} sequences, "
-           + ("unified" if info.get("kv_unified") else "one stream each (llama-batched-bench's default)")
-           if (info.get("n_seq_max") or 1) > 1 else "")
-    ]
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for row in report["results"]:
-        groups.setdefault((row["n_prompt"], row["n_gen"], row.get("threads_batch"), row.get("cores_choice")), []).append(row)
-    for rows in groups.values():
-        if len(rows) < 2:
-            continue
-        best = max(rows, key=lambda r: r["tps_mean"])
-        single = next((r for r in rows if r["sequences"] == 1), None)
-        gain = f", {best['tps_mean'] / single['tps_mean']:.2f}x one sequence" if single and single["tps_mean"] else ""
-        where = f"pp{best['n_prompt']}+tg{best['n_gen']}" if best["n_prompt"] else f"tg{best['n_gen']}"
-        lines.append(
-            f"most generation throughput ({where}, {best['threads']} thread{'s' if best['threads'] != 1 else ''}):"
-            f" {best['sequences']} sequence{'s' if best['sequences'] != 1 else ''},"
-            f" {best['tps_mean']:.2f} t/s in all, {best['tps_per_sequence']:.2f} t/s each{gain}"
-        )
-    return lines
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    out = [f"**edgellm bench** {report['edgellm_version']}" + (" — synthetic model" if report.get("synthetic") else ""), ""]
-    out += [f"- {line}" for line in summary_lines(report)]
-    headers = result_headers(report)
-    out += ["", _md_row(headers), _md_row(["---"] * len(headers))]
-    out += [_md_row(cells) for cells in result_rows(report)]
-    return "\n".join(out) + "\n"
-
-
-# --- bench report FILE... -------------------------------------------------------------------------
 
 
 def load_reports(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -1224,7 +882,7 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for row in report["results"]:
             if row["test"] not in tests:
                 tests.append(row["test"])
-            key = (device, model, str(row["threads"]), row.get("cores_choice") or _cores_text(row.get("cores") or []))
+            key = (device, model, str(row["threads"]), row.get("cores_choice") or hardware.format_cpu_list(row.get("cores") or []))
             rows.setdefault(key, {})[row["test"]] = f"{row['tps_mean']:.2f} ± {row['tps_std']:.2f}"
             temp = (row.get("thermal") or {}).get("temp_max_c")
             if temp is not None:
@@ -1237,14 +895,21 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"headers": headers, "rows": table}
 
 
-def merged_markdown(merged: dict[str, Any]) -> str:
-    lines = [_md_row(merged["headers"]), _md_row(["---"] * len(merged["headers"]))]
-    lines += [_md_row(row) for row in merged["rows"]]
-    return "\n".join(lines) + "\n"
+# The names a report goes by are data, not looks: merge_reports keys its rows (`bench report --json`)
+# by them; the views in edgellm.ui.bench show the same names.
+def device_label(device: dict[str, Any]) -> str:
+    """A device's board, else its SoC, else its CPU."""
+    board, soc = device.get("board", "unknown"), device.get("soc", "unknown")
+    if board not in ("", "unknown"):
+        return board
+    return soc if soc not in ("", "unknown") else str(device.get("cpu_model", "unknown"))
 
 
-def report_title(report: dict[str, Any]) -> str:
-    return "edgellm bench" + (" — SYNTHETIC model (random weights)" if report.get("synthetic") else "")
+def model_label(report: dict[str, Any]) -> str:
+    name = str(report.get("model", "?"))
+    if report.get("synthetic") and "synthetic" not in name.lower():
+        name += " (synthetic)"
+    return f"{name} {report.get('quant', '')}".strip()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1259,7 +924,7 @@ def _child_main() -> int:
     except EdgeLLMError as exc:
         sys.stderr.write(f"error: {exc.message}\n")
         return 1
-    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.write(json.dumps(report.to_json()) + "\n")
     return 0
 
 

@@ -3,6 +3,8 @@
 Everything is read from files below `sysroot` (normally "/"), so tests and bug reports can feed
 captures of real devices. A missing or unreadable file degrades to "unknown"; nothing here raises
 for bad or absent data. macOS has no /proc: `detect_macos` reads `sysctl` output instead.
+The heat readers (thermal zones, CPU frequency, Pi throttling) are here too: detect lists the zones,
+chat shows the hottest, and bench samples them all with a `HeatProbe` while it measures.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import errno
 import os
 import platform
 import re
+import shutil
 import stat
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,8 +297,10 @@ def parse_cpu_list(text: str | None) -> list[int]:
 
 
 def format_cpu_list(cpus: Iterable[int]) -> str:
-    """CPU ids the way the kernel writes them: '0-3,6,8-9'."""
+    """CPU ids the way the kernel writes them: '0-3,6,8-9'. No ids (no pinning) is 'all'."""
     ids = sorted(set(cpus))
+    if not ids:
+        return "all"
     runs: list[str] = []
     start = 0
     for index in range(1, len(ids) + 1):
@@ -659,27 +664,6 @@ def _arch_from_cpufreq(root: Path) -> str:
     return UNKNOWN
 
 
-def read_thermal(root: Path) -> list[ThermalZone]:
-    """Every thermal zone below root/sys/class/thermal, with its temperature when readable."""
-    zones: list[ThermalZone] = []
-    base = root / "sys/class/thermal"
-    try:
-        entries = sorted(base.glob("thermal_zone*"), key=lambda p: int(p.name[12:] or 0))
-    except (OSError, ValueError):
-        return zones
-    for entry in entries:
-        millideg = read_int(entry, "temp")
-        kind = (read_text(entry, "type") or UNKNOWN).strip()
-        zones.append(
-            ThermalZone(
-                zone=entry.name,
-                type=kind,
-                celsius=round(millideg / 1000.0, 1) if millideg is not None else None,
-            )
-        )
-    return zones
-
-
 def _soc(root: Path, compatible: list[str], header: dict[str, str], parts: dict[int, str], board: str) -> str:
     for entry in compatible:
         for pattern, name in KNOWN_SOCS:
@@ -876,10 +860,104 @@ def _assign_big_little(device: Device) -> None:
     device.little_cores = sorted(cpu for c in device.clusters if c.efficiency for cpu in c.cpus)
 
 
-def cpu_temperature(sysroot: Path | str = "/") -> float | None:
-    """The hottest thermal zone, reading only /sys/class/thermal (cheap: no full detection)."""
-    temps = [zone.celsius for zone in read_thermal(Path(sysroot)) if zone.celsius is not None]
+# --- heat: thermal zones, CPU frequency, Raspberry Pi throttling ------------------------------------
+
+_THERMAL_ZONE = re.compile(r"thermal_zone(\d{1,9})", re.ASCII)
+# Below this a reading is a sensor's error value (an unconnected one reads about -274 °C), not heat:
+# Device.thermal lists it as read (detect shows the broken sensor), the hottest-zone readings skip it.
+IMPLAUSIBLE_BELOW_C = -50.0
+
+
+def thermal_zones(root: Path) -> list[Path]:
+    """The thermal zones (thermal_zoneN) below root/sys/class/thermal, in the kernel's order."""
+    try:
+        found = [(int(m.group(1)), entry) for entry in (root / "sys/class/thermal").iterdir()
+                 if (m := _THERMAL_ZONE.fullmatch(entry.name))]
+    except OSError:
+        return []
+    return [entry for _, entry in sorted(found)]
+
+
+def zone_celsius(zone: Path) -> float | None:
+    """A zone's temperature (sysfs writes millidegrees), None when unreadable."""
+    millideg = read_int(zone, "temp")
+    return round(millideg / 1000.0, 1) if millideg is not None else None
+
+
+def hottest_celsius(readings: Iterable[float | None]) -> float | None:
+    """The hottest plausible reading: a CPU under load is the hottest thing on these boards."""
+    temps = [celsius for celsius in readings if celsius is not None and celsius > IMPLAUSIBLE_BELOW_C]
     return max(temps) if temps else None
+
+
+def read_thermal(root: Path) -> list[ThermalZone]:
+    """Every thermal zone with its type and its temperature as read (None: unreadable)."""
+    return [ThermalZone(zone=zone.name, type=(read_text(zone, "type") or UNKNOWN).strip(), celsius=zone_celsius(zone))
+            for zone in thermal_zones(root)]
+
+
+def cpu_temperature(sysroot: Path | str = "/") -> float | None:
+    """The hottest thermal zone now, reading only the zones' temperatures (cheap: no full detection)."""
+    return hottest_celsius(zone_celsius(zone) for zone in thermal_zones(Path(sysroot)))
+
+
+# Bits of the Raspberry Pi firmware's get_throttled word (vcgencmd get_throttled).
+THROTTLE_BITS = {
+    0: "under-voltage",
+    1: "arm frequency capped",
+    2: "throttled",
+    3: "soft temperature limit",
+    16: "under-voltage has occurred",
+    17: "arm frequency capping has occurred",
+    18: "throttling has occurred",
+    19: "soft temperature limit has occurred",
+}
+
+
+def decode_throttled(value: int) -> list[str]:
+    return [text for bit, text in THROTTLE_BITS.items() if value & (1 << bit)]
+
+
+class HeatProbe:
+    """Temperatures, CPU frequencies and Pi throttling below `sysroot`, read again at every sample
+    (bench samples while it measures); the files are found once, when the probe is made."""
+
+    def __init__(self, sysroot: str | Path = "/", cpus: Sequence[int] | None = None) -> None:
+        root = Path(sysroot)
+        self.sysroot = root
+        self._zones = [zone for zone in thermal_zones(root) if (zone / "temp").exists()]
+        wanted = set(cpus) if cpus else None
+        self._cpufreq_dirs = [
+            path.parent for path in sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))
+            if wanted is None or int(path.parent.parent.name[3:]) in wanted
+        ]
+        self._vcgencmd = shutil.which("vcgencmd") if root.resolve() == Path("/") else None
+
+    @property
+    def has_temperature(self) -> bool:
+        return bool(self._zones)
+
+    def celsius(self) -> float | None:
+        """The hottest zone now."""
+        return hottest_celsius(zone_celsius(zone) for zone in self._zones)
+
+    def mean_freq_khz(self) -> float | None:
+        values = [v for v in (read_int(path, "scaling_cur_freq") for path in self._cpufreq_dirs) if v]
+        return sum(values) / len(values) if values else None
+
+    def throttled(self) -> int | None:
+        """The firmware's throttle word, from sysfs (newer Pi kernels) or `vcgencmd get_throttled`."""
+        value = read_text(self.sysroot, "sys/devices/platform/soc/soc:firmware/get_throttled")
+        if value is None and self._vcgencmd:
+            try:
+                out = subprocess.run([self._vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=5, check=False).stdout
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            value = out.partition("=")[2] or None
+        try:
+            return int(value.strip(), 16) if value else None
+        except ValueError:
+            return None
 
 
 # --- macOS --------------------------------------------------------------------------------------
@@ -966,7 +1044,7 @@ def detect_macos(read: SysctlReader, *, live: bool = True) -> Device:
             import psutil  # noqa: PLC0415  (only needed on a live Mac)
 
             available_bytes = int(psutil.virtual_memory().available)
-        except Exception:
+        except Exception:  # noqa: BLE001  (psutil on an unknown platform: the size is simply unknown)
             available_bytes = None
     device = Device(
         board=values.get("hw.model", UNKNOWN),

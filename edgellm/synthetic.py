@@ -11,6 +11,7 @@ Two builders:
 
 `quant_types` mirrors llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp) for the quantizations
 edgellm makes, and `expected_file_size` gives the byte size of `write_synthetic_model`'s file.
+`synthetic_model_path` builds a catalog model's synthetic file once and caches it (`bench --synthetic`).
 
 llama_cpp is never imported here: tests reach it through `edgellm.runtime`.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +31,11 @@ from typing import Any, cast
 import gguf
 import numpy as np
 
+from edgellm import catalog
+from edgellm.errors import EdgeLLMError, ModelNotFoundError, UsageError
 from edgellm.modelinfo import ModelShape
+from edgellm.paths import synthetic_models_dir
+from edgellm.units import format_size
 
 QT = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType
@@ -48,6 +54,8 @@ __all__ = [
     "TinyTokenizer",
     "expected_file_size",
     "quant_types",
+    "synthetic_model_path",
+    "synthetic_spec",
     "tensor_shapes",
     "tiny_tokenizer",
     "write_synthetic_model",
@@ -160,7 +168,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,7 @@ def _train_bpe(text: str, n_merges: int) -> tuple[list[str], list[str]]:
     for _ in range(n_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, freq in words.items():
-            for pair in zip(word, word[1:]):
+            for pair in zip(word, word[1:], strict=False):
                 pairs[pair] += freq
         if not pairs:
             break
@@ -691,3 +699,60 @@ def write_synthetic_model(
         return _random_data(rng, ne, t, norm=tname.endswith("norm.weight"))
 
     return _write_gguf(path, kvs, tensors, data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached synthetic models of catalog shapes (bench --synthetic)
+# --------------------------------------------------------------------------------------------------
+
+
+def _synthetic_shape(name: str) -> ModelShape | None:
+    """A catalog model's architecture, or the test suite's tiny shape."""
+    if name == "tiny":
+        return TINY
+    entry = catalog.find_entry(name)
+    return entry.shape if entry is not None else None
+
+
+def synthetic_spec(spec: str) -> tuple[str, str, ModelShape]:
+    """'deepseek-r1-7b:Q4_K_M' -> (name, quant, ModelShape); the quant defaults to Q4_K_M."""
+    name, _, quant = spec.partition(":")
+    name, quant = name.strip().lower(), (quant.strip() or "Q4_K_M").upper()
+    shape = _synthetic_shape(name)
+    if shape is None:
+        raise ModelNotFoundError(
+            f"no synthetic shape for '{name}'",
+            hint="edgellm bench --synthetic NAME, with a name from `edgellm models`: " + ", ".join(sorted(catalog.load_catalog())),
+        )
+    try:
+        quant_types(shape, quant)
+    except ValueError as exc:
+        raise UsageError(f"--synthetic {spec}: {exc}", hint=f"edgellm bench --synthetic {name}:Q4_K_M") from None
+    return name, quant, shape
+
+
+def synthetic_model_path(spec: str, *, cache_dir: Path | None = None, announce: Callable[[str], None] | None = None) -> Path:
+    """Build (once) and return the cached synthetic GGUF for `spec`, e.g. 'deepseek-r1-1.5b:Q4_K_S'."""
+    name, quant, shape = synthetic_spec(spec)
+    directory = cache_dir or synthetic_models_dir()
+    path = directory / f"{name}-{quant}-synthetic.gguf"
+    label = f"{name} (synthetic)"
+    expected = expected_file_size(shape, quant, name=label)
+    if path.is_file() and path.stat().st_size == expected:
+        return path
+    free = shutil.disk_usage(directory if directory.exists() else directory.anchor or "/").free
+    if free < expected:
+        raise EdgeLLMError(
+            f"a synthetic {name} {quant} needs {format_size(expected)} on disk but {directory} has {format_size(free)} free",
+            hint="free some space, or point EDGELLM_HOME at a larger disk",
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    if announce:
+        announce(f"building synthetic {name} {quant} ({expected / 1e9:.2f} GB, once) in {path}")
+    partial = path.with_suffix(".partial")
+    try:
+        write_synthetic_model(partial, shape, quant, name=label)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

@@ -59,7 +59,7 @@ def main() -> None:
     binary = build_llama_tool("llama-batched-bench", "LLAMA_BATCHED_BENCH_CACHE")
     say(f"llama-batched-bench: {binary}")
     if args.synthetic:
-        from edgellm.bench import synthetic_model_path  # noqa: PLC0415
+        from edgellm.synthetic import synthetic_model_path  # noqa: PLC0415
 
         model = str(synthetic_model_path(args.synthetic))
     elif args.model:
@@ -91,8 +91,8 @@ def main() -> None:
     print("| sequences | edgellm S_TG | llama-batched-bench S_TG | ratio | edgellm S_PP | llama-batched-bench S_PP | ratio |")
     print("|---|---|---|---|---|---|---|")
     for n in sorted(ours):
-        tg_ratio = statistics.median(a[0] / b[0] for a, b in zip(ours[n], theirs[n]))
-        pp_ratio = statistics.median(a[1] / b[1] for a, b in zip(ours[n], theirs[n]) if b[1])
+        tg_ratio = statistics.median(a[0] / b[0] for a, b in zip(ours[n], theirs[n], strict=True))
+        pp_ratio = statistics.median(a[1] / b[1] for a, b in zip(ours[n], theirs[n], strict=True) if b[1])
         print(f"| {n} | {statistics.median(r[0] for r in ours[n]):.2f} | {statistics.median(r[0] for r in theirs[n]):.2f} | {tg_ratio:.3f} "
               f"| {statistics.median(r[1] for r in ours[n]):.2f} | {statistics.median(r[1] for r in theirs[n]):.2f} | {pp_ratio:.3f} |")
 

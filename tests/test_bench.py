@@ -6,6 +6,7 @@ No timing thresholds: speeds are only checked to be positive and consistent with
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -17,8 +18,10 @@ import gguf
 import pytest
 from conftest import run_cli
 
-from edgellm import bench, runtime, synthetic
+from edgellm import bench, hardware, options, runtime, synthetic
 from edgellm.errors import UsageError
+from edgellm.ui import bench as views
+from edgellm.units import parse_duration
 
 RESULT_KEYS = {"test", "threads", "cores", "tps_mean", "tps_std", "n_prompt", "n_gen", "reps"}
 TOP_KEYS = {"results", "device", "profile", "model", "quant", "llama_cpp_system_info", "edgellm_version",
@@ -72,6 +75,15 @@ def test_json_report_has_llama_bench_results(report: dict[str, Any], tiny_q4km: 
     assert tg["predicted_tps"] == report["predicted_tg_tps"]
     assert pp["predicted_tps"] is None
     assert set(report["thermal"]) >= {"sensors", "temp_start_c", "temp_end_c", "temp_max_c"}
+
+
+def test_json_report_is_a_bench_report_in_schema_order(report: dict[str, Any]) -> None:
+    assert list(report) == [f.name for f in dataclasses.fields(bench.BenchReport)][:-2]  # no soak, no parallel
+    assert report["schema"] == bench.SCHEMA
+    assert list(report["device"]) == list(bench.DEVICE_KEYS)
+    assert all(list(cluster) == list(bench.CLUSTER_KEYS) for cluster in report["device"]["clusters"])
+    again = bench.BenchReport.from_json(json.loads(json.dumps(report))).to_json()
+    assert json.dumps(again) == json.dumps(report)  # same keys, same order, same values
 
 
 def test_thread_and_depth_sweep(tiny_q4km: Path) -> None:
@@ -159,10 +171,10 @@ def test_synthetic_matches_llama_cpp_quantizer_for_a_small_shape(tmp_path: Path)
 
 def test_synthetic_catalog_shapes_have_the_published_size() -> None:
     """A 1.5B Q4_K_M synthetic file is within 1% of the published 1.12 GB (computed, not written)."""
-    name, quant, shape = bench.synthetic_spec("deepseek-r1-1.5b")
+    name, quant, shape = synthetic.synthetic_spec("deepseek-r1-1.5b")
     size = synthetic.expected_file_size(shape, quant, name=f"{name} (synthetic)")
     assert abs(size - 1_117_318_304) / 1_117_318_304 < 0.01
-    _, _, shape7 = bench.synthetic_spec("deepseek-r1-7b:Q4_K_M")
+    _, _, shape7 = synthetic.synthetic_spec("deepseek-r1-7b:Q4_K_M")
     size7 = synthetic.expected_file_size(shape7, "Q4_K_M", name="deepseek-r1-7b (synthetic)")
     assert abs(size7 - 4_683_073_504) / 4_683_073_504 < 0.01
 
@@ -207,13 +219,13 @@ def test_parallel_reports_aggregate_throughput_per_sequence_count(parallel_repor
 
 
 def test_parallel_views_csv_markdown_and_merge(parallel_report: dict[str, Any], tmp_path: Path) -> None:
-    rows = list(csv.DictReader(io.StringIO(bench.to_csv(parallel_report))))
+    rows = list(csv.DictReader(io.StringIO(views.bench_csv(parallel_report))))
     assert [(r["test"], r["sequences"]) for r in rows] == [("pp16+tg4 x1", "1"), ("pp16+tg4 x2", "2")]
     assert all(float(r["tps_mean"]) > 0 and float(r["pp_tps_mean"]) > 0 for r in rows)
-    table = [line for line in bench.to_markdown(parallel_report).splitlines() if line.startswith("|")]
+    table = [line for line in views.bench_markdown(parallel_report).splitlines() if line.startswith("|")]
     assert table[0].startswith("| test | seqs | threads | cores | gen t/s (all) | t/s each | prompt t/s")
     assert len(table) == 4 and table[3].startswith("| pp16+tg4 x2 | 2 |")
-    summary = "\n".join(bench.summary_lines(parallel_report))
+    summary = "\n".join(views.summary_lines(parallel_report))
     assert "llama-batched-bench" in summary and "most generation throughput" in summary
     path = tmp_path / "parallel.json"
     path.write_text(json.dumps(parallel_report))
@@ -320,25 +332,25 @@ def test_help_has_an_example() -> None:
 
 
 def test_list_and_duration_parsing() -> None:
-    assert bench.parse_int_list("1,2,4", "-t") == [1, 2, 4]
-    assert bench.parse_int_list("1-7+2", "-t") == [1, 3, 5, 7]
-    assert bench.parse_duration("30m") == 1800 and bench.parse_duration("1h30m") == 5400
-    assert bench.parse_duration("45") == 45 and bench.parse_duration("90s") == 90
-    assert bench.parse_cpu_list("4-7") == [4, 5, 6, 7] and bench.parse_cpu_list("0,2") == [0, 2]
+    assert options.parse_int_list("1,2,4", "-t") == [1, 2, 4]
+    assert options.parse_int_list("1-7+2", "-t") == [1, 3, 5, 7]
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
+    assert parse_duration("45") == 45 and parse_duration("90s") == 90
+    assert options.parse_cpu_list("4-7") == [4, 5, 6, 7] and options.parse_cpu_list("0,2") == [0, 2]
     for bad in ("", "a", "1,,2"):
         with pytest.raises(UsageError):
-            bench.parse_int_list(bad, "-t")
+            options.parse_int_list(bad, "-t")
     with pytest.raises(UsageError):
-        bench.parse_int_list("0", "-t", minimum=1)
+        options.parse_int_list("0", "-t", minimum=1)
     with pytest.raises(UsageError):
-        bench.parse_duration("10 parsecs")
+        parse_duration("10 parsecs")
 
 
 def test_parallel_parsing_and_test_order() -> None:
-    assert bench.parse_parallel("1,2,4") == [1, 2, 4] and bench.parse_parallel("1-8+3") == [1, 4, 7]
+    assert options.parse_parallel("1,2,4") == [1, 2, 4] and options.parse_parallel("1-8+3") == [1, 4, 7]
     for bad in ("0", "1,2,x", "", "257", "4,,8"):
         with pytest.raises(UsageError):
-            bench.parse_parallel(bad)
+            options.parse_parallel(bad)
     config = bench.BenchConfig(synthetic="tiny", prompts=[0, 64], gens=[0, 8], parallel=[1, 4], threads=[1, 2])
     assert [(t.name, t.threads, t.threads_batch) for t in config.parallel_tests(3, 4)] == [
         ("tg8 x1", 1, 1), ("tg8 x4", 1, 1), ("pp64+tg8 x1", 1, 1), ("pp64+tg8 x4", 1, 1),
@@ -390,10 +402,10 @@ def test_heat_probe_reads_zones_frequency_and_pi_throttling(tmp_path: Path) -> N
     freq0 = _write(tmp_path, "sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq", "2400000\n")
     _write(tmp_path, "sys/devices/system/cpu/cpu1/cpufreq/scaling_cur_freq", "1000000\n")
     _write(tmp_path, "sys/devices/platform/soc/soc:firmware/get_throttled", "0x50005\n")
-    probe = bench.HeatProbe(tmp_path, cpus=[0])
+    probe = hardware.HeatProbe(tmp_path, cpus=[0])
     assert probe.celsius() == 55.0
     assert probe.mean_freq_khz() == 2_400_000  # only the benchmarked CPU
-    assert bench.decode_throttled(probe.throttled() or 0) == [
+    assert hardware.decode_throttled(probe.throttled() or 0) == [
         "under-voltage", "throttled", "under-voltage has occurred", "throttling has occurred"]
     sampler = bench.HeatSampler(probe, interval_s=60)
     with sampler:
@@ -405,8 +417,22 @@ def test_heat_probe_reads_zones_frequency_and_pi_throttling(tmp_path: Path) -> N
     assert "throttled" in record.throttled
 
 
+def test_one_thermal_reader_for_detect_chat_and_bench(tmp_path: Path) -> None:
+    """Zones in the kernel's numeric order; a broken sensor's reading (about -274 °C) is listed by
+    detect as read but is never the hottest zone."""
+    for zone, temp in (("thermal_zone10", "40000"), ("thermal_zone2", "-274000"), ("thermal_zone0", "hot")):
+        _write(tmp_path, f"sys/class/thermal/{zone}/temp", temp + "\n")
+    _write(tmp_path, "sys/class/thermal/cooling_device0/type", "fan\n")
+    assert [(z.zone, z.celsius) for z in hardware.read_thermal(tmp_path)] == [
+        ("thermal_zone0", None), ("thermal_zone2", -274.0), ("thermal_zone10", 40.0)]
+    assert hardware.cpu_temperature(tmp_path) == 40.0 == hardware.HeatProbe(tmp_path).celsius()
+    (tmp_path / "sys/class/thermal/thermal_zone10/temp").write_text("-273150\n")
+    assert hardware.cpu_temperature(tmp_path) is None and hardware.HeatProbe(tmp_path).celsius() is None
+    assert hardware.HeatProbe(tmp_path).has_temperature
+
+
 def test_heat_probe_without_sensors(tmp_path: Path) -> None:
-    probe = bench.HeatProbe(tmp_path)
+    probe = hardware.HeatProbe(tmp_path)
     assert probe.celsius() is None and probe.mean_freq_khz() is None and probe.throttled() is None
     with bench.HeatSampler(probe) as sampler:
         pass

@@ -238,5 +238,5 @@ def test_the_shipped_phone_profile_names_the_socs_of_current_phones() -> None:
 
 
 def test_format_cpu_list() -> None:
-    assert format_cpu_list([]) == "" and format_cpu_list([5]) == "5" and format_cpu_list([0, 1]) == "0,1"
+    assert format_cpu_list([]) == "all" and format_cpu_list([5]) == "5" and format_cpu_list([0, 1]) == "0,1"
     assert format_cpu_list([9, 8, 0, 1, 2, 4]) == "0-2,4,8,9" and format_cpu_list(range(12, 20)) == "12-19"
