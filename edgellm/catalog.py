@@ -17,7 +17,7 @@ from typing import Any
 from edgellm.errors import EdgeLLMError
 from edgellm.hardware import Device
 from edgellm.modelinfo import ModelInfo, ModelShape
-from edgellm.planner import RUNTIME_OVERHEAD_BYTES, Plan, make_plan
+from edgellm.planner import RUNTIME_OVERHEAD_BYTES, Plan, make_plan, memory_budget
 from edgellm.profiles import Profile
 from edgellm.units import format_size
 
@@ -197,10 +197,7 @@ class QuantChoice:
 def _size_only_fits(size: int, device: Device, profile: Profile, mem_budget: int | None) -> bool:
     """For repos outside the catalog (shape unknown): the file plus runtime plus a 10% allowance
     for KV cache and buffers must fit what the planner would budget."""
-    available = device.mem_available_bytes if device.mem_available_bytes is not None else device.mem_total_bytes
-    budget = None if available is None else max(available - profile.os_reserve_bytes, 0)
-    if mem_budget is not None and (budget is None or mem_budget < budget):
-        budget = mem_budget
+    budget, _ = memory_budget(device, profile, mem_budget)
     return budget is None or size + size // 10 + RUNTIME_OVERHEAD_BYTES <= budget
 
 

@@ -6,24 +6,23 @@ so `edgellm --help`, `detect` and `profiles` stay fast.
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from edgellm import __version__, ui
-from edgellm.errors import EdgeLLMError, OutputError, UsageError
+from edgellm import __version__, options, ui
+from edgellm.errors import EdgeLLMError, PlanError, UsageError
+from edgellm.funnel import FunnelledGroup
 from edgellm.service import DEFAULT_WATCHDOG_S
 from edgellm.units import parse_size
 
 app = typer.Typer(
     name="edgellm",
+    cls=FunnelledGroup,  # the error funnel, attached once for every command
     help="Run quantized GGUF language models on edge hardware, with settings picked for the device.\n\n"
     "Example: edgellm chat",
     no_args_is_help=True,
@@ -38,60 +37,7 @@ profiles_app = typer.Typer(
 )
 app.add_typer(profiles_app, name="profiles")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _debug() -> bool:
-    return os.environ.get("EDGELLM_DEBUG", "") not in ("", "0")
-
-
-def _quiet_stdout() -> None:
-    # After a closed pipe, point stdout at /dev/null so Python's exit flush cannot fail again.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
-def error_funnel(command: F) -> F:
-    """Every failure becomes one line on stderr and an exit code; EDGELLM_DEBUG=1 shows tracebacks."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.BadParameter):
-            raise  # Typer reports these itself (usage errors exit 2)
-        except EdgeLLMError as exc:
-            if _debug():
-                traceback.print_exc()
-            ui.error(exc.message, exc.hint)
-            if isinstance(exc, OutputError):
-                _quiet_stdout()  # Python's exit flush would fail on the same stdout again
-            raise typer.Exit(exc.exit_code) from None
-        except BrokenPipeError:
-            _quiet_stdout()
-            raise typer.Exit(0) from None
-        except KeyboardInterrupt:
-            if _debug():
-                traceback.print_exc()
-            sys.stderr.write("\n")
-            ui.info("interrupted")
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            if _debug():
-                traceback.print_exc()
-            ui.error(
-                f"unexpected {type(exc).__name__}: {exc}",
-                hint="run again with EDGELLM_DEBUG=1 to see the traceback, and report it",
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _size_option(value: Optional[str]) -> Optional[int]:
+def _size_option(value: str | None) -> int | None:
     if value is None:
         return None
     try:
@@ -101,14 +47,14 @@ def _size_option(value: Optional[str]) -> Optional[int]:
 
 
 # Shared options -------------------------------------------------------------------------------------
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile name or .toml file (default: the one matching this device).")]
-MemBudgetOpt = Annotated[Optional[str], typer.Option("--mem-budget", help="Cap the memory budget, e.g. 1.5GiB or 900MB.")]
-CtxOpt = Annotated[Optional[int], typer.Option("--ctx", min=64, help="Context size in tokens (default: the profile's, shrunk to fit memory).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Generation threads (default: from the profile).")]
-ThinkBudgetOpt = Annotated[Optional[int], typer.Option("--think-budget", min=0, help="End the reasoning after this many tokens and answer (0: no reasoning). Default: the profile's (none: the model decides).")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile name or .toml file (default: the one matching this device).")]
+MemBudgetOpt = Annotated[str | None, typer.Option("--mem-budget", help="Cap the memory budget, e.g. 1.5GiB or 900MB.")]
+CtxOpt = Annotated[int | None, typer.Option("--ctx", min=64, help="Context size in tokens (default: the profile's, shrunk to fit memory).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Generation threads (default: from the profile).")]
+ThinkBudgetOpt = Annotated[int | None, typer.Option("--think-budget", min=0, help="End the reasoning after this many tokens and answer (0: no reasoning). Default: the profile's (none: the model decides).")]
 NoThinkOpt = Annotated[bool, typer.Option("--no-think", help="Skip the reasoning: the answer starts at once.")]
-ThinkMessageOpt = Annotated[Optional[str], typer.Option("--think-message", help="The line written into the reasoning when --think-budget runs out, before it closes.")]
-StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="End the reply before this text (repeatable, up to 4; \\n and \\t are understood), e.g. --stop '\\n\\n'.")]
+ThinkMessageOpt = Annotated[str | None, typer.Option("--think-message", help="The line written into the reasoning when --think-budget runs out, before it closes.")]
+StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="End the reply before this text (repeatable, up to 4; \\n and \\t are understood), e.g. --stop '\\n\\n'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 def _sysroot_option(value: str) -> str:
     if not Path(value).is_dir():
@@ -136,7 +82,6 @@ def main_callback(
 
 
 @app.command()
-@error_funnel
 def detect(
     json_output: JsonOpt = False,
     sysroot: SysrootOpt = "/",
@@ -155,19 +100,15 @@ def detect(
     live = Path(sysroot).resolve() == Path("/")
     build = llama_build_info() if live else None
     warnings = build_warnings(device, build) if live else []
-    if json_output:
-        data = device.to_json()
-        data.update(profile=chosen.name, profile_reason=reason, llama_cpp_system_info=build, warnings=warnings)
-        ui.print_json(data)
-    else:
-        ui.render_device(device, chosen.name, reason, build if live else None, warnings)
+    data = {**device.to_json(), "profile": chosen.name, "profile_reason": reason, "llama_cpp_system_info": build,
+            "warnings": warnings}
+    ui.Output.choose(json=json_output).emit(data, lambda: ui.render_device(device, chosen.name, reason, build, warnings))
 
 
 # profiles -------------------------------------------------------------------------------------------
 
 
 @profiles_app.callback()
-@error_funnel
 def profiles_list(
     ctx: typer.Context,
     json_output: JsonOpt = False,
@@ -181,17 +122,12 @@ def profiles_list(
 
     profiles = load_profiles()
     matched, _ = select_profile(detect_device(sysroot), None, profiles)
-    if json_output:
-        ui.print_json([
-            {"name": p.name, "matches": p.name == matched.name, "description": p.description, "source": p.source}
-            for p in profiles
-        ])
-    else:
-        ui.render_profiles([(p.name, p.name == matched.name, p.description, p.source) for p in profiles])
+    rows = [{"name": p.name, "matches": p.name == matched.name, "description": p.description, "source": p.source}
+            for p in profiles]
+    ui.Output.choose(json=json_output).emit(rows, lambda: ui.render_profiles(rows))
 
 
 @profiles_app.command("show")
-@error_funnel
 def profiles_show(
     name: Annotated[str, typer.Argument(help="Profile name or .toml file.")],
     json_output: JsonOpt = False,
@@ -203,17 +139,13 @@ def profiles_show(
     from edgellm.profiles import find_profile, load_profile_file, load_profiles
 
     profile = load_profile_file(Path(name)) if name.endswith(".toml") else find_profile(name, load_profiles())
-    if json_output:
-        ui.print_json(profile.to_json())
-    else:
-        ui.render_profile(profile.to_json())
+    ui.Output.choose(json=json_output).emit(profile.to_json(), lambda: ui.render_profile(profile.to_json()))
 
 
 # plan -----------------------------------------------------------------------------------------------
 
 
 @app.command()
-@error_funnel
 def plan(
     model: Annotated[str, typer.Argument(help="A .gguf file, a catalog name (deepseek-r1-7b[:Q4_K_S]) or owner/repo:QUANT; not downloaded by plan.")],
     ctx: CtxOpt = None,
@@ -221,7 +153,7 @@ def plan(
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
     sysroot: SysrootOpt = "/",
-    parallel: Annotated[Optional[int], typer.Option("--parallel", "-np", min=1, max=64, help="Plan for serve with N slots, each with --ctx tokens (the KV cache holds them all).")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", "-np", min=1, max=64, help="Plan for serve with N slots, each with --ctx tokens (the KV cache holds them all).")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Decide how to run MODEL here (context, KV cache, cores, threads, memory) without loading it.
@@ -235,42 +167,37 @@ def plan(
                           parallel=parallel or 1)
     prepared = prepare(model, options, require_fit=False)
     result = prepared.plan
-    if json_output:
-        ui.print_json(result.to_json())
-    else:
-        ui.render_plan(result)
+    ui.Output.choose(json=json_output).emit(result.to_json, lambda: ui.render_plan(result))
     if not result.fits:
-        ui.error(result.refusal or "the model does not fit", REFUSAL_HINT)
-        raise typer.Exit(1)
+        raise PlanError(result.refusal or "the model does not fit", hint=REFUSAL_HINT)
 
 
 # run ------------------------------------------------------------------------------------------------
 
 
 @app.command()
-@error_funnel
 def run(
-    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; piped stdin is appended after it.")] = None,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt; piped stdin is appended after it.")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT. Default: the profile's default model.")] = "",
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")] = None,
     temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable output.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable output.")] = None,
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
-    think: Annotated[Optional[str], typer.Option("--think", help="Reasoning: hide, show (inline on stdout) or stderr. Default: stderr on a terminal, else hide.")] = None,
+    think: Annotated[str | None, typer.Option("--think", help="Reasoning: hide, show (inline on stdout, in <think> tags) or stderr (dimmed). Default: stderr on a terminal, else hide.")] = None,
     stats: Annotated[bool, typer.Option("--stats", help="Print a stats line to stderr.")] = False,
-    grammar: Annotated[Optional[Path], typer.Option("--grammar", help="Constrain output with a GBNF grammar file.")] = None,
-    schema: Annotated[Optional[Path], typer.Option("--schema", help="Constrain output to a JSON Schema file.")] = None,
+    grammar: Annotated[Path | None, typer.Option("--grammar", help="Constrain output with a GBNF grammar file.")] = None,
+    schema: Annotated[Path | None, typer.Option("--schema", help="Constrain output to a JSON Schema file.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print {answer, reasoning, finish_reason, stats} as JSON.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Each stdin line is a prompt; print one JSON line per prompt.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download a model that is not here yet without asking.")] = False,
     stop: StopOpt = None,
-    tools: Annotated[Optional[Path], typer.Option("--tools", help="A JSON file with an OpenAI `tools` array: the model may call them; each call prints as one JSON line on stdout.")] = None,
-    tool_choice: Annotated[Optional[str], typer.Option("--tool-choice", help="With --tools: auto (default), required, none, or a tool's name (call that one).")] = None,
+    tools: Annotated[Path | None, typer.Option("--tools", help="A JSON file with an OpenAI `tools` array: the model may call them; each call prints as one JSON line on stdout.")] = None,
+    tool_choice: Annotated[str | None, typer.Option("--tool-choice", help="With --tools: auto (default), required, none, or a tool's name (call that one).")] = None,
     think_budget: ThinkBudgetOpt = None,
     no_think: NoThinkOpt = False,
     think_message: ThinkMessageOpt = None,
@@ -283,21 +210,21 @@ def run(
     prints {"name": "get_weather", "arguments": {"city": "Oslo"}}
     """
     from edgellm import runner
-    from edgellm.runtime import Engine, GenerationInterrupted, SamplingParams
+    from edgellm.runtime import Engine, SamplingParams
     from edgellm.session import PlanOptions, prepare
 
     if json_output and jsonl:
         raise UsageError("--json and --jsonl cannot be combined")
     ui.require_stdout()
-    runner.resolve_think(think)
+    ui.think_mode(think, ui.stderr_is_terminal())  # checked before the model loads
     if grammar is not None and schema is not None:
         raise UsageError("use --grammar or --schema, not both", hint="a JSON Schema is turned into a grammar itself")
     sampling = SamplingParams(
         max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed,
-        grammar=_read_text_file(grammar, "--grammar"), json_schema=_read_text_file(schema, "--schema"),
-        stop=_stop_option(stop), grammar_is_answer=schema is not None,
+        grammar=options.read_text_file(grammar, "--grammar"), json_schema=options.read_text_file(schema, "--schema"),
+        stop=options.stop_values(stop), grammar_is_answer=schema is not None,
     )
-    tool_list = _tools_option(tools, tool_choice)
+    tool_list = options.tools_file(tools, tool_choice)
     if tool_list is not None and (grammar is not None or schema is not None):
         raise UsageError("use --tools or --grammar/--schema, not both")
     piped, replaced = runner.read_stdin()
@@ -310,7 +237,7 @@ def run(
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
     plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
     prepared = prepare(model or None, plan_options, loading=True, yes=yes)
-    _apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
+    options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     if text is not None:
         from edgellm import session
 
@@ -325,109 +252,20 @@ def run(
             runner.run_jsonl(engine, request, piped or "")
         else:
             runner.run_one(engine, request, text or "")
-    except GenerationInterrupted as stopped:
-        sys.stdout.flush()
-        sys.stderr.write("\n")
-        ui.info(f"interrupted after {stopped.stats.generated_tokens} tokens")
-        raise typer.Exit(130) from None
     finally:
         engine.close()
 
 
-def _apply_thinking(sampling: Any, profile: Any, budget: Optional[int], no_think: bool, message: Optional[str]) -> None:
-    """--think-budget / --no-think / --think-message onto SamplingParams (the profile's budget by default)."""
-    if no_think and budget:
-        raise UsageError("--no-think and --think-budget cannot be combined")
-    if budget == 0:
-        no_think = True
-    sampling.no_think = no_think
-    sampling.think_budget = None if no_think else (budget if budget is not None else profile.think_budget)
-    if message is not None:
-        from edgellm.stops import unescape
-
-        sampling.think_message = unescape(message)
-
-
-def _serve_thinking(profile: Any, budget: Optional[int], message: Optional[str]) -> dict[str, Any]:
-    """ServerConfig fields for reasoning: the default budget (--think-budget, else the profile's)
-    and the budgets of reasoning_effort low / medium / high (the profile's)."""
-    from edgellm.runtime import DEFAULT_THINK_MESSAGE
-    from edgellm.stops import unescape
-
-    return {
-        "think_budget": budget if budget is not None else profile.think_budget,
-        "effort_budgets": {"low": profile.think_budget_low, "medium": profile.think_budget_medium,
-                           "high": profile.think_budget_high},
-        "think_message": unescape(message) if message is not None else DEFAULT_THINK_MESSAGE,
-    }
-
-
-def _stop_option(values: Optional[list[str]]) -> list[str]:
-    """--stop values with the escapes a shell user types (\\n, \\t, \\\\), checked."""
-    from edgellm.stops import check_stops, unescape
-
-    try:
-        return check_stops([unescape(value) for value in values or []])
-    except ValueError as exc:
-        raise UsageError(f"--stop: {exc}") from None
-
-
-MAX_CONSTRAINT_FILE_BYTES = 1024 * 1024  # grammars and schemas are KiBs; llama.cpp's limit is far lower
-
-
-def _tools_option(path: Optional[Path], choice: Optional[str]) -> Any:
-    """--tools FILE and --tool-choice as (tools, ToolChoice), checked before any model loads."""
-    if path is None:
-        if choice is not None:
-            raise UsageError("--tool-choice needs --tools FILE")
-        return None
-    import json
-
-    from edgellm.toolcalls import ToolSpecError, parse_tool_choice, parse_tools
-
-    text = _read_text_file(path, "--tools") or ""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise UsageError(f"--tools {path}: not valid JSON: {str(exc).splitlines()[0][:120]}") from None
-    if isinstance(data, dict) and "tools" in data:
-        data = data["tools"]  # a request body's worth, as people copy it
-    try:
-        tool_list = parse_tools(data, param="tools")
-        named = choice not in (None, "auto", "required", "none")
-        chosen = parse_tool_choice({"type": "function", "function": {"name": choice}} if named else choice, tool_list,
-                                   param="--tool-choice")
-    except ToolSpecError as exc:
-        raise UsageError(f"--tools {path}: {exc.message}", hint=exc.hint) from None
-    return tool_list, chosen
-
-
-def _read_text_file(path: Optional[Path], option: str) -> Optional[str]:
-    if path is None:
-        return None
-    from edgellm.hardware import read_regular_file
-
-    try:
-        # Only regular files: a FIFO or a device would block or never end.
-        data = read_regular_file(path, MAX_CONSTRAINT_FILE_BYTES + 1)
-        if len(data) > MAX_CONSTRAINT_FILE_BYTES:
-            raise UsageError(f"{option} {path}: larger than {MAX_CONSTRAINT_FILE_BYTES // 1024} KiB")
-        return data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{option} {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-
-
 @app.command()
-@error_funnel
 def chat(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A .gguf file or model name (default: the device profile's model).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (change it later with /system).")] = None,
-    load: Annotated[Optional[Path], typer.Option("--load", help="Continue a conversation saved with /save.")] = None,
-    think: Annotated[Optional[str], typer.Option("--think", help="show (dimmed, on stderr) or hide the model's reasoning. Default: show on a terminal, hide otherwise.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A .gguf file or model name (default: the device profile's model).")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt (change it later with /system).")] = None,
+    load: Annotated[Path | None, typer.Option("--load", help="Continue a conversation saved with /save.")] = None,
+    think: Annotated[str | None, typer.Option("--think", help="Reasoning: hide, show (inline on stdout, in <think> tags) or stderr (dimmed). Default: stderr on a terminal, else hide.")] = None,
     temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Longest reply, in tokens.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable replies.")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Longest reply, in tokens.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable replies.")] = None,
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
@@ -444,19 +282,19 @@ def chat(
     Example: edgellm chat -m ~/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf --system "Be brief."
     """
     from edgellm import chat as repl
+    from edgellm.paths import chat_history_file
     from edgellm.runtime import Engine, SamplingParams
     from edgellm.session import PlanOptions
 
-    if think is not None and think not in repl.THINK_CHOICES:
-        raise UsageError(f"--think must be show or hide, not '{think}'", hint="edgellm chat --think hide")
     interactive = sys.stdin.isatty()
+    think = ui.think_mode(think, interactive)
     conversation = repl.load_transcript(load) if load is not None else repl.Conversation()
     if system:
         conversation.system = system
-    sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=_stop_option(stop))
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=options.stop_values(stop))
     plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
-    _apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
+    options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     engine = Engine(prepared.model, prepared.plan)
 
     def grow(messages: list[dict[str, str]]) -> Any:
@@ -473,19 +311,13 @@ def chat(
         return engine
 
     try:
-        options = repl.ChatOptions(
-            show_thinking=(think == "show") if think else interactive,
-            interactive=interactive,
-            history_file=repl.default_history_file(),
-            grow=grow,
-        )
-        failures = repl.run_chat(engine, conversation, sampling, options)
+        chat_options = repl.ChatOptions(think=think, interactive=interactive, history_file=chat_history_file(), grow=grow)
+        failures = repl.run_chat(engine, conversation, sampling, chat_options)
     finally:
         engine.close()
     if failures and not interactive:
         # Every line was still processed; the script learns that some of them failed.
-        ui.error(f"{failures} piped {'line' if failures == 1 else 'lines'} failed (see above)")
-        raise typer.Exit(1)
+        raise EdgeLLMError(f"{failures} piped {'line' if failures == 1 else 'lines'} failed (see above)")
 
 
 bench_app = typer.Typer(
@@ -499,21 +331,20 @@ app.add_typer(bench_app, name="bench")
 
 
 @bench_app.callback()
-@error_funnel
 def bench(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A .gguf file.")] = None,
-    synthetic: Annotated[Optional[str], typer.Option("--synthetic", help="Benchmark a synthetic model of this shape, built once and cached, e.g. deepseek-r1-7b:Q4_K_M (random weights: the speed is the real model's, the text is noise).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A .gguf file.")] = None,
+    synthetic: Annotated[str | None, typer.Option("--synthetic", help="Benchmark a synthetic model of this shape, built once and cached, e.g. deepseek-r1-7b:Q4_K_M (random weights: the speed is the real model's, the text is noise).")] = None,
     n_prompt: Annotated[str, typer.Option("--n-prompt", "-p", help="Prompt sizes to test (pp), comma-separated; 0 skips.")] = "512",
     n_gen: Annotated[str, typer.Option("--n-gen", "-n", help="Generation lengths to test (tg), comma-separated; 0 skips.")] = "128",
-    threads: Annotated[Optional[str], typer.Option("--threads", "-t", help="Thread counts, comma-separated, e.g. 1,2,4 (default: the profile's).")] = None,
+    threads: Annotated[str | None, typer.Option("--threads", "-t", help="Thread counts, comma-separated, e.g. 1,2,4 (default: the profile's).")] = None,
     reps: Annotated[int, typer.Option("--repetitions", "-r", min=1, help="Timed repetitions per test, after one warm-up.")] = 5,
     depth: Annotated[str, typer.Option("--depth", "-d", help="Tokens already in the context before each test, comma-separated.")] = "0",
-    cores: Annotated[Optional[list[str]], typer.Option("--cores", help="big, all (llama.cpp's default: no pinning) or CPU ids like 4-7; repeat to compare (default: the profile's).")] = None,
+    cores: Annotated[list[str] | None, typer.Option("--cores", help="big, all (llama.cpp's default: no pinning) or CPU ids like 4-7; repeat to compare (default: the profile's).")] = None,
     cooldown: Annotated[float, typer.Option("--cooldown", min=0.0, help="Seconds to rest between tests.")] = 0.0,
-    cool_to: Annotated[Optional[float], typer.Option("--cool-to", help="Between tests, wait until the CPU is below this many °C (at most 10 minutes).")] = None,
-    duration: Annotated[Optional[str], typer.Option("--duration", help="Soak: generate continuously this long (e.g. 30m) and compare sustained with first-minute t/s.")] = None,
-    parallel: Annotated[Optional[str], typer.Option("--parallel", help="Sequences decoded at once, comma-separated, e.g. 1,2,4: aggregate generation (and prompt) t/s for each count, measured as llama.cpp's llama-batched-bench (every sequence: its own -p prompt, then -n tokens). Example: edgellm bench --synthetic deepseek-r1-1.5b --parallel 1,2,4 -n 32")] = None,
+    cool_to: Annotated[float | None, typer.Option("--cool-to", help="Between tests, wait until the CPU is below this many °C (at most 10 minutes).")] = None,
+    duration: Annotated[str | None, typer.Option("--duration", help="Soak: generate continuously this long (e.g. 30m) and compare sustained with first-minute t/s.")] = None,
+    parallel: Annotated[str | None, typer.Option("--parallel", help="Sequences decoded at once, comma-separated, e.g. 1,2,4: aggregate generation (and prompt) t/s for each count, measured as llama.cpp's llama-batched-bench (every sequence: its own -p prompt, then -n tokens). Example: edgellm bench --synthetic deepseek-r1-1.5b --parallel 1,2,4 -n 32")] = None,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
     json_output: JsonOpt = False,
@@ -537,25 +368,28 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     from edgellm import bench as benchmark
+    from edgellm.units import parse_duration
 
-    if sum((json_output, csv_output, markdown)) > 1:
-        raise UsageError("choose one of --json, --csv and --markdown")
+    output = ui.Output.choose(json=json_output, csv=csv_output, markdown=markdown)
     if not model and not synthetic:
         raise UsageError("no model: pass -m FILE.gguf or --synthetic NAME", hint="edgellm bench --synthetic deepseek-r1-1.5b")
     if model and synthetic:
         raise UsageError("-m and --synthetic cannot be combined")
+    thread_counts = options.bench_threads(threads)
+    for warning in options.oversubscribed_threads(thread_counts):
+        ui.warn(warning)
     config = benchmark.BenchConfig(
         model=model,
         synthetic=synthetic,
-        prompts=benchmark.parse_int_list(n_prompt, "-p"),
-        gens=benchmark.parse_int_list(n_gen, "-n"),
-        threads=_bench_threads(threads),
-        depths=benchmark.parse_int_list(depth, "--depth"),
+        prompts=options.parse_int_list(n_prompt, "-p"),
+        gens=options.parse_int_list(n_gen, "-n"),
+        threads=thread_counts,
+        depths=options.parse_int_list(depth, "--depth"),
         reps=reps,
         cooldown_s=cooldown,
         cool_to_c=cool_to,
-        duration_s=benchmark.parse_duration(duration) if duration else None,
-        parallel=benchmark.parse_parallel(parallel) if parallel is not None else None,
+        duration_s=parse_duration(duration) if duration else None,
+        parallel=options.parse_parallel(parallel) if parallel is not None else None,
         profile=profile,
         mem_budget=_size_option(mem_budget),
     )
@@ -564,48 +398,19 @@ def bench(
     choices = list(dict.fromkeys(cores or []))
     for choice in choices:
         if choice not in ("big", "all"):
-            benchmark.parse_cpu_list(choice)
+            options.parse_cpu_list(choice)
     if len(choices) > 1:
         report = benchmark.run_cores_sweep(config, choices, say=ui.info)
     else:
         config.cores = choices[0] if choices else None
         with ui.BenchProgress(ui.stderr_is_terminal()) as bar:
             report = benchmark.run(config, progress=bar.update, say=ui.info)
-    if json_output:
-        ui.print_json(report)
-    elif csv_output:
-        sys.stdout.write(benchmark.to_csv(report))
-    elif markdown:
-        sys.stdout.write(benchmark.to_markdown(report))
-    else:
-        ui.render_bench_report(benchmark.report_title(report), benchmark.result_headers(report), benchmark.result_rows(report),
-                               benchmark.summary_lines(report))
-
-
-# llama.cpp's GGML_MAX_N_THREADS: more aborts inside ggml.
-MAX_THREADS = 512
-
-
-def _bench_threads(text: Optional[str]) -> Optional[list[int]]:
-    """bench -t: thread counts to compare. More than the CPUs is allowed (that is what one measures)
-    but said; more than llama.cpp can start is refused."""
-    from edgellm import bench as benchmark
-
-    if not text:
-        return None
-    counts = benchmark.parse_int_list(text, "-t", minimum=1)
-    too_many = [n for n in counts if n > MAX_THREADS]
-    if too_many:
-        raise UsageError(f"-t {too_many[0]}: llama.cpp runs at most {MAX_THREADS} threads")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for n in counts:
-        if n > cpus:
-            ui.warn(f"-t {n} is more than the {cpus} CPUs here: the threads will share them")
-    return counts
+    data = report.to_json()  # every view reads the JSON, as `bench report` reads files
+    output.emit(data, lambda: ui.render_bench_report(data), csv=lambda: ui.bench_csv(data),
+                markdown=lambda: ui.bench_markdown(data))
 
 
 @bench_app.command("report")
-@error_funnel
 def bench_report(
     files: Annotated[list[Path], typer.Argument(help="JSON files written by `edgellm bench --json`.")],
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table (for READMEs and issues).")] = False,
@@ -617,20 +422,15 @@ def bench_report(
     """
     from edgellm import bench as benchmark
 
+    output = ui.Output.choose(json=json_output, markdown=markdown)
     merged = benchmark.merge_reports(benchmark.load_reports(files))
-    if json_output:
-        ui.print_json(merged)
-    elif markdown:
-        sys.stdout.write(benchmark.merged_markdown(merged))
-    else:
-        ui.render_table(merged["headers"], merged["rows"])
+    output.emit(merged, lambda: ui.render_table(merged["headers"], merged["rows"]), markdown=lambda: ui.merged_markdown(merged))
 
 
 @app.command()
-@error_funnel
 def pull(
     model: Annotated[str, typer.Argument(help="A catalog name[:QUANT] (see `edgellm models`), owner/repo[:QUANT] or owner/repo/file.gguf.")],
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: the catalog's pin, else main).")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default: the catalog's pin, else main).")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before downloads over 1 GB.")] = False,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
@@ -659,17 +459,14 @@ def pull(
     if already:
         ui.info(f"{located.name} is already downloaded")
     path = store.fetch(located, yes=yes)
-    if json_output:
-        ui.print_json({"name": located.name, "repo": parsed.repo, "revision": parsed.revision, "quant": located.quant,
-                       "file": located.filename, "size": path.stat().st_size, "path": str(path),
-                       "sha256": located.remote.sha256 if located.remote else None, "reason": located.reason,
-                       "already_downloaded": already})
-    else:
-        print(path)
+    data = {"name": located.name, "repo": parsed.repo, "revision": parsed.revision, "quant": located.quant,
+            "file": located.filename, "size": path.stat().st_size, "path": str(path),
+            "sha256": located.remote.sha256 if located.remote else None, "reason": located.reason,
+            "already_downloaded": already}
+    ui.Output.choose(json=json_output).emit(data, lambda: ui.print_text(str(path)))
 
 
 @app.command()
-@error_funnel
 def models(
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
@@ -688,14 +485,10 @@ def models(
     device = detect_device(sysroot)
     chosen_profile, _ = select_profile(device, profile)
     rows = store.catalog_rows(device, chosen_profile, ctx=ctx, mem_budget=_size_option(mem_budget))
-    if json_output:
-        ui.print_json(rows)
-    else:
-        sys.stdout.write(store.render_catalog(rows, chosen_profile))
+    ui.Output.choose(json=json_output).emit(rows, lambda: ui.print_text(ui.catalog_text(rows, chosen_profile)))
 
 
 @app.command(name="ls")
-@error_funnel
 def list_downloaded(json_output: JsonOpt = False) -> None:
     """List downloaded models (GGUF files in the Hugging Face cache) with size, quant and path.
 
@@ -704,16 +497,16 @@ def list_downloaded(json_output: JsonOpt = False) -> None:
     from edgellm import models as store
 
     items = store.list_downloaded()
-    if json_output:
-        ui.print_json([item.to_json() for item in items])
-    elif not items:
-        ui.info("no models downloaded yet: try `edgellm pull deepseek-r1-1.5b` (or see `edgellm models`)")
-    else:
-        sys.stdout.write(store.render_downloaded(items))
+    def show() -> None:
+        if items:
+            ui.print_text(ui.downloaded_text(items))
+        else:
+            ui.info("no models downloaded yet: try `edgellm pull deepseek-r1-1.5b` (or see `edgellm models`)")
+
+    ui.Output.choose(json=json_output).emit([item.to_json() for item in items], show)
 
 
 @app.command(name="rm")
-@error_funnel
 def remove(
     model: Annotated[str, typer.Argument(help="NAME (every quant), NAME:QUANT, owner/repo[:QUANT] or owner/repo/file.gguf, as `edgellm ls` shows.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
@@ -732,41 +525,38 @@ def remove(
         raise ModelNotFoundError(f"{model} is not downloaded", hint="see `edgellm ls` for downloaded models")
     described = ", ".join(f"{item.name} ({format_size(item.size)})" for item in items)
     if not yes:
-        if not store.interactive():
+        if not ui.interactive():
             raise UsageError(f"rm needs confirmation to delete {described}", hint=f"edgellm rm {model} -y")
-        if not store.confirm(f"Delete {described}?"):
+        if not ui.confirm(f"Delete {described}?"):
             ui.info("nothing deleted")
             raise typer.Exit(1)
     freed = store.remove(items)
-    if json_output:
-        ui.print_json({"removed": [item.to_json() for item in items], "freed_bytes": freed})
-    else:
-        ui.info(f"deleted {described}; {format_size(freed)} freed")
+    ui.Output.choose(json=json_output).emit({"removed": [item.to_json() for item in items], "freed_bytes": freed},
+                                            lambda: ui.info(f"deleted {described}; {format_size(freed)} freed"))
 
 
 @app.command()
-@error_funnel
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT. Default: the profile's default model.")] = "",
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key or --insecure.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8080,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
-    api_key_file: Annotated[Optional[str], typer.Option("--api-key-file", help="Read the API key from the first line of FILE (mode 600), so it is not on the command line.")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
+    api_key_file: Annotated[str | None, typer.Option("--api-key-file", help="Read the API key from the first line of FILE (mode 600), so it is not on the command line.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")] = False,
-    alias: Annotated[Optional[str], typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
-    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
-    cors: Annotated[Optional[list[str]], typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
-    parallel: Annotated[Optional[int], typer.Option("--parallel", "-np", min=1, max=64, help="Requests generated at once (continuous batching), each with --ctx tokens of context. Default: as many as fit memory, at most 4.")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
+    cors: Annotated[list[str] | None, typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", "-np", min=1, max=64, help="Requests generated at once (continuous batching), each with --ctx tokens of context. Default: as many as fit memory, at most 4.")] = None,
     queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while all slots generate; more get 503.")] = 8,
     truncate: Annotated[str, typer.Option("--truncate", help="A chat history longer than a slot: drop the oldest turns (oldest; the system prompt stays) or answer 400 (error).")] = "oldest",
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
     think_budget: ThinkBudgetOpt = None,
     think_message: ThinkMessageOpt = None,
-    idle_unload: Annotated[Optional[str], typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
+    idle_unload: Annotated[str | None, typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
 
@@ -777,6 +567,7 @@ def serve(
     Example: edgellm serve -m model.gguf --port 8080
     """
     from edgellm import serve as server
+    from edgellm.hardware import format_cpu_list
     from edgellm.runtime import Engine
     from edgellm.sdnotify import Notifier
     from edgellm.serve.lifecycle import install_test_stall
@@ -802,7 +593,7 @@ def serve(
     sock = server.listen(host, port)
     model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
     slots = f", {parallel} slots of {plan_.n_ctx_per_slot} tokens" if parallel > 1 else ""
-    ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {','.join(map(str, plan_.cores))} ({prepared.profile.name})")
+    ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {format_cpu_list(plan_.cores)} ({prepared.profile.name})")
     notifier = Notifier()
     if notifier.enabled and not notifier.status(f"loading {model_id}"):
         ui.warn(f"{notifier.failed}: systemd will not hear that the server is ready")
@@ -817,7 +608,7 @@ def serve(
     config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
                                  allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
                                  truncate=truncate, idle_unload_s=idle_unload_s,
-                                 **_serve_thinking(prepared.profile, think_budget, think_message))
+                                 **options.serve_thinking(prepared.profile, think_budget, think_message))
     url = server.url_of(sock)
     ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
     if notifier.enabled:
@@ -845,11 +636,10 @@ SERVE_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 ServiceModelOpt = Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name or owner/repo:QUANT (pulled if needed).")]
 UserOpt = Annotated[bool, typer.Option("--user", help="A user service (systemctl --user) run as you, instead of a system service run by the edgellm user.")]
 WatchdogOpt = Annotated[int, typer.Option("--watchdog", min=5, help="Seconds without a sign of life before systemd restarts serve (WatchdogSec=).")]
-KeyFileOpt = Annotated[Optional[str], typer.Option("--api-key-file", help="The API key's file (mode 600). Default: a new random key in /etc/edgellm/api-key (or ~/.config/edgellm/api-key with --user).")]
+KeyFileOpt = Annotated[str | None, typer.Option("--api-key-file", help="The API key's file (mode 600). Default: a new random key in /etc/edgellm/api-key (or ~/.config/edgellm/api-key with --user).")]
 
 
 @service_app.command("install", context_settings=SERVE_PASSTHROUGH)
-@error_funnel
 def service_install(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = False,
                     watchdog: WatchdogOpt = DEFAULT_WATCHDOG_S, api_key_file: KeyFileOpt = None) -> None:
     """Write a systemd unit for `edgellm serve` (other options go to serve), enable it and start it.
@@ -872,7 +662,6 @@ def service_install(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = 
 
 
 @service_app.command("unit", context_settings=SERVE_PASSTHROUGH)
-@error_funnel
 def service_unit(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = False,
                  watchdog: WatchdogOpt = DEFAULT_WATCHDOG_S, api_key_file: KeyFileOpt = None) -> None:
     """Print the unit `install` would write, without installing anything (the model must be here).
@@ -887,7 +676,6 @@ def service_unit(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = Fal
 
 
 @service_app.command("status")
-@error_funnel
 def service_status(user: UserOpt = False) -> None:
     """Show whether the service runs, its last log lines and serve's own status line.
 
@@ -902,7 +690,6 @@ def service_status(user: UserOpt = False) -> None:
 
 
 @service_app.command("logs")
-@error_funnel
 def service_logs(user: UserOpt = False, lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 50,
                  follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False) -> None:
     """The service's log (the journal).
@@ -919,7 +706,6 @@ def service_logs(user: UserOpt = False, lines: Annotated[int, typer.Option("--li
 
 
 @service_app.command("uninstall")
-@error_funnel
 def service_uninstall(user: UserOpt = False) -> None:
     """Stop and disable the service and remove its unit; models and the key file stay.
 

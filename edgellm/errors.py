@@ -1,11 +1,18 @@
 """edgellm's exceptions. Each carries a one-line message and, where there is one, the next step.
 
-The CLI's error funnel (cli.py) turns these into `error: MESSAGE` + `hint: NEXT STEP` on stderr and
+The CLI's error funnel (funnel.py) turns these into `error: MESSAGE` + `hint: NEXT STEP` on stderr and
 the exception's exit code; anything else becomes a one-line 'unexpected error' unless
 EDGELLM_DEBUG=1 asks for the traceback.
 """
 
 from __future__ import annotations
+
+import os
+
+
+def debug_enabled() -> bool:
+    """EDGELLM_DEBUG=1: show tracebacks instead of one-line errors (the CLI's funnel, serve's log)."""
+    return os.environ.get("EDGELLM_DEBUG", "") not in ("", "0")
 
 
 class EdgeLLMError(Exception):
@@ -63,6 +70,12 @@ class GrammarError(EdgeLLMError):
 
 class EmptyPromptError(EdgeLLMError):
     """A prompt with no tokens: there is nothing to generate from."""
+
+
+class Interrupted(EdgeLLMError):
+    """Ctrl-C after part of the result was written (`run`): said as a note, not an error; exit 130."""
+
+    exit_code = 130
 
 
 class OutputError(EdgeLLMError):

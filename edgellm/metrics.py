@@ -70,7 +70,7 @@ class Metrics:
                 "# TYPE edgellm_time_to_first_token_seconds histogram",
             ]
             running = 0
-            for bound, count in zip((*TTFT_BUCKETS, float("inf")), self.ttft_counts):
+            for bound, count in zip((*TTFT_BUCKETS, float("inf")), self.ttft_counts, strict=True):
                 running += count
                 shown = "+Inf" if bound == float("inf") else f"{bound:g}"
                 lines.append(f'edgellm_time_to_first_token_seconds_bucket{{le="{shown}"}} {running}')

@@ -449,7 +449,7 @@ def _check_hparams(meta: _Metadata, arch: str) -> _Attention:
     if n_head is None:
         raise ModelFileError(f"{meta.path}: GGUF header lacks '{key('attention.head_count')}'")
     n_head_kv = meta.per_layer(key("attention.head_count_kv"), n_layers, n_head) or n_head
-    for layer, (heads, kv_heads) in enumerate(zip(n_head, n_head_kv)):
+    for layer, (heads, kv_heads) in enumerate(zip(n_head, n_head_kv, strict=False)):
         if heads % kv_heads:
             # ggml broadcasts K and V over the query heads only by whole multiples (an assert).
             raise meta.bad(key("attention.head_count_kv"), f"({kv_heads}) does not divide head_count ({heads}) in layer {layer}")

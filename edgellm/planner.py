@@ -90,6 +90,20 @@ def select_cores(device: Device, profile: Profile) -> list[int]:
     return list(device.big_cores or clusters[0].cpus)
 
 
+def memory_budget(device: Device, profile: Profile, mem_budget: int | None = None) -> tuple[int | None, str]:
+    """The bytes a model may use here, and why: what is free now minus what the OS needs (the
+    profile's reserve), capped by --mem-budget. None: memory size unknown, so not checked."""
+    available = device.mem_available_bytes if device.mem_available_bytes is not None else device.mem_total_bytes
+    budget: int | None = None
+    reason = "memory size unknown: not checked"
+    if available is not None:
+        budget = max(available - profile.os_reserve_bytes, 0)
+        reason = f"{format_size(available)} available minus {format_size(profile.os_reserve_bytes)} reserved for the OS ({profile.name})"
+    if mem_budget is not None and (budget is None or mem_budget < budget):
+        budget, reason = mem_budget, f"--mem-budget {format_size(mem_budget)}"
+    return budget, reason
+
+
 def make_plan(
     model: ModelInfo,
     device: Device,
@@ -111,17 +125,7 @@ def make_plan(
     parallel = max(parallel, 1)
     reasons: dict[str, str] = {}
 
-    # Budget: what is free now minus what the OS needs, capped by --mem-budget.
-    available = device.mem_available_bytes if device.mem_available_bytes is not None else device.mem_total_bytes
-    budget: int | None = None
-    if available is not None:
-        budget = max(available - profile.os_reserve_bytes, 0)
-        reasons["budget"] = f"{format_size(available)} available minus {format_size(profile.os_reserve_bytes)} reserved for the OS ({profile.name})"
-    if mem_budget is not None and (budget is None or mem_budget < budget):
-        budget = mem_budget
-        reasons["budget"] = f"--mem-budget {format_size(mem_budget)}"
-    if budget is None:
-        reasons["budget"] = "memory size unknown: not checked"
+    budget, reasons["budget"] = memory_budget(device, profile, mem_budget)
 
     # Context: what was asked (or the profile default), no more than the model was trained for.
     wanted = ctx or profile.default_ctx

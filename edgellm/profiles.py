@@ -1,7 +1,7 @@
 """Device profiles: TOML files that say how to run models on a kind of device, and how to match it.
 
 Built-in profiles ship in the wheel (the repository's `profiles/` folder becomes the
-`edgellm.profiles` package data). User profiles in `$EDGELLM_HOME/profiles/` add new names or
+`edgellm.profile_data` package data, so the name does not clash with this module). User profiles in `$EDGELLM_HOME/profiles/` add new names or
 override built-in ones. Keys are validated strictly: a typo in a profile is an error naming the
 file and the key, never a silently ignored setting. `profiles/README.md` documents every key.
 """
@@ -9,7 +9,6 @@ file and the key, never a silently ignored setting. `profiles/README.md` documen
 from __future__ import annotations
 
 import fnmatch
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from edgellm.errors import ProfileError
 from edgellm.hardware import Device
+from edgellm.paths import user_profiles_dir
 from edgellm.units import parse_size
 
 if sys.version_info >= (3, 11):
@@ -270,23 +270,9 @@ def load_profile_file(path: Path) -> Profile:
 MAX_PROFILE_BYTES = 256 * 1024
 
 
-def edgellm_home() -> Path:
-    """$EDGELLM_HOME, else the platform's config dir (~/.config/edgellm, ~/Library/Application Support/edgellm)."""
-    if os.environ.get("EDGELLM_HOME"):
-        return Path(os.environ["EDGELLM_HOME"]).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "edgellm"
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "edgellm"
-
-
-def user_profiles_dir() -> Path:
-    return edgellm_home() / "profiles"
-
-
 def builtin_profiles_dir() -> Path:
-    """Installed wheels carry the profiles as edgellm/profiles/; a source checkout has ../profiles."""
-    installed = Path(__file__).with_name("profiles")
+    """Installed wheels carry the profiles as edgellm/profile_data/; a source checkout has ../profiles."""
+    installed = Path(__file__).with_name("profile_data")
     return installed if installed.is_dir() else Path(__file__).parent.parent / "profiles"
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from edgellm import __version__
 from edgellm.errors import EdgeLLMError, UsageError
+from edgellm.paths import user_api_key_file
 
 UNIT_NAME = "edgellm.service"
 SERVICE_USER = "edgellm"
@@ -60,12 +61,6 @@ def unit_path(user_mode: bool) -> Path:
         base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
         return base / "systemd" / "user" / UNIT_NAME
     return SYSTEM_UNIT_DIR / UNIT_NAME
-
-
-def user_key_file() -> Path:
-    from edgellm.profiles import edgellm_home  # noqa: PLC0415
-
-    return edgellm_home() / "api-key"
 
 
 def edgellm_command() -> list[str]:
@@ -351,7 +346,7 @@ def build_spec(model_path: Path, serve_args: Sequence[str], *, user_mode: bool, 
 
 
 def default_key_file(user_mode: bool) -> Path:
-    return user_key_file() if user_mode else SYSTEM_KEY_FILE
+    return user_api_key_file() if user_mode else SYSTEM_KEY_FILE
 
 
 def install(model: str, serve_args: Sequence[str], *, user_mode: bool, key_file: Path | None = None,

@@ -18,6 +18,7 @@ from importlib import util as importlib_util
 from pathlib import Path
 from typing import Any
 
+from edgellm import models
 from edgellm.errors import (
     ContextOverflowError,
     DownloadError,
@@ -26,8 +27,9 @@ from edgellm.errors import (
 )
 from edgellm.hardware import Device, detect
 from edgellm.modelinfo import ModelInfo
+from edgellm.paths import llama_build_cache_file
 from edgellm.planner import REFUSAL_HINT, Plan, auto_parallel, make_plan
-from edgellm.profiles import Profile, edgellm_home, select_profile
+from edgellm.profiles import Profile, select_profile
 
 
 @dataclass
@@ -67,8 +69,6 @@ def resolve_model(
     fetch=False it is described from the catalog's shape instead, so plans work before downloads.
     Without a quant, the planner picks the one that fits `device` under `profile`.
     """
-    from edgellm import models
-
     if device is None:
         device = detect("/")
     if profile is None:
@@ -152,7 +152,7 @@ def llama_build_info() -> str | None:
     fingerprint = _library_fingerprint()
     if fingerprint is None:
         return None
-    cache = edgellm_home() / "cache" / "llama-build.json"
+    cache = llama_build_cache_file()
     try:
         cached = json.loads(cache.read_text())
         if cached.get("fingerprint") == fingerprint:

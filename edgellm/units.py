@@ -25,7 +25,7 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def format_size(n_bytes: int | float | None) -> str:
+def format_size(n_bytes: float | None) -> str:
     """1117318304 -> '1.04 GiB'."""
     if n_bytes is None:
         return "unknown"

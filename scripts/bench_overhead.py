@@ -44,7 +44,7 @@ print(json.dumps({"gen_tps": (count - 1) / (time.perf_counter() - first), "gener
 
 def synthetic_model() -> Path:
     from edgellm import synthetic
-    from edgellm.profiles import edgellm_home
+    from edgellm.paths import edgellm_home
 
     path = edgellm_home() / "synthetic" / "deepseek-r1-1.5b-Q4_K_M.gguf"
     if not path.exists():

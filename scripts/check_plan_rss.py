@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgellm import synthetic
-from edgellm.profiles import edgellm_home
+from edgellm.paths import edgellm_home
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_llama_server import Server, free_port  # noqa: E402  (the same server start-up and health wait)

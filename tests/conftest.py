@@ -85,7 +85,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, input: bytes | None = None, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[bytes]:
+def run_cli(*args: str, input: bytes | None = None, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[bytes]:  # noqa: A002  (subprocess.run's name)
     """Run `python -m edgellm ARGS` as a real process (pipes, exit codes, signals are real)."""
     return subprocess.run(
         [sys.executable, "-m", "edgellm", *args],

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA
+
 from edgellm import synthetic
 from edgellm.catalog import QuantCandidate, choose_quant, find_entry, load_catalog, quant_of_filename, quants_in_files
 from edgellm.errors import ModelNotFoundError

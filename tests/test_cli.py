@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import cli_env, run_cli
 from typer.testing import CliRunner
 
-from conftest import cli_env, run_cli
 from edgellm.cli import app
 
 COMMANDS = ["detect", "profiles", "plan", "run", "chat", "bench", "pull", "models", "ls", "rm", "serve"]
@@ -58,21 +59,51 @@ def test_bad_option_value_is_a_usage_error() -> None:
 def test_unexpected_exceptions_go_through_the_funnel(monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
 
-    from edgellm.cli import error_funnel
+    from edgellm.errors import PlanError
+    from edgellm.funnel import FunnelledGroup
 
-    probe = typer.Typer()
+    # The funnel is the root group's: a command added with nothing but @app.command() is inside it.
+    probe = typer.Typer(cls=FunnelledGroup)
 
     @probe.command()
-    @error_funnel
     def boom() -> None:
         """Fails the way a bug would."""
         raise ZeroDivisionError("division by zero")
 
+    @probe.command()
+    def refuse() -> None:
+        raise PlanError("the model does not fit", hint="try a smaller quant")
+
+    @probe.command()
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    @probe.command()
+    def done() -> None:
+        raise typer.Exit(3)  # Typer's own exit passes through untouched
+
     runner = CliRunner()
-    result = runner.invoke(probe, [])
+    result = runner.invoke(probe, ["boom"])
     assert result.exit_code == 1
     assert "unexpected ZeroDivisionError: division by zero" in result.output
     assert "EDGELLM_DEBUG=1" in result.output and "Traceback" not in result.output
+    result = runner.invoke(probe, ["refuse"])
+    assert result.exit_code == 1 and "error: the model does not fit" in result.output and "hint: try a smaller quant" in result.output
+    result = runner.invoke(probe, ["stop"])
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert runner.invoke(probe, ["done"]).exit_code == 3
+    assert runner.invoke(probe, ["--bogus"]).exit_code == 2  # usage errors stay Typer's
     monkeypatch.setenv("EDGELLM_DEBUG", "1")
-    result = runner.invoke(probe, [])
+    result = runner.invoke(probe, ["boom"])
     assert result.exit_code == 1 and "Traceback" in result.output
+
+
+def test_edgellm_attaches_the_funnel_once_at_the_root() -> None:
+    import typer
+
+    from edgellm.cli import app
+    from edgellm.funnel import FunnelledGroup
+
+    assert isinstance(typer.main.get_command(app), FunnelledGroup)
+    source = Path(__file__).parents[1].joinpath("edgellm", "cli.py").read_text()
+    assert "error_funnel" not in source and "except Exception" not in source

@@ -13,10 +13,10 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from edgellm.errors import GrammarError
 from edgellm.grammar import check_grammar
-from conftest import run_cli
 
 GRAMMARS = Path(__file__).parent / "data" / "grammars"
 EXAMPLES = sorted(GRAMMARS.glob("*.gbnf"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from edgellm import synthetic
 from edgellm.errors import ModelFileError
 from edgellm.modelinfo import read_gguf

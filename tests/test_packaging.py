@@ -21,7 +21,7 @@ def test_wheel_ships_profiles_and_lists_them_from_a_fresh_venv(tmp_path: Path) -
     assert built.returncode == 0, built.stderr.decode()[-2000:]
     wheel = next((tmp_path / "dist").glob("edgellm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = {Path(n).name for n in names if n.startswith("edgellm/profiles/")}
+    shipped = {Path(n).name for n in names if n.startswith("edgellm/profile_data/")}
     assert {"raspberry-pi-5.toml", "rk3588.toml", "phone-arm.toml", "laptop-x86.toml", "generic.toml", "README.md"} <= shipped
 
     # A fresh venv with only the wheel; its dependencies come from this environment's site-packages

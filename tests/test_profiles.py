@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from edgellm.errors import ProfileError
 from edgellm.hardware import detect
 from edgellm.profiles import builtin_profiles_dir, load_profiles, parse_profile, select_profile

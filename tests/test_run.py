@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, run_cli
 
 
@@ -164,6 +163,7 @@ def slow_no_prefill(tmp_path_factory: pytest.TempPathFactory) -> Path:
     until a tag appears everything it writes is held by the reasoning splitter (the case that lost
     all output on Ctrl-C). F16 keeps it slow: tens of seconds for a few thousand tokens here."""
     from conftest import MID_SHAPE, TEMPLATE_WITHOUT_THINK_PREFILL
+
     from edgellm import synthetic
 
     return synthetic.write_tiny_model(tmp_path_factory.mktemp("slow") / "mid-noprefill-F16.gguf", shape=MID_SHAPE,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from test_serve import API_KEY, USER, ServerProcess, http, wait_idle
 
 LONG = 2000  # more tokens than any test lets a generation run, within a slot (--ctx 2048)
@@ -247,8 +246,8 @@ def test_a_long_prompt_admitted_while_three_stream_does_not_stop_them(server: Se
     assert all(times and times[-1] > long_first[0] for times in arrivals.values())
     usage_line = server.wait_for_line(r"POST /v1/completions 200")
     assert "4 tokens" in usage_line
-    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:])]
-    during = [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if long_sent[0] <= b <= long_first[0] + 0.05]
+    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:], strict=False)]
+    during = [b - a for times in arrivals.values() for a, b in zip(times, times[1:], strict=False) if long_sent[0] <= b <= long_first[0] + 0.05]
     gaps.sort()
     print(f"\ninter-token gap of the three streams: median {1000 * gaps[len(gaps) // 2]:.1f} ms, "
           f"largest while the 1,500-token prompt went in {1000 * max(during, default=0.0):.1f} ms "

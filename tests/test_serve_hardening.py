@@ -15,9 +15,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from test_serve import API_KEY, LONG, USER, ServerProcess, http
 
 from edgellm.guards import HEAD_TIMEOUT_S
-from test_serve import API_KEY, LONG, USER, ServerProcess, http
 
 JSON = {"Content-Type": "application/json"}
 AUTH = {**JSON, "Authorization": f"Bearer {API_KEY}"}

@@ -36,7 +36,7 @@ def long_trained(models_dir: Path) -> Path:
     return synthetic.write_tiny_model(models_dir / "tiny-32k-F32.gguf", shape=shape)
 
 
-def run_json(*args: str, input: bytes | None = None) -> dict:
+def run_json(*args: str, input: bytes | None = None) -> dict:  # noqa: A002  (subprocess.run's name)
     done = run_cli("run", *args, "--json", input=input)
     assert done.returncode == 0, done.stderr.decode()
     return json.loads(done.stdout)

@@ -365,7 +365,7 @@ class Engine:
             variables["tools"] = [tool.to_openai() for tool in tool_use.tools]
         try:
             return str(self._formatter(messages=messages, **variables).prompt)
-        except Exception as exc:  # jinja2 errors from a model's own template
+        except Exception as exc:  # noqa: BLE001  (jinja2 errors from a model's own template)
             raise GenerationError(f"the model's chat template failed: {_first_line(exc)}") from None
 
     def tokenize(self, text: str) -> list[int]:
@@ -542,7 +542,7 @@ class Engine:
 
         try:
             text = _strict_json_chars(json_schema_to_gbnf(json.dumps(schema)))
-        except Exception as exc:  # AssertionError, KeyError, ValueError, RecursionError from the converter
+        except Exception as exc:  # noqa: BLE001  (AssertionError, KeyError, ValueError, RecursionError from the converter)
             raise GrammarError(f"unsupported JSON schema: {type(exc).__name__}: {_first_line(exc)}") from None
         try:
             return self._checked_grammar(text)

@@ -351,7 +351,7 @@ class Scheduler:
             slot = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.seq_id))
             try:
                 self._start(slot, request)
-            except BaseException as exc:  # a bad grammar, a prompt too long for a slot
+            except BaseException as exc:  # noqa: BLE001  (a bad grammar, a prompt too long for a slot: the request fails, not the loop)
                 slot.request = None
                 self._free_sampler(slot)
                 request.emit(Finished(exc))
@@ -669,7 +669,7 @@ class Scheduler:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from typing import Any
 
 from edgellm import ui
+from edgellm.errors import debug_enabled
 from edgellm.metrics import Metrics
 
 KNOWN_PATHS = frozenset({"/health", "/metrics", "/slots", "/v1/models", "/v1/chat/completions", "/v1/completions"})
@@ -35,9 +35,9 @@ class RequestLog:
         failure: BaseException | None = None
         try:
             await self.app(scope, receive, send_and_note)
-        except Exception as exc:  # already answered with a 500 body; log one line, not a traceback
+        except Exception as exc:  # noqa: BLE001  (already answered with a 500 body; log one line, not a traceback)
             failure = exc
-            if os.environ.get("EDGELLM_DEBUG", "") not in ("", "0"):
+            if debug_enabled():
                 traceback.print_exc()
         finally:
             line = request_log_line(scope, status["code"], time.perf_counter() - started)

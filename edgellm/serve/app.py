@@ -22,6 +22,8 @@ from edgellm import guards, ui
 from edgellm.errors import ContextOverflowError, EdgeLLMError, GrammarError
 from edgellm.metrics import Metrics
 from edgellm.runtime import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
+from edgellm.runtime.protocol import GenerationEngine
+from edgellm.sdnotify import Notifier
 from edgellm.serve.access_log import RequestLog
 from edgellm.serve.errors import (
     RETRY_AFTER_SECONDS,
@@ -31,7 +33,6 @@ from edgellm.serve.errors import (
     install_handlers,
     shutting_down,
 )
-from edgellm.sdnotify import Notifier
 from edgellm.serve.jobs import Admission, GenerationJob, QueueFull, wait_watching_client
 from edgellm.serve.lifecycle import supervise
 from edgellm.serve.replies import Reply
@@ -76,11 +77,11 @@ class ServerConfig:
 class Server:
     """Owns the engine, its scheduler and the threads around it; builds the FastAPI app."""
 
-    def __init__(self, engine: Any, config: ServerConfig, *, notifier: Notifier | None = None,
-                 load_engine: Callable[[], Any] | None = None) -> None:
+    def __init__(self, engine: GenerationEngine, config: ServerConfig, *, notifier: Notifier | None = None,
+                 load_engine: Callable[[], GenerationEngine] | None = None) -> None:
         """`load_engine` loads the model again after --idle-unload freed it; `notifier` tells
         systemd how the service is (a no-op outside systemd)."""
-        self.engine: Any = engine  # None while --idle-unload has freed it
+        self.engine: GenerationEngine | None = engine  # None while --idle-unload has freed it
         self.first_engine = engine
         self.config = config
         self.notifier = notifier or Notifier({})
@@ -172,6 +173,13 @@ class Server:
 
     # -- idle unload --
 
+    @property
+    def loaded_engine(self) -> GenerationEngine:
+        """The engine, inside engine_in_use (which loads it): a request never sees it unloaded."""
+        if self.engine is None:
+            raise APIError(503, "the model is not loaded", type="server_error", code="model_unloaded")
+        return self.engine
+
     @asynccontextmanager
     async def engine_in_use(self) -> AsyncIterator[None]:
         """Around a request's use of the engine: loads it if --idle-unload freed it, and keeps
@@ -197,12 +205,12 @@ class Server:
         async with self._load_lock:
             if not self.should_unload(time.monotonic()):
                 return
-            engine, self.engine = self.engine, None  # requests from now on wait for reload()
+            engine, self.engine = self.loaded_engine, None  # requests from now on wait for reload()
             await asyncio.get_running_loop().run_in_executor(None, self._close_engine, engine)
             self.metrics.unloaded()
             ui.info(f"idle for {self.config.idle_unload_s:g}s: model unloaded (the next request loads it again)")
 
-    def _close_engine(self, engine: Any) -> None:
+    def _close_engine(self, engine: GenerationEngine) -> None:
         self._stop_generator()
         engine.close()
 
@@ -411,7 +419,7 @@ class Server:
         params.split_reasoning = False  # raw completions return the model's text as written, tags included
         text = prompts[0]
         self.check_size(1, len(text), "prompt")
-        engine = self.engine
+        engine = self.loaded_engine
         prompt = await self.prepare(request, lambda: engine.prompt_from_text(text), params, "grammar")
         reply = Reply(request, self, "text_completion", body.stream)
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
@@ -445,14 +453,14 @@ class Server:
             choice = parse_tool_choice(body.tool_choice, tools)
         except ToolSpecError as exc:
             raise APIError(400, exc.message, param=exc.param, code="invalid_tools") from None
-        return ToolUse(self.engine.tool_format, tools, choice, parallel=body.parallel_tool_calls is not False)
+        return ToolUse(self.loaded_engine.tool_format, tools, choice, parallel=body.parallel_tool_calls is not False)
 
     def fit_history(self, messages: list[dict[str, Any]], max_tokens: int | None, params: SamplingParams | None = None,
                     template_kwargs: dict[str, Any] | None = None) -> tuple[Prompt, int]:
         """The prompt for `messages`, dropping the oldest turns (the system prompt stays) until it
         leaves a slot room for the reply, as `edgellm chat` does; returns it and how many messages
         went. A last turn too long on its own is still refused (400)."""
-        engine = self.engine
+        engine = self.loaded_engine
         slot_ctx = self.scheduler.slot_ctx
         room = min(max_tokens or slot_ctx // 4, slot_ctx // 2)
         head = 0
@@ -517,7 +525,7 @@ class Server:
     async def prepare(self, request: Request, make_prompt: Callable[[], Prompt], params: SamplingParams, param: str) -> Prompt:
         """Template, tokenizer and grammar work in the preparation thread, before the generation
         slot is taken: a huge or hostile request costs its own time, not everyone's."""
-        engine = self.engine
+        engine = self.loaded_engine
 
         def work() -> Prompt:
             text = engine.grammar_text(params)
@@ -611,7 +619,7 @@ async def read_json(request: Request, limit: int) -> Any:
         raise APIError(400, f"the request body is not acceptable: {exc}", code="invalid_json") from None
 
 
-def create_app(engine: Any, config: ServerConfig) -> Any:
+def create_app(engine: GenerationEngine, config: ServerConfig) -> Any:
     """The ASGI app serving `engine` (an edgellm.runtime.Engine, or anything with its generate API)."""
     return Server(engine, config).app()
 

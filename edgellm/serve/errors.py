@@ -24,7 +24,7 @@ class APIError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",
+        type: str = "invalid_request_error",  # noqa: A002  (the OpenAI error object's field name)
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,

@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import anyio
 from fastapi import Request
@@ -58,7 +58,7 @@ class Failure:
 
 
 END = object()
-Item = Union[TextEvent, GenerationStats, Failure, object]
+Item = TextEvent | GenerationStats | Failure | object
 
 
 class GenerationJob:

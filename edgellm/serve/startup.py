@@ -13,6 +13,7 @@ from typing import Any
 
 from edgellm import guards, hardware
 from edgellm.errors import UsageError
+from edgellm.runtime.protocol import GenerationEngine
 from edgellm.sdnotify import Notifier
 from edgellm.serve.app import SHUTDOWN_GRACE_SECONDS, Server, ServerConfig
 
@@ -104,7 +105,7 @@ def read_api_key_file(path: str) -> str:
     return key
 
 
-def warm_up(engine: Any) -> None:
+def warm_up(engine: GenerationEngine) -> None:
     """One real decode and sample before the service says it is ready: a model that loads but
     cannot generate (a broken build, a bad file) fails here, not on the first user's request."""
     from edgellm.runtime import SamplingParams  # noqa: PLC0415
@@ -114,8 +115,8 @@ def warm_up(engine: Any) -> None:
     engine.forget_cache()
 
 
-def serve(engine: Any, config: ServerConfig, sock: socket.socket, *, notifier: Notifier | None = None,
-          load_engine: Callable[[], Any] | None = None) -> list[int]:
+def serve(engine: GenerationEngine, config: ServerConfig, sock: socket.socket, *, notifier: Notifier | None = None,
+          load_engine: Callable[[], GenerationEngine] | None = None) -> list[int]:
     """Serve until SIGTERM or Ctrl-C; uvicorn drains in-flight requests, then we cancel the rest.
 
     Returns the signals that stopped it.
