@@ -93,10 +93,7 @@ class DownloadProgress:
         self._progress.start()
         self._task = self._progress.add_task(label, total=total, completed=initial)
         self._started_bytes = initial
-        import time  # noqa: PLC0415
-
-        self._clock = time.monotonic
-        self._started = self._clock()
+        self._started = time.monotonic()
         if initial:
             info(f"resuming {label} at {format_size(initial)} of {format_size(total)}")
 
@@ -106,12 +103,12 @@ class DownloadProgress:
 
     def reset(self, done: int) -> None:
         self.done = self._started_bytes = done
-        self._started = self._clock()
+        self._started = time.monotonic()
         self._progress.reset(self._task, total=self.total, completed=done)
 
     def close(self) -> None:
         self._progress.stop()
-        elapsed = self._clock() - self._started
+        elapsed = time.monotonic() - self._started
         speed = (self.done - self._started_bytes) / elapsed if elapsed > 0 else 0.0
         info(f"{self.label}: {format_size(self.done)} in {elapsed:.1f}s ({format_size(speed)}/s)")
 
