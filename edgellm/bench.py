@@ -41,6 +41,7 @@ from edgellm import __version__, hardware, runtime
 from edgellm.errors import EdgeLLMError, PlanError, UsageError
 from edgellm.options import MAX_SEQUENCES, parse_cpu_list
 from edgellm.response import Response
+from edgellm.rpc import parse_endpoint
 from edgellm.runtime import SamplingParams
 from edgellm.session import PlanOptions, prepare
 from edgellm.synthetic import synthetic_model_path
@@ -171,6 +172,7 @@ class BenchConfig:
     profile: str | None = None
     mem_budget: int | None = None
     sysroot: str = "/"
+    rpc: list[str] = field(default_factory=list)  # workers to split the model across (--rpc HOST:PORT)
 
     def __post_init__(self) -> None:
         # Float options accept 'nan' and 'inf' (click parses them): sleep(nan) raises after the
@@ -558,7 +560,8 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
         too_small_hint = "use smaller -p/-n/--depth values or a larger --mem-budget"
     n_ctx = -(-slot_ctx // 256) * 256  # llama.cpp pads the KV cache to 256 cells anyway
     options = PlanOptions(profile=config.profile, ctx=n_ctx, mem_budget=config.mem_budget,
-                          threads=None, sysroot=config.sysroot, parallel=sequences)
+                          threads=None, sysroot=config.sysroot, parallel=sequences,
+                          rpc=[parse_endpoint(e) for e in config.rpc])
     prepared = prepare(model_spec, options, loading=True)
     plan = prepared.plan
     if plan.n_ctx < needed:

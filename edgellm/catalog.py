@@ -80,6 +80,8 @@ class CatalogEntry:
             name=self.name,
             file_size=size,
             tied_embeddings=shape.tied_embeddings,
+            input_bytes=embedding_bytes,
+            output_bytes=embedding_bytes,
         )
 
     def quant_for_file(self, filename: str) -> str | None:

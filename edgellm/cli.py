@@ -37,6 +37,12 @@ profiles_app = typer.Typer(
 )
 app.add_typer(profiles_app, name="profiles")
 
+def _rpc_option(value: str | None) -> Any:
+    from edgellm.rpc import parse_endpoints
+
+    return parse_endpoints(value)
+
+
 def _size_option(value: str | None) -> int | None:
     if value is None:
         return None
@@ -56,6 +62,7 @@ NoThinkOpt = Annotated[bool, typer.Option("--no-think", help="Skip the reasoning
 ThinkMessageOpt = Annotated[str | None, typer.Option("--think-message", help="The line written into the reasoning when --think-budget runs out, before it closes.")]
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="End the reply before this text (repeatable, up to 4; \\n and \\t are understood), e.g. --stop '\\n\\n'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+RpcOpt = Annotated[str | None, typer.Option("--rpc", help="Split the model's layers across this board and `edgellm worker`s: HOST:PORT[,HOST:PORT...], e.g. --rpc 192.168.1.21:50052.")]
 def _sysroot_option(value: str) -> str:
     if not Path(value).is_dir():
         raise typer.BadParameter(f"{value} is not a directory (a capture with proc/ and sys/ inside)")
@@ -154,17 +161,23 @@ def plan(
     profile: ProfileOpt = None,
     sysroot: SysrootOpt = "/",
     parallel: Annotated[int | None, typer.Option("--parallel", "-np", min=1, max=64, help="Plan for serve with N slots, each with --ctx tokens (the KV cache holds them all).")] = None,
+    rpc: RpcOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Decide how to run MODEL here (context, KV cache, cores, threads, memory) without loading it.
 
+    With --rpc, the layers are split across this board and the workers by what each can hold
+    (each worker is asked); `devices` in --json says which part goes where.
+
     Example: edgellm plan model.gguf --mem-budget 1.5GiB --json
+
+    Example: edgellm plan deepseek-r1-7b --rpc 192.168.1.21:50052
     """
     from edgellm.planner import REFUSAL_HINT
     from edgellm.session import PlanOptions, prepare
 
     options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, sysroot=sysroot,
-                          parallel=parallel or 1)
+                          parallel=parallel or 1, rpc=_rpc_option(rpc))
     prepared = prepare(model, options, require_fit=False)
     result = prepared.plan
     ui.Output.choose(json=json_output).emit(result.to_json, lambda: ui.render_plan(result))
@@ -201,6 +214,7 @@ def run(
     think_budget: ThinkBudgetOpt = None,
     no_think: NoThinkOpt = False,
     think_message: ThinkMessageOpt = None,
+    rpc: RpcOpt = None,
 ) -> None:
     """Generate a reply for a prompt and stream it to stdout (for shells and scripts).
 
@@ -235,7 +249,7 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, rpc=_rpc_option(rpc))
     prepared = prepare(model or None, plan_options, loading=True, yes=yes)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     if text is not None:
@@ -274,6 +288,7 @@ def chat(
     think_budget: ThinkBudgetOpt = None,
     no_think: NoThinkOpt = False,
     think_message: ThinkMessageOpt = None,
+    rpc: RpcOpt = None,
 ) -> None:
     """Chat with a model in the terminal: streaming replies, history, slash commands (/help).
 
@@ -292,7 +307,7 @@ def chat(
     if system:
         conversation.system = system
     sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=options.stop_values(stop))
-    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads)
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, rpc=_rpc_option(rpc))
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     engine = Engine(prepared.model, prepared.plan)
@@ -347,6 +362,7 @@ def bench(
     parallel: Annotated[str | None, typer.Option("--parallel", help="Sequences decoded at once, comma-separated, e.g. 1,2,4: aggregate generation (and prompt) t/s for each count, measured as llama.cpp's llama-batched-bench (every sequence: its own -p prompt, then -n tokens). Example: edgellm bench --synthetic deepseek-r1-1.5b --parallel 1,2,4 -n 32")] = None,
     profile: ProfileOpt = None,
     mem_budget: MemBudgetOpt = None,
+    rpc: RpcOpt = None,
     json_output: JsonOpt = False,
     csv_output: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table on stdout (for pasting into issues).")] = False,
@@ -392,6 +408,7 @@ def bench(
         parallel=options.parse_parallel(parallel) if parallel is not None else None,
         profile=profile,
         mem_budget=_size_option(mem_budget),
+        rpc=[str(e) for e in _rpc_option(rpc)],
     )
     if not config.duration_s and not any(config.prompts + config.gens):
         raise UsageError("nothing to measure: -p and -n are both 0")
@@ -557,6 +574,7 @@ def serve(
     think_budget: ThinkBudgetOpt = None,
     think_message: ThinkMessageOpt = None,
     idle_unload: Annotated[str | None, typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
+    rpc: RpcOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
 
@@ -585,7 +603,7 @@ def serve(
     idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
     server.check_bind(host, api_key, insecure)
     prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads,
-                                          parallel=parallel), loading=True)
+                                          parallel=parallel, rpc=_rpc_option(rpc)), loading=True)
     plan_ = prepared.plan
     parallel = plan_.parallel
     if max_tokens is not None and max_tokens > plan_.n_ctx_per_slot:
@@ -621,6 +639,36 @@ def serve(
         sock.close()
         notifier.close()
     ui.info("stopped")
+
+
+# worker ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (IPv4). Other than loopback needs --allow-lan.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = 50052,
+    mem: Annotated[str | None, typer.Option("--mem", help="Memory offered to the main board, e.g. 3GiB (default: what this board can hold: available memory minus the profile's OS reserve).")] = None,
+    threads: ThreadsOpt = None,
+    allow_lan: Annotated[bool, typer.Option("--allow-lan", help="Allow a non-loopback --host. The worker has no authentication: anyone who reaches the port can use it. Trusted LANs only.")] = False,
+    profile: ProfileOpt = None,
+    sysroot: SysrootOpt = "/",
+) -> None:
+    """Lend this board's CPU and memory to another board's edgellm (llama.cpp's RPC backend).
+
+    On the main board, --rpc HOST:PORT on plan, run, chat, serve and bench splits the model's
+    layers across it and the workers, by what each offers. The worker runs on the profile's big
+    cores and prints one line saying where it listens and how much memory it offers.
+
+    Example (on the worker board): edgellm worker --host 0.0.0.0 --allow-lan --mem 3GiB
+
+    Example (on the main board): edgellm run -m deepseek-r1-7b --rpc 192.168.1.21:50052 "Hello"
+    """
+    from edgellm import worker as rpc_worker
+
+    plan_ = rpc_worker.plan_worker(host, port, mem=_size_option(mem), threads=threads, allow_lan=allow_lan,
+                                   profile=profile, sysroot=sysroot)
+    rpc_worker.run_worker(plan_, say=ui.print_text, warn=ui.warn)
 
 
 # `edgellm service` -------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ class ContextOverflowError(EdgeLLMError):
     """The prompt is longer than the context window."""
 
 
+class WorkerError(EdgeLLMError):
+    """An RPC worker (--rpc) that cannot be used: unreachable, busy, of another protocol version, or gone."""
+
+
 class GenerationError(EdgeLLMError):
     """llama.cpp failed while generating."""
 

@@ -142,6 +142,22 @@ class ModelInfo:
     chat_template: str | None = None
     n_tensors: int = 0
     tensor_types: dict[str, int] = field(default_factory=dict)
+    # Where the weights sit, for splitting layers across boards (--rpc): blk.N.* per layer, the
+    # input embedding table (always on the main board) and the output layer (norm + lm head; a
+    # model with tied embeddings gets a copy of the embedding table there, as llama.cpp makes one).
+    layer_bytes: tuple[int, ...] = ()
+    input_bytes: int = 0
+    output_bytes: int = 0
+
+    def layer_layout(self) -> tuple[int, list[int], int]:
+        """(input bytes, bytes of each repeating layer, output bytes); estimated evenly when the
+        header's tensors are unknown (a catalog model not downloaded yet)."""
+        if len(self.layer_bytes) == self.n_layers and self.n_layers:
+            return self.input_bytes, list(self.layer_bytes), self.output_bytes
+        embedding = self.input_bytes or max(self.weights_bytes - self.bytes_per_token, 0)
+        output = self.output_bytes or embedding
+        per_layer = max(self.weights_bytes - embedding - (0 if self.tied_embeddings else output), 0) // max(self.n_layers, 1)
+        return embedding, [per_layer] * self.n_layers, output
 
     def kv_bytes_per_token(self, kv_type: str = "f16") -> float:
         return self.n_layers * self.n_head_kv * (self.head_dim_k + self.head_dim_v) * KV_BYTES_PER_ELEMENT[kv_type]
@@ -515,6 +531,12 @@ def _model_info(path: Path, meta: _Metadata, tensors: list[TensorInfo], size: in
     weights = sum(t.n_bytes for t in tensors)
     embedding = sum(t.n_bytes for t in tensors if t.name == "token_embd.weight")
     tied = "output.weight" not in names
+    layer_bytes = [0] * attention.n_layers
+    for tensor in tensors:
+        layer = _block_index(tensor.name)
+        if layer is not None and layer < attention.n_layers:
+            layer_bytes[layer] += tensor.n_bytes
+    output_bytes = sum(t.n_bytes for t in tensors if t.name in ("output.weight", "output_norm.weight")) + (embedding if tied else 0)
     file_type = meta.get("general.file_type")
     quant = FILE_TYPES.get(int(file_type) & ~1024, f"type {file_type}") if isinstance(file_type, int) else _guess_quant(tensors)
     template = meta.get("tokenizer.chat_template")
@@ -539,7 +561,18 @@ def _model_info(path: Path, meta: _Metadata, tensors: list[TensorInfo], size: in
         tied_embeddings=tied,
         chat_template=template if isinstance(template, str) else None,
         n_tensors=len(tensors),
+        layer_bytes=tuple(layer_bytes),
+        input_bytes=embedding,
+        output_bytes=output_bytes,
     )
+
+
+def _block_index(name: str) -> int | None:
+    """'blk.12.attn_q.weight' -> 12."""
+    if not name.startswith("blk."):
+        return None
+    number = name[4:].split(".", 1)[0]
+    return int(number) if number.isdigit() else None
 
 
 def _guess_quant(tensors: list[TensorInfo]) -> str:

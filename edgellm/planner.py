@@ -17,6 +17,7 @@ from typing import Any
 from edgellm.hardware import Device, format_cpu_list
 from edgellm.modelinfo import ModelInfo
 from edgellm.profiles import Profile
+from edgellm.rpc import WorkerInfo
 from edgellm.units import format_size
 
 MIN_CTX = 512
@@ -25,6 +26,90 @@ CTX_STEP = 256
 # Python + numpy + llama.cpp's code and small buffers, measured as the RSS of `edgellm run`
 # before the model loads plus llama.cpp's fixed allocations (see scripts/check_plan_rss.py).
 RUNTIME_OVERHEAD_BYTES = 80 * 1024**2
+# The network between boards, for the time activations take per token (--rpc): gigabit Ethernet's
+# payload rate, and loopback's (workers on this machine) as measured here with 64 KiB messages.
+LAN_BYTES_PER_S = 117e6
+LOOPBACK_BYTES_PER_S = 2e9
+
+
+@dataclass
+class DeviceShare:
+    """One device's part of a model split across boards: `local` (this board) or a worker."""
+
+    name: str
+    layers: int  # repeating layers (blk.N); the output layer sits on the last device besides
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    total_bytes: int
+    budget_bytes: int | None  # what it can hold: this board's budget, or what the worker offers
+    first_layer: int = 0
+
+
+def split_layers(layer_costs: list[int], rooms: list[float], min_layers: list[int], *, capped: bool = True) -> list[int] | None:
+    """Contiguous layer counts per device, in device order, each within its room and at least its
+    minimum, the boundaries as close as they can be to the rooms' proportions. None: no split fits.
+    capped=False: the proportional split alone, rooms or not (to show what a refused plan needed).
+
+    A backward greedy pass finds, for each device, the earliest layer the devices after it can
+    start from (the most they can hold); the forward pass then clamps each proportional boundary
+    between that and what the device itself holds.
+    """
+    n, k = len(layer_costs), len(rooms)
+    prefix = [0]
+    for cost in layer_costs:
+        prefix.append(prefix[-1] + cost)
+    prefix_rooms = rooms if capped else [float("inf")] * k
+    if not capped:
+        rooms = [max(r, 1.0) for r in rooms]
+    earliest = [n] * (k + 1)  # earliest[j]: layers earliest[j]..n-1 fit on devices j..k-1
+    for j in range(k - 1, -1, -1):
+        if not capped:
+            earliest[j] = 0  # any start: only the minimums bound the split
+            continue
+        start, end = earliest[j + 1], earliest[j + 1]
+        if rooms[j] < 0:
+            return None
+        floor = sum(min_layers[:j])  # the devices before this one need their minimums
+        while start > floor and prefix[end] - prefix[start - 1] <= prefix_rooms[j]:
+            start -= 1
+        if end - start < min_layers[j]:
+            return None
+        earliest[j] = start
+    if earliest[0] > 0:
+        return None
+    total_room = sum(max(r, 0.0) for r in rooms) or 1.0
+    counts, start, room_so_far = [], 0, 0.0
+    for j in range(k):
+        if j == k - 1:
+            end = n
+        else:
+            room_so_far += max(rooms[j], 0.0)
+            goal = prefix[n] * room_so_far / total_room
+            target = min(range(start, n + 1), key=lambda e: abs(prefix[e] - goal))
+            most = start
+            while most < n and prefix[most + 1] - prefix[start] <= prefix_rooms[j]:
+                most += 1
+            most = min(most, n - sum(min_layers[j + 1:]))
+            least = max(earliest[j + 1], start + min_layers[j])
+            if least > most:
+                return None
+            end = min(max(target, least), most)
+        counts.append(end - start)
+        start = end
+    return counts
+
+
+def network_seconds_per_token(model: ModelInfo, workers: list[WorkerInfo]) -> float:
+    """Per token, each worker's part ends in a round trip (llama.cpp reads its output back before
+    the next device goes on), its hidden state crosses the link in and out, and the last worker
+    returns the logits (n_vocab floats)."""
+    seconds = 0.0
+    for index, worker in enumerate(workers):
+        link = LOOPBACK_BYTES_PER_S if worker.endpoint.loopback else LAN_BYTES_PER_S
+        payload = 2 * model.n_embd * 4 + (model.n_vocab * 4 if index == len(workers) - 1 else 0)
+        seconds += worker.rtt_s + payload / link
+    return seconds
 
 
 @dataclass
@@ -59,9 +144,25 @@ class Plan:
     think_budget: int | None = None
     worst_answer_s: float | None = None
     warnings: list[str] = field(default_factory=list)  # settings edgellm changed from what was asked
+    devices: list[DeviceShare] = field(default_factory=list)  # local first, then each --rpc worker
+    rpc: list[str] = field(default_factory=list)  # the workers, HOST:PORT, in layer order
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def n_gpu_layers(self) -> int:
+        """llama.cpp's n_gpu_layers for this split: the workers' layers plus the output layer."""
+        return sum(d.layers for d in self.devices[1:]) + 1 if self.rpc else 0
+
+    @property
+    def tensor_split(self) -> list[float]:
+        """llama.cpp's tensor_split: each worker's share of the offloaded layers, as counts (exact:
+        llama.cpp gives offloaded layer k to the first device whose cumulative share exceeds k/n)."""
+        counts = [float(d.layers) for d in self.devices[1:]]
+        if counts:
+            counts[-1] += 1  # the output layer
+        return counts
 
 
 def compute_buffer_bytes(model: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
@@ -115,14 +216,17 @@ def make_plan(
     threads_batch: int | None = None,
     build_repacks: bool = False,
     parallel: int = 1,
+    workers: list[WorkerInfo] | None = None,
 ) -> Plan:
     """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
 
     `build_repacks`: the installed llama.cpp repacks weights at load (system info `REPACK = 1`).
     `parallel`: sequences served at once; each gets the context chosen here in its own KV stream
     (the KV cache holds all of them: n_ctx is the total), and attends over its own stream only.
+    `workers`: RPC workers (probed) to split the layers across, after this board's, in order.
     """
     parallel = max(parallel, 1)
+    workers = workers or []
     reasons: dict[str, str] = {}
 
     budget, reasons["budget"] = memory_budget(device, profile, mem_budget)
@@ -150,8 +254,41 @@ def make_plan(
         compute = compute_buffer_bytes(model, n_ctx, min(n_ubatch, cells), flash)
         return fixed + kv + compute, kv, compute
 
+    input_bytes, layer_bytes, output_bytes = model.layer_layout()
+    other_bytes = max(model.weights_bytes - input_bytes - sum(layer_bytes) - output_bytes, 0)  # rope tables and the like
+
+    def shares_for(n_ctx: int, kv_type: str) -> tuple[list[DeviceShare], bool]:
+        """Each device's part at this context, and whether every part fits its device."""
+        total, kv, compute = total_for(n_ctx, kv_type)
+        if not workers:
+            local = DeviceShare("local", model.n_layers, model.weights_bytes, kv, compute, total, budget)
+            return [local], budget is None or total <= budget
+        kv_per_layer = kv / max(model.n_layers, 1)
+        fixed = [input_bytes + other_bytes + compute + RUNTIME_OVERHEAD_BYTES] + [compute] * len(workers)
+        fixed[-1] += output_bytes
+        capacities: list[float] = [float(budget) if budget is not None else float("inf")] + [float(w.free_bytes) for w in workers]
+        if budget is None:  # unknown here: weigh this board as the workers' average
+            capacities[0] = sum(capacities[1:]) / len(workers)
+        rooms = [cap - f for cap, f in zip(capacities, fixed, strict=True)]
+        costs = [int(b + kv_per_layer) for b in layer_bytes]
+        counts = split_layers(costs, rooms, [0] + [1] * len(workers))
+        ok = counts is not None
+        if counts is None:  # show the proportional split it would need
+            counts = split_layers(costs, rooms, [0] + [1] * len(workers), capped=False) or [model.n_layers] + [0] * len(workers)
+        shares, first = [], 0
+        names = ["local"] + [str(w.endpoint) for w in workers]
+        limits = [budget] + [w.free_bytes for w in workers]
+        for index, count in enumerate(counts):
+            weights = sum(layer_bytes[first:first + count]) + (input_bytes + other_bytes if index == 0 else 0) + \
+                (output_bytes if index == len(counts) - 1 else 0)
+            layer_kv = int(kv_per_layer * count)
+            part_total = weights + layer_kv + compute + (RUNTIME_OVERHEAD_BYTES if index == 0 else 0)
+            shares.append(DeviceShare(names[index], count, weights, layer_kv, compute, part_total, limits[index], first))
+            first += count
+        return shares, ok
+
     def fits(n_ctx: int, kv_type: str) -> bool:
-        return budget is None or total_for(n_ctx, kv_type)[0] <= budget
+        return shares_for(n_ctx, kv_type)[1]
 
     # Prefer the full context with a smaller KV cache over a shorter context; shrink the
     # context only when no KV type makes the wanted one fit.
@@ -180,7 +317,12 @@ def make_plan(
             n_ctx = min(wanted, MIN_CTX)
 
     total, kv_bytes, compute = total_for(n_ctx, kv_type)
-    fits_budget = budget is None or total <= budget
+    devices, fits_budget = shares_for(n_ctx, kv_type)
+    if workers:
+        total = devices[0].total_bytes  # this board's part: what its budget must hold
+        reasons["devices"] = (f"layers split by what each device can hold (this board: its budget; each worker: "
+                              f"the memory it offers): " + ", ".join(f"{d.name} {d.layers}" for d in devices)
+                              + f"; the output layer on {devices[-1].name}")
 
     cores = select_cores(device, profile)
     physical = device.physical_core_count(cores) or len(cores) or 1
@@ -226,6 +368,17 @@ def make_plan(
         reasons["predicted_tg_tps"] = (
             f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
         )
+        if workers:
+            # The devices take their turns on each token, so the weights' time adds up as on one
+            # board (workers assumed as fast as this one); the network's time comes on top.
+            network = network_seconds_per_token(model, workers)
+            predicted = round(1 / (1 / predicted + network), 1)
+            links = ", ".join(f"{w.endpoint} {w.rtt_s * 1e3:.2f} ms" for w in workers)
+            reasons["predicted_tg_tps"] += (
+                f", workers assumed as fast as this board; plus {network * 1e3:.1f} ms of network per token: "
+                f"a round trip to each worker (measured {links}), its hidden state in and out and the logits back "
+                f"({format_size(model.n_vocab * 4)}) over "
+                + ("loopback" if all(w.endpoint.loopback for w in workers) else "an assumed 1 Gb/s link"))
 
     think_budget, worst_answer_s = None, None
     if model.thinks:
@@ -242,7 +395,15 @@ def make_plan(
                                          "cap it with --think-budget")
 
     refusal = None
-    if not fits_budget and budget is not None:
+    if not fits_budget and workers:
+        offered = [budget] + [w.free_bytes for w in workers]
+        need = sum(d.total_bytes for d in devices)
+        refusal = (
+            f"{model.name or 'model'} {model.quant} needs {format_size(need)} across the devices (weights "
+            f"{format_size(model.weights_bytes)} + KV {format_size(kv_bytes)} at {n_ctx} tokens + runtime) but this board "
+            f"and {len(workers)} worker{'s' if len(workers) > 1 else ''} cannot hold it: "
+            + ", ".join(f"{d.name} offers {format_size(o)}" for d, o in zip(devices, offered, strict=True)))
+    elif not fits_budget and budget is not None:
         refusal = (
             f"{model.name or 'model'} {model.quant} needs {format_size(total)} "
             f"(weights {format_size(model.weights_bytes)} + KV {format_size(kv_bytes)} at {n_ctx} tokens"
@@ -278,6 +439,8 @@ def make_plan(
         warnings=warnings,
         think_budget=think_budget,
         worst_answer_s=worst_answer_s,
+        devices=devices,
+        rpc=[str(w.endpoint) for w in workers],
     )
 
 

@@ -30,6 +30,7 @@ from edgellm.modelinfo import ModelInfo
 from edgellm.paths import llama_build_cache_file
 from edgellm.planner import REFUSAL_HINT, Plan, auto_parallel, make_plan
 from edgellm.profiles import Profile, select_profile
+from edgellm.rpc import Endpoint, WorkerInfo, probe_all
 
 
 @dataclass
@@ -41,6 +42,7 @@ class PlanOptions:
     threads_batch: int | None = None
     sysroot: str = "/"
     parallel: int | None = 1  # sequences at once (serve); None: as many as fit, at most 4
+    rpc: list[Endpoint] = dataclasses.field(default_factory=list)  # workers to split the layers across (--rpc)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Prepared:
     profile_reason: str
     model: ModelInfo
     plan: Plan
+    workers: list[WorkerInfo] = dataclasses.field(default_factory=list)  # as probed, for replans
 
 
 def resolve_model(
@@ -82,6 +85,9 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
     costs nothing extra."""
     device = detect(options.sysroot)
     profile, reason = select_profile(device, options.profile)
+    # Each worker's version and free memory, before llama.cpp meets it, and before a download that
+    # would be wasted on a worker that is down.
+    workers = probe_all(options.rpc)
     # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
     resolve = functools.partial(resolve_model, yes=yes, fetch=require_fit, device=device, profile=profile,
                                 ctx=options.ctx, mem_budget=options.mem_budget)
@@ -100,7 +106,7 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
 
     def plan_for(parallel: int) -> Plan:
         return make_plan(model, device, profile, ctx=options.ctx, mem_budget=options.mem_budget, threads=options.threads,
-                         threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel)
+                         threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel, workers=workers)
 
     plan = plan_for(options.parallel if options.parallel is not None else auto_parallel(plan_for))
     if require_fit and not plan.fits:
@@ -110,7 +116,7 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
 
         for warning in plan.warnings:
             ui.warn(warning)
-    return Prepared(device, profile, reason, model, plan)
+    return Prepared(device, profile, reason, model, plan, workers)
 
 
 def _build_repacks(sysroot: str, loading: bool) -> bool:
@@ -271,7 +277,8 @@ def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, roo
 
     def plan_at(n_ctx: int) -> Plan:
         return make_plan(model, prepared.device, prepared.profile, ctx=n_ctx, mem_budget=options.mem_budget,
-                         threads=options.threads, threads_batch=options.threads_batch, build_repacks=repacks)
+                         threads=options.threads, threads_batch=options.threads_batch, build_repacks=repacks,
+                         workers=prepared.workers)
 
     larger = plan_at(wanted)
     holds = larger.n_ctx if larger.fits else 0

@@ -22,7 +22,9 @@ if [ "$arch" = "x86_64" ]; then
   no_amx='-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16'
   extra_cmake="-DCMAKE_C_FLAGS=${no_amx} -DCMAKE_CXX_FLAGS=${no_amx}"
 fi
-export CMAKE_ARGS="${CMAKE_ARGS:-} ${extra_cmake}"
+# GGML_RPC: the RPC backend behind `edgellm worker` and `--rpc` (it adds no device, and so no cost,
+# until a worker is named); RDMA transport off, as edge boards have no RDMA NICs.
+export CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF ${extra_cmake}"
 
 hash8() {  # macOS has shasum, Linux sha256sum
   if command -v sha256sum >/dev/null 2>&1; then sha256sum; else shasum -a 256; fi | cut -c1-"$1"
@@ -34,14 +36,15 @@ import sys
 from importlib.metadata import version
 import llama_cpp
 info = llama_cpp.llama_print_system_info().decode()
-sys.exit(0 if version("llama-cpp-python") == sys.argv[1] and "AMX_INT8 = 1" not in info else 1)
+has_rpc = hasattr(llama_cpp.llama_cpp._lib, "ggml_backend_rpc_add_server")
+sys.exit(0 if version("llama-cpp-python") == sys.argv[1] and "AMX_INT8 = 1" not in info and has_rpc else 1)
 PY
 }
 
 "$python" -m pip install --quiet --upgrade pip wheel >/dev/null
 
 if installed_ok; then
-  echo "llama-cpp-python $version already installed (no AMX kernels)"
+  echo "llama-cpp-python $version already installed (RPC backend, no AMX kernels)"
 else
   cpu_flags="$( (grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.brand_string 2>/dev/null || echo unknown) | hash8 12)"
   key="llama_cpp_python-${version}-${arch}-$(echo "$CMAKE_ARGS" | hash8 8)-${cpu_flags}"
@@ -53,7 +56,7 @@ else
   fi
   "$python" -m pip install --force-reinstall --no-deps "$cache"/llama_cpp_python-*.whl
   "$python" -m pip install --quiet "llama-cpp-python==${version}"  # its pure-Python dependencies
-  installed_ok || { echo "error: llama-cpp-python still reports AMX_INT8 = 1" >&2; exit 1; }
+  installed_ok || { echo "error: llama-cpp-python still reports AMX_INT8 = 1, or was built without its RPC backend" >&2; exit 1; }
 fi
 
 if [ "${1:-}" = "--test" ]; then

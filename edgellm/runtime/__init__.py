@@ -36,6 +36,7 @@ from edgellm.errors import (
 from edgellm.grammar import check_grammar
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import Plan
+from edgellm.rpc import parse_endpoint
 from edgellm.toolcalls.formats import ToolFormat, ToolUse, detect_format
 from edgellm.toolcalls.parser import CallEvent
 from edgellm.toolcalls.spec import ToolChoice
@@ -253,6 +254,10 @@ class Engine:
         self.plan = plan
         self.pinned_cores = pin_to_cores(plan.cores)
         started = time.perf_counter()
+        if plan.rpc:
+            from edgellm.runtime import rpc  # noqa: PLC0415  (only a split model needs it)
+
+            rpc.attach_workers([parse_endpoint(e) for e in plan.rpc])
         try:
             # use_extra_bufts=false keeps llama.cpp off its AMX buffer type (only when the build has
             # AMX; it also drops ARM repacking). n_seq_max: `sequences` KV streams of n_ctx/sequences
@@ -274,11 +279,16 @@ class Engine:
                     flash_attn=plan.flash_attn,
                     use_mmap=plan.use_mmap,
                     use_mlock=plan.use_mlock,
-                    n_gpu_layers=0,
+                    # A split model (--rpc): the workers' layers and the output layer, in the
+                    # planner's proportions; otherwise all on this board's CPU.
+                    n_gpu_layers=plan.n_gpu_layers,
+                    tensor_split=plan.tensor_split or None,
                     verbose=bool(os.environ.get("EDGELLM_LLAMA_LOG")),
                 )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelFileError(f"{model.path}: llama.cpp could not load the model: {exc}") from None
+        if plan.rpc:
+            rpc.keep_alive_worker_sockets()
         self.load_s = time.perf_counter() - started
         self.sequences = sequences
         self._set_up(llama_cpp)

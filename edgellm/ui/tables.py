@@ -108,9 +108,20 @@ def render_plan(plan: Any, console: Console | None = None) -> None:
     table.add_row("threads", f"{plan.threads} generation, {plan.threads_batch} prompt", r.get("threads", ""))
     table.add_row("batch", str(plan.n_batch), "")
     table.add_row("mmap", "on" if plan.use_mmap else "off", r.get("mmap", ""))
-    table.add_row("memory", f"{format_size(plan.total_bytes)} of {format_size(plan.budget_bytes)}",
-                  f"weights {format_size(plan.weights_bytes)} + KV {format_size(plan.kv_bytes)} + runtime {format_size(plan.overhead_bytes)}; "
-                  f"budget: {r.get('budget', '')}")
+    if plan.rpc:
+        table.add_row("devices", f"{len(plan.devices)}: this board + {len(plan.rpc)} worker{'s' if len(plan.rpc) > 1 else ''}", r.get("devices", ""))
+        for share in plan.devices:
+            last = share.first_layer + share.layers - 1
+            layers = f"layers {share.first_layer}-{last}" if share.layers > 1 else f"layer {share.first_layer}" if share.layers else "no layers"
+            table.add_row(f"  {share.name}", f"{format_size(share.total_bytes)} of {format_size(share.budget_bytes)}",
+                          f"{layers}: weights {format_size(share.weights_bytes)} + KV {format_size(share.kv_bytes)}"
+                          + (" (+ embeddings, runtime)" if share.name == "local" else "")
+                          + (" (+ output layer)" if share is plan.devices[-1] else ""))
+        table.add_row("budget", r.get("budget", ""), "")
+    else:
+        table.add_row("memory", f"{format_size(plan.total_bytes)} of {format_size(plan.budget_bytes)}",
+                      f"weights {format_size(plan.weights_bytes)} + KV {format_size(plan.kv_bytes)} + runtime {format_size(plan.overhead_bytes)}; "
+                      f"budget: {r.get('budget', '')}")
     if plan.predicted_tg_tps:
         table.add_row("predicted", f"~{plan.predicted_tg_tps:g} tokens/s generation", r.get("predicted_tg_tps", ""))
     if plan.worst_answer_s is not None:

@@ -1,0 +1,379 @@
+"""Issue 15: one model across several boards (llama.cpp's RPC backend behind `edgellm worker` and --rpc).
+
+Real parts: two `edgellm worker` processes on loopback, each offering less memory (--mem) than the
+model needs, and the main process capped with --mem-budget, so only the three together hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, run_cli
+
+from edgellm import rpc
+from edgellm.errors import WorkerError
+from edgellm.hardware import detect
+from edgellm.modelinfo import read_gguf
+from edgellm.planner import RUNTIME_OVERHEAD_BYTES, make_plan, split_layers
+from edgellm.profiles import select_profile
+MiB = 1024**2
+
+# What each worker offers and what the main board may use: chosen so that the mid-size test model
+# (8 layers, ~95 MiB of weights, ~210 MiB with its runtime) fits none of them alone.
+WORKER_MEM = "64MiB"
+MAIN_BUDGET = "150MiB"
+RUN_ARGS = ("--ctx", "1024", "--temp", "0", "--seed", "7", "-n", "40")
+# A grammar that leaves the model choices at every step (greedy picks by the logits), so equal text
+# means equal logits through the split, not just the same forced string.
+CHOOSING_GRAMMAR = 'root ::= "x</think>" [a-z ]{30,40}'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Worker:
+    """`edgellm worker` as a real process; `endpoint` once its listening line is out."""
+
+    def __init__(self, *args: str, mem: str = WORKER_MEM) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgellm", "worker", "--port", str(self.port), "--mem", mem, "--threads", "1", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+        )
+        assert self.process.stdout is not None
+        self.line = self.process.stdout.readline().decode()
+        self.endpoint = f"127.0.0.1:{self.port}"
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"worker on {self.port} never listened: {self.process.stderr.read() if self.process.stderr else ''}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started = [Worker(), Worker()]
+    try:
+        for worker in started:
+            worker.wait_listening()
+        time.sleep(0.3)  # the probe connection above must be closed before the next client
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+def rpc_arg(workers: list[Worker]) -> str:
+    return ",".join(w.endpoint for w in workers)
+
+
+def grammar_file(tmp_path: Path, gbnf: str) -> str:
+    path = tmp_path / "g.gbnf"
+    path.write_text(gbnf)
+    return str(path)
+
+
+# --- addresses and the split, pure ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:50052", ("127.0.0.1", 50052)),
+    ("192.168.1.21", ("192.168.1.21", 50052)),
+    ("board.local:6000", ("board.local", 6000)),
+    ("[::1]:50053", ("::1", 50053)),
+])
+def test_endpoints_parse(text: str, expected: tuple[str, int]) -> None:
+    endpoint = rpc.parse_endpoint(text)
+    assert (endpoint.host, endpoint.port) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":50052", "host:0", "host:70000", "host:port", "a b:1", "h/x:1", "host:-1"])
+def test_bad_endpoints_are_one_line_errors(text: str) -> None:
+    with pytest.raises(WorkerError, match="--rpc"):
+        rpc.parse_endpoint(text)
+
+
+def test_a_worker_named_twice_is_refused() -> None:
+    with pytest.raises(WorkerError, match="named twice"):
+        rpc.parse_endpoints("127.0.0.1:1,localhost:1")
+
+
+@pytest.mark.parametrize(("costs", "rooms", "expected"), [
+    ([10] * 28, [100, 140, 140], [7, 11, 10]),  # in proportion to the rooms
+    ([10] * 28, [100, 100, 100], [9, 10, 9]),
+    ([10] * 28, [0, 300, 100], [0, 21, 7]),  # this board holds only the embeddings: fine
+    ([10] * 28, [280], [28]),
+    ([10] * 28, [279], None),  # one board, one byte short
+    ([10] * 28, [50, 100, 100], None),  # 280 > 250 together
+    ([10] * 4, [1000, 15, 15], [2, 1, 1]),  # each worker holds at least one layer, no more than fits
+    ([10] * 2, [100, 100, 100, 100], None),  # three workers cannot each have one of two layers
+    ([40, 10, 10, 10], [50, 50], [1, 3]),  # uneven layers: the boundary follows the bytes, not the count
+])
+def test_split_layers(costs: list[int], rooms: list[float], expected: list[int] | None) -> None:
+    mins = [0] + [1] * (len(rooms) - 1)
+    counts = split_layers(costs, rooms, mins)
+    assert counts == expected
+    if counts is not None:  # every part within its room
+        start = 0
+        for count, room in zip(counts, rooms, strict=True):
+            assert sum(costs[start:start + count]) <= room
+            start += count
+
+
+def _worker(port: int, free: int, rtt: float = 0.0002, host: str = "127.0.0.1") -> rpc.WorkerInfo:
+    return rpc.WorkerInfo(rpc.Endpoint(host, port), rpc.PROTOCOL_VERSION, free, free, rtt)
+
+
+def test_plan_splits_by_what_each_device_holds_and_prices_the_network(mid_model: Path) -> None:
+    model = read_gguf(mid_model)
+    device = detect("/")
+    profile, _ = select_profile(device, None)
+    alone = make_plan(model, device, profile, ctx=1024, mem_budget=150 * MiB)
+    assert not alone.fits and alone.devices[0].name == "local" and alone.devices[0].layers == model.n_layers
+    split = make_plan(model, device, profile, ctx=1024, mem_budget=150 * MiB, workers=[_worker(1, 64 * MiB), _worker(2, 64 * MiB)])
+    assert split.fits, split.refusal
+    assert [d.name for d in split.devices] == ["local", "127.0.0.1:1", "127.0.0.1:2"]
+    assert sum(d.layers for d in split.devices) == model.n_layers
+    assert sum(d.weights_bytes for d in split.devices) == model.weights_bytes + (model.input_bytes if model.tied_embeddings else 0)
+    assert sum(d.kv_bytes for d in split.devices) == pytest.approx(split.kv_bytes, abs=model.n_layers)
+    for share in split.devices:
+        assert share.budget_bytes is not None and share.total_bytes <= share.budget_bytes
+    assert split.n_gpu_layers == split.devices[1].layers + split.devices[2].layers + 1
+    assert split.tensor_split == [split.devices[1].layers, split.devices[2].layers + 1]
+    assert "network" in split.reasons["predicted_tg_tps"] and "round trip" in split.reasons["predicted_tg_tps"]
+    if alone.predicted_tg_tps:
+        assert split.predicted_tg_tps is not None and split.predicted_tg_tps < alone.predicted_tg_tps
+        far = make_plan(model, device, profile, ctx=1024, mem_budget=150 * MiB,
+                        workers=[_worker(1, 64 * MiB, 0.0005, "10.0.0.2"), _worker(2, 64 * MiB, 0.0005, "10.0.0.3")])
+        assert far.predicted_tg_tps is not None and far.predicted_tg_tps < split.predicted_tg_tps
+        assert "1 Gb/s" in far.reasons["predicted_tg_tps"]
+
+
+def test_plan_refuses_when_all_devices_together_cannot_hold_it(mid_model: Path) -> None:
+    model = read_gguf(mid_model)
+    device = detect("/")
+    profile, _ = select_profile(device, None)
+    plan = make_plan(model, device, profile, ctx=1024, mem_budget=120 * MiB, workers=[_worker(1, 20 * MiB), _worker(2, 20 * MiB)])
+    assert not plan.fits
+    assert plan.refusal is not None and "cannot hold it" in plan.refusal and "127.0.0.1:2 offers 20.00 MiB" in plan.refusal
+
+
+# --- the probe against servers that are not what they should be ----------------------------------
+
+
+class FakeWorker:
+    """A TCP server answering HELLO with `version` (or not answering at all)."""
+
+    def __init__(self, version: tuple[int, int, int] | None) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.endpoint = rpc.Endpoint("127.0.0.1", self.sock.getsockname()[1])
+        self.version = version
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.version is None:
+                time.sleep(5)  # busy with another client: the request is never read
+            else:
+                conn.recv(1 + 8 + rpc.CONN_CAPS_SIZE)
+                conn.sendall(struct.pack("<Q", 4 + rpc.CONN_CAPS_SIZE) + bytes([*self.version, 0]) + bytes(rpc.CONN_CAPS_SIZE))
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_worker_of_another_protocol_version_is_refused() -> None:
+    fake = FakeWorker((6, 1, 0))
+    try:
+        with pytest.raises(WorkerError, match=r"speaks RPC protocol v6\.1\.0.*v7\.0\.0"):
+            rpc.probe(fake.endpoint)
+        result = run_cli("plan", "deepseek-r1-1.5b", "--rpc", str(fake.endpoint))
+        assert result.returncode == 1
+        assert result.stderr.decode().startswith(f"error: worker {fake.endpoint} speaks RPC protocol v6.1.0")
+        assert b"Traceback" not in result.stderr
+    finally:
+        fake.close()
+
+
+def test_a_busy_worker_times_out_with_a_reason() -> None:
+    fake = FakeWorker(None)
+    try:
+        with pytest.raises(WorkerError, match="did not answer the handshake: it is busy"):
+            rpc.probe(fake.endpoint, timeout=0.5)
+    finally:
+        fake.close()
+
+
+def test_a_worker_that_is_down_is_named() -> None:
+    port = free_port()
+    result = run_cli("run", "-m", "deepseek-r1-1.5b", "hi", "--rpc", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.startswith(f"error: worker 127.0.0.1:{port} is not reachable: Connection refused"), err
+    assert "Traceback" not in err
+
+
+# --- the worker command ----------------------------------------------------------------------------
+
+
+def test_worker_refuses_the_lan_without_allow_lan() -> None:
+    result = run_cli("worker", "--host", "0.0.0.0")
+    assert result.returncode == 2
+    assert b"--allow-lan" in result.stderr and b"no authentication" in result.stderr
+
+
+def test_worker_on_the_lan_warns_and_says_where_it_listens() -> None:
+    worker = Worker("--host", "0.0.0.0", "--allow-lan")
+    try:
+        assert re.match(rf"worker listening on 0\.0\.0\.0:{worker.port}: offers 64\.00 MiB, 1 threads on CPUs ", worker.line), worker.line
+        worker.wait_listening()
+    finally:
+        worker.stop()
+    assert worker.process.stderr is not None
+    assert b"no authentication" in worker.process.stderr.read()
+
+
+def test_worker_offers_its_mem_cap_through_the_protocol() -> None:
+    worker = Worker()
+    try:
+        worker.wait_listening()
+        time.sleep(0.2)
+        info = rpc.probe(rpc.parse_endpoint(worker.endpoint))
+        assert info.version == rpc.PROTOCOL_VERSION
+        assert info.free_bytes == info.total_bytes == 64 * MiB
+        taken = run_cli("worker", "--port", str(worker.port))
+        assert taken.returncode == 1 and b"cannot listen on 127.0.0.1" in taken.stderr
+    finally:
+        worker.stop()
+
+
+# --- a model split across two workers ----------------------------------------------------------------
+
+
+def test_run_through_two_workers_writes_what_a_local_run_writes(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
+    grammar = grammar_file(tmp_path, CHOOSING_GRAMMAR)
+    local = run_cli("run", "-m", str(mid_model), "hello", "--grammar", grammar, *RUN_ARGS)
+    assert local.returncode == 0, local.stderr.decode()
+    # Neither a worker nor this board can hold the model alone.
+    alone = run_cli("plan", str(mid_model), "--ctx", "1024", "--mem-budget", MAIN_BUDGET, "--json")
+    assert alone.returncode == 1 and b"budget is" in alone.stderr
+    split = run_cli("run", "-m", str(mid_model), "hello", "--grammar", grammar, *RUN_ARGS,
+                    "--mem-budget", MAIN_BUDGET, "--rpc", rpc_arg(workers))
+    assert split.returncode == 0, split.stderr.decode()
+    assert split.stdout == local.stdout
+    assert len(local.stdout.strip()) >= 30
+
+
+def test_plan_split_matches_what_llama_cpp_loaded(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
+    planned = run_cli("plan", str(mid_model), "--ctx", "1024", "--mem-budget", MAIN_BUDGET, "--rpc", rpc_arg(workers), "--json")
+    assert planned.returncode == 0, planned.stderr.decode()
+    plan = json.loads(planned.stdout)
+    devices = plan["devices"]
+    assert [d["name"] for d in devices] == ["local", *(w.endpoint for w in workers)]
+    for device in devices:
+        assert set(device) >= {"name", "layers", "weights_bytes", "kv_bytes"}
+        assert device["layers"] >= 1
+    # A worker serves one client at a time: the plan's probe closed before the run connects.
+    grammar = grammar_file(tmp_path, CHOOSING_GRAMMAR)
+    loaded = run_cli("run", "-m", str(mid_model), "hello", "--grammar", grammar, *RUN_ARGS, "-n", "2",
+                     "--mem-budget", MAIN_BUDGET, "--rpc", rpc_arg(workers), EDGELLM_LLAMA_LOG="1")
+    assert loaded.returncode == 0, loaded.stderr.decode()[-2000:]
+    log = loaded.stderr.decode()
+    # llama.cpp's own account: 'load_tensors: RPC0[127.0.0.1:PORT] model buffer size = 12.34 MiB'
+    model_mib = {name: float(size) for name, size in re.findall(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB", log)}
+    kv_mib = {name: float(size) for name, size in re.findall(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB", log)}
+    for device in devices[1:]:
+        name = next(n for n in model_mib if n.endswith(f"[{device['name']}]"))
+        assert model_mib[name] * MiB == pytest.approx(device["weights_bytes"], rel=0.01, abs=64 * 1024), name
+        kv_name = next(n for n in kv_mib if n.endswith(f"[{device['name']}]"))
+        assert kv_mib[kv_name] * MiB == pytest.approx(device["kv_bytes"], rel=0.01, abs=64 * 1024), kv_name
+    local_mib = sum(size for name, size in model_mib.items() if name.startswith("CPU"))
+    assert local_mib * MiB == pytest.approx(devices[0]["weights_bytes"], rel=0.01, abs=64 * 1024)
+    # And layer by layer (llama.cpp's debug lines 'layer   3 assigned to device RPC1').
+    assigned = re.findall(r"layer\s+(\d+) assigned to device (\S+?),", log)
+    if assigned:
+        per_device: dict[str, int] = {}
+        for layer, name in assigned:
+            if int(layer) < plan["n_ctx"] and int(layer) < sum(d["layers"] for d in devices):
+                per_device[name] = per_device.get(name, 0) + 1
+        assert sorted(per_device.values()) == sorted(d["layers"] for d in devices)
+
+
+def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
+    grammar = grammar_file(tmp_path, 'root ::= "x</think>" [a-z ]+')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgellm", "run", "-m", str(mid_model), "hello", "--grammar", grammar, "--ctx", "1024",
+         "--mem-budget", MAIN_BUDGET, "--rpc", rpc_arg(workers)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+    )
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    received = b""
+    deadline = time.monotonic() + 120
+    while len(received) < 20 and time.monotonic() < deadline and process.poll() is None:
+        received += process.stdout.read() or b""
+        time.sleep(0.05)
+    assert len(received) >= 20, process.stderr.read() if process.stderr else b""
+    workers[1].process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 1, err.decode()
+    assert lines[-1].startswith(f"error: worker {workers[1].endpoint} went away"), err.decode()
+    assert "Traceback" not in err.decode() and "Aborted" not in err.decode()
+
+
+def test_bench_through_two_workers(mid_model: Path, workers: list[Worker]) -> None:
+    result = run_cli("bench", "-m", str(mid_model), "-p", "16", "-n", "8", "-r", "1", "--mem-budget", MAIN_BUDGET,
+                     "--rpc", rpc_arg(workers), "--json")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    report = json.loads(result.stdout)
+    speeds = {row["test"]: row["tps_mean"] for row in report["results"]}
+    assert speeds["pp16"] > 0 and speeds["tg8"] > 0
+
+
+def test_worker_budget_leaves_the_runtime_out() -> None:
+    # Without --mem a worker offers this board's budget less its own runtime; more is capped to it.
+    from edgellm.planner import memory_budget
+    from edgellm.worker import plan_worker
+
+    device = detect("/")
+    profile, _ = select_profile(device, None)
+    budget, _ = memory_budget(device, profile)
+    assert budget is not None
+    plan = plan_worker("127.0.0.1", 1, mem=None, threads=None, allow_lan=False)
+    assert abs(plan.offer_bytes - (budget - RUNTIME_OVERHEAD_BYTES)) < 256 * MiB  # memory moves between calls
+    capped = plan_worker("127.0.0.1", 1, mem=10**15, threads=None, allow_lan=False)
+    assert capped.offer_bytes < 10**15 and any("more than this board can hold" in w for w in capped.warnings)
