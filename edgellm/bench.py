@@ -505,10 +505,11 @@ class BenchReport:
     thermal: dict[str, Any]
     soak: dict[str, Any] | None = None  # --duration only
     parallel: dict[str, Any] | None = None  # --parallel only
+    devices: list[dict[str, Any]] | None = None  # --rpc only: the plan's split (local, then each worker)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("soak", "parallel"):  # absent, not null, when not measured
+        for key in ("soak", "parallel", "devices"):  # absent, not null, when not measured
             if data[key] is None:
                 del data[key]
         return data
@@ -640,6 +641,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
             thermal=_thermal_summary(probe, thermal_start, throttled_start, results),
             soak=soak_report,
             parallel=parallel_info,
+            devices=[dataclasses.asdict(d) for d in plan.devices] if plan.rpc else None,
         )
     finally:
         engine.close()

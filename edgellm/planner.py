@@ -320,9 +320,14 @@ def make_plan(
     devices, fits_budget = shares_for(n_ctx, kv_type)
     if workers:
         total = devices[0].total_bytes  # this board's part: what its budget must hold
-        reasons["devices"] = (f"layers split by what each device can hold (this board: its budget; each worker: "
-                              f"the memory it offers): " + ", ".join(f"{d.name} {d.layers}" for d in devices)
+        reasons["devices"] = ("layers split by what each device can hold (this board: its budget; each worker: "
+                              "the memory it offers): " + ", ".join(f"{d.name} {d.layers}" for d in devices)
                               + f"; the output layer on {devices[-1].name}")
+        alone = total_for(n_ctx, kv_type)[0]
+        if budget is not None and alone <= budget:
+            # Layers on different boards take turns on each token: a split is never faster.
+            reasons["devices"] += (f"; the model would fit this board alone ({format_size(alone)}), where it "
+                                   "runs without the network's time per token")
 
     cores = select_cores(device, profile)
     physical = device.physical_core_count(cores) or len(cores) or 1
@@ -364,7 +369,8 @@ def make_plan(
     predicted = None
     if profile.mem_bandwidth_gbps:
         # At depth 0 the KV cache adds nothing to the bytes read per token.
-        predicted = round(profile.mem_bandwidth_gbps * 1e9 / max(model.bytes_per_token, 1), 1)
+        unrounded = profile.mem_bandwidth_gbps * 1e9 / max(model.bytes_per_token, 1)
+        predicted = round(unrounded, 1)
         reasons["predicted_tg_tps"] = (
             f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
         )
@@ -372,7 +378,7 @@ def make_plan(
             # The devices take their turns on each token, so the weights' time adds up as on one
             # board (workers assumed as fast as this one); the network's time comes on top.
             network = network_seconds_per_token(model, workers)
-            predicted = round(1 / (1 / predicted + network), 1)
+            predicted = round(1 / (1 / unrounded + network), 1)
             links = ", ".join(f"{w.endpoint} {w.rtt_s * 1e3:.2f} ms" for w in workers)
             reasons["predicted_tg_tps"] += (
                 f", workers assumed as fast as this board; plus {network * 1e3:.1f} ms of network per token: "

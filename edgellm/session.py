@@ -116,6 +116,9 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
 
         for warning in plan.warnings:
             ui.warn(warning)
+        if plan.rpc:
+            ui.info("layers: " + ", ".join(f"{'this board' if d.name == 'local' else d.name} {d.layers}" for d in plan.devices)
+                    + f" (+ the output layer on {plan.devices[-1].name})")
     return Prepared(device, profile, reason, model, plan, workers)
 
 

@@ -28,6 +28,7 @@ from edgellm.hardware import detect
 from edgellm.modelinfo import read_gguf
 from edgellm.planner import RUNTIME_OVERHEAD_BYTES, make_plan, split_layers
 from edgellm.profiles import select_profile
+
 MiB = 1024**2
 
 # What each worker offers and what the main board may use: chosen so that the mid-size test model
@@ -322,14 +323,12 @@ def test_plan_split_matches_what_llama_cpp_loaded(mid_model: Path, tmp_path: Pat
         assert kv_mib[kv_name] * MiB == pytest.approx(device["kv_bytes"], rel=0.01, abs=64 * 1024), kv_name
     local_mib = sum(size for name, size in model_mib.items() if name.startswith("CPU"))
     assert local_mib * MiB == pytest.approx(devices[0]["weights_bytes"], rel=0.01, abs=64 * 1024)
-    # And layer by layer (llama.cpp's debug lines 'layer   3 assigned to device RPC1').
-    assigned = re.findall(r"layer\s+(\d+) assigned to device (\S+?),", log)
-    if assigned:
-        per_device: dict[str, int] = {}
-        for layer, name in assigned:
-            if int(layer) < plan["n_ctx"] and int(layer) < sum(d["layers"] for d in devices):
-                per_device[name] = per_device.get(name, 0) + 1
-        assert sorted(per_device.values()) == sorted(d["layers"] for d in devices)
+    # And layer by layer: llama.cpp's debug lines 'layer   3 assigned to device RPC0' (RPCn: the
+    # n-th worker registered, in --rpc order); layer n_layers is the output layer, on the last worker.
+    assigned = {int(layer): name for layer, name in re.findall(r"layer\s+(\d+) assigned to device (\S+?),", log)}
+    expected = ["CPU"] * devices[0]["layers"] + [f"RPC{i}" for i, d in enumerate(devices[1:]) for _ in range(d["layers"])]
+    assert [assigned[layer] for layer in range(len(expected))] == expected
+    assert assigned[len(expected)] == f"RPC{len(devices) - 2}"
 
 
 def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
@@ -348,11 +347,43 @@ def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: 
         time.sleep(0.05)
     assert len(received) >= 20, process.stderr.read() if process.stderr else b""
     workers[1].process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
+    rest, err = process.communicate(timeout=60)
     lines = err.decode().strip().splitlines()
     assert process.returncode == 1, err.decode()
-    assert lines[-1].startswith(f"error: worker {workers[1].endpoint} went away"), err.decode()
+    assert lines == [lines[-1]] and lines[-1].startswith(f"error: worker {workers[1].endpoint} went away"), err.decode()
     assert "Traceback" not in err.decode() and "Aborted" not in err.decode()
+    assert len(received + (rest or b"")) >= len(received)  # what was written before stays written
+
+
+NETNS_SCRIPT = """
+ip link set lo up
+{python} -m edgellm worker --port 50201 --mem {mem} --threads 1 >/dev/null 2>&1 &
+{python} -m edgellm worker --port 50202 --mem {mem} --threads 1 >/dev/null 2>&1 &
+sleep 3
+(sleep 6; ip link set lo down) &
+start=$(date +%s)
+{python} -m edgellm run -m {model} hello --grammar {grammar} --ctx 4096 --mem-budget {budget} --rpc 127.0.0.1:50201,127.0.0.1:50202 >/dev/null
+echo "rc=$? after $(( $(date +%s) - start ))s"
+kill %1 %2 2>/dev/null
+"""
+
+
+@pytest.mark.skipif(subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode != 0
+                    if sys.platform == "linux" else True, reason="needs a network namespace (unshare -n, as root)")
+def test_a_board_that_drops_off_the_network_is_an_error_not_a_hang(mid_model: Path, tmp_path: Path) -> None:
+    # A board that loses power or its cable sends no reset: llama.cpp would wait on the socket
+    # forever (measured: still waiting after 90 s without edgellm's keepalive). In a network
+    # namespace of its own, the loopback interface goes down mid-generation.
+    grammar = grammar_file(tmp_path, 'root ::= "x</think>" [a-z ]{2000,3000}')
+    script = NETNS_SCRIPT.format(python=sys.executable, mem=WORKER_MEM, model=mid_model, grammar=grammar, budget=MAIN_BUDGET)
+    result = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, env=cli_env(), timeout=120, check=False)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    status = re.search(r"rc=(\d+) after (\d+)s", out)
+    assert status, out + err
+    assert status.group(1) == "1", out + err
+    assert int(status.group(2)) < 60  # the keepalive gives up after ~20 s
+    assert re.search(r"^error: worker 127\.0\.0\.1:5020[12].* went away", err, re.MULTILINE), err
+    assert "Traceback" not in err
 
 
 def test_bench_through_two_workers(mid_model: Path, workers: list[Worker]) -> None:
@@ -362,6 +393,7 @@ def test_bench_through_two_workers(mid_model: Path, workers: list[Worker]) -> No
     report = json.loads(result.stdout)
     speeds = {row["test"]: row["tps_mean"] for row in report["results"]}
     assert speeds["pp16"] > 0 and speeds["tg8"] > 0
+    assert [d["name"] for d in report["devices"]] == ["local", *(w.endpoint for w in workers)]
 
 
 def test_worker_budget_leaves_the_runtime_out() -> None:

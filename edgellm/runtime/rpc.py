@@ -7,6 +7,7 @@ build with -DGGML_RPC=ON ships libggml-rpc with ggml-rpc.h's functions, which th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgellm.errors import RuntimeUnavailableError, WorkerError
+from edgellm.runtime import load_llama_cpp
 from edgellm.rpc import Endpoint
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
@@ -37,9 +39,7 @@ EXIT_WORKER_LOST = 1
 
 
 def _library_dir() -> Path:
-    from edgellm.runtime import load_llama_cpp  # noqa: PLC0415  (the package imports this module's users)
-
-    return Path(load_llama_cpp().__file__).parent / "lib"
+    return Path(load_llama_cpp().__file__ or ".").parent / "lib"
 
 
 def _open(stem: str) -> ctypes.CDLL:
@@ -182,6 +182,12 @@ def _install_abort_handler() -> None:
     @ABORT_CALLBACK
     def on_abort(message: bytes | None) -> None:
         text = (message or b"").decode("utf-8", "replace").strip()
+        # Keep what was generated: flush it, and end its line on a terminal before the error.
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            if sys.stdout.isatty():
+                sys.stdout.write("\n")
+                sys.stdout.flush()
         print(f"error: {lost_worker_message(text)}", file=sys.stderr, flush=True)
         os._exit(EXIT_WORKER_LOST)
 
@@ -219,6 +225,15 @@ def serve(endpoint: Endpoint, *, offer_bytes: int, threads: int, quiet: bool = T
         raise RuntimeUnavailableError("llama.cpp has no CPU device")
     device = offered_device(cpu, offer_bytes)
     devices = (ctypes.c_void_p * 1)(ctypes.addressof(device))
+
+    @ABORT_CALLBACK
+    def on_abort(message: bytes | None) -> None:
+        detail = (message or b"").decode("utf-8", "replace").strip().split(": ", 1)[-1]
+        print(f"error: the worker stopped: llama.cpp could not go on ({detail})", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    _keep_alive.append(on_abort)
+    _ggml_base().ggml_set_abort_callback(on_abort)
     if quiet:
         # llama.cpp's banner and per-connection lines go to stdout; edgellm printed its own line.
         sys.stdout.flush()
@@ -239,7 +254,7 @@ def offered_device(cpu: int, offer_bytes: int) -> Any:
         free[0] = offer_bytes
         total[0] = offer_bytes
 
-    original_init = INIT_BACKEND(original[INIT_BACKEND_SLOT])
+    original_init = INIT_BACKEND(original[INIT_BACKEND_SLOT] or 0)
     address = ctypes.addressof(device)
     layout_error = "this llama.cpp's device layout is not the one edgellm knows: cannot cap the worker's memory"
 
