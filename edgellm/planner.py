@@ -27,9 +27,13 @@ CTX_STEP = 256
 # before the model loads plus llama.cpp's fixed allocations (see scripts/check_plan_rss.py).
 RUNTIME_OVERHEAD_BYTES = 80 * 1024**2
 # The network between boards, for the time activations take per token (--rpc): gigabit Ethernet's
-# payload rate, and loopback's (workers on this machine) as measured here with 64 KiB messages.
+# TCP payload rate, and a conservative rate for loopback (workers on this same machine).
 LAN_BYTES_PER_S = 117e6
 LOOPBACK_BYTES_PER_S = 2e9
+# llama.cpp's own work per worker per token beyond the wire (the graph sent, the worker's threads
+# woken, its output copied back): about 4 ms measured per worker with two workers on this 2-core
+# machine's loopback (scripts/compare_rpc_split.py), where they also share its CPU; less apart.
+RPC_HOP_OVERHEAD_S = 0.002
 
 
 @dataclass
@@ -102,13 +106,13 @@ def split_layers(layer_costs: list[int], rooms: list[float], min_layers: list[in
 
 def network_seconds_per_token(model: ModelInfo, workers: list[WorkerInfo]) -> float:
     """Per token, each worker's part ends in a round trip (llama.cpp reads its output back before
-    the next device goes on), its hidden state crosses the link in and out, and the last worker
-    returns the logits (n_vocab floats)."""
+    the next device goes on), its hidden state crosses the link in and out, the last worker
+    returns the logits (n_vocab floats), and llama.cpp spends RPC_HOP_OVERHEAD_S on each hop."""
     seconds = 0.0
     for index, worker in enumerate(workers):
         link = LOOPBACK_BYTES_PER_S if worker.endpoint.loopback else LAN_BYTES_PER_S
         payload = 2 * model.n_embd * 4 + (model.n_vocab * 4 if index == len(workers) - 1 else 0)
-        seconds += worker.rtt_s + payload / link
+        seconds += worker.rtt_s + payload / link + RPC_HOP_OVERHEAD_S
     return seconds
 
 
@@ -382,7 +386,8 @@ def make_plan(
             links = ", ".join(f"{w.endpoint} {w.rtt_s * 1e3:.2f} ms" for w in workers)
             reasons["predicted_tg_tps"] += (
                 f", workers assumed as fast as this board; plus {network * 1e3:.1f} ms of network per token: "
-                f"a round trip to each worker (measured {links}), its hidden state in and out and the logits back "
+                f"a round trip to each worker (measured {links}) and ~{RPC_HOP_OVERHEAD_S * 1e3:g} ms of llama.cpp's handling, "
+                f"its hidden state in and out and the logits back "
                 f"({format_size(model.n_vocab * 4)}) over "
                 + ("loopback" if all(w.endpoint.loopback for w in workers) else "an assumed 1 Gb/s link"))
 

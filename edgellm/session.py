@@ -30,7 +30,7 @@ from edgellm.modelinfo import ModelInfo
 from edgellm.paths import llama_build_cache_file
 from edgellm.planner import REFUSAL_HINT, Plan, auto_parallel, make_plan
 from edgellm.profiles import Profile, select_profile
-from edgellm.rpc import Endpoint, WorkerInfo, probe_all
+from edgellm.rpc import Endpoint, WorkerInfo, let_idle_threads_sleep, probe_all
 
 
 @dataclass
@@ -88,6 +88,8 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
     # Each worker's version and free memory, before llama.cpp meets it, and before a download that
     # would be wasted on a worker that is down.
     workers = probe_all(options.rpc)
+    if workers:
+        let_idle_threads_sleep()
     # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
     resolve = functools.partial(resolve_model, yes=yes, fetch=require_fit, device=device, profile=profile,
                                 ctx=options.ctx, mem_budget=options.mem_budget)

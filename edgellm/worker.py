@@ -18,7 +18,7 @@ from edgellm.errors import UsageError, WorkerError
 from edgellm.hardware import detect, format_cpu_list
 from edgellm.planner import RUNTIME_OVERHEAD_BYTES, memory_budget, select_cores
 from edgellm.profiles import select_profile
-from edgellm.rpc import PROTOCOL_VERSION, Endpoint, is_loopback
+from edgellm.rpc import PROTOCOL_VERSION, Endpoint, is_loopback, let_idle_threads_sleep
 from edgellm.units import format_size
 
 LAN_WARNING = ("this worker has no authentication: anyone who can reach {endpoint} can use this board's memory and "
@@ -90,6 +90,7 @@ def check_port_free(endpoint: Endpoint) -> None:
 
 def run_worker(plan: WorkerPlan, *, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
     """Pin to the plan's cores, print where the worker listens, and serve until Ctrl-C or SIGTERM."""
+    let_idle_threads_sleep()
     from edgellm.runtime import pin_to_cores, rpc  # noqa: PLC0415  (loads llama_cpp)
 
     rpc.require()

@@ -14,12 +14,13 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from edgellm.errors import RuntimeUnavailableError, WorkerError
-from edgellm.runtime import load_llama_cpp
 from edgellm.rpc import Endpoint
+from edgellm.runtime import load_llama_cpp
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
 # struct ggml_backend_device (ggml-backend-impl.h): 17 interface function pointers, then reg and
@@ -145,7 +146,10 @@ def keep_alive_worker_sockets() -> int:
     many sockets it set (Linux: /proc/self/fd; elsewhere the first 1024 descriptors)."""
     if not _attached:
         return 0
-    wanted = {(socket.gethostbyname(e.host) if e.host != "localhost" else "127.0.0.1", e.port) for e in _attached}
+    wanted = set()
+    for endpoint in _attached:
+        with contextlib.suppress(OSError):  # resolved as llama.cpp resolves it (gethostbyname)
+            wanted.add((socket.gethostbyname(endpoint.host), endpoint.port))
     fds: list[int]
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
@@ -199,12 +203,17 @@ def lost_worker_message(native: str) -> str:
     """The one line for an abort while workers are attached: the workers that no longer accept a
     connection are the ones lost (a live worker accepts, even while busy with us)."""
     detail = native.split(": ", 1)[-1] if ": " in native else native
-    gone = []
-    for endpoint in _attached:
-        try:
-            socket.create_connection((endpoint.host, endpoint.port), timeout=1.0).close()
-        except OSError:
-            gone.append(str(endpoint))
+    gone: list[str] = []
+    for attempt in range(5):  # a killed worker's port may still listen for a moment as it exits
+        if attempt:
+            time.sleep(0.2)
+        for endpoint in _attached:
+            try:
+                socket.create_connection((endpoint.host, endpoint.port), timeout=1.0).close()
+            except OSError:
+                gone.append(str(endpoint))
+        if gone:
+            break
     if "RPC" not in native and not gone:
         return f"llama.cpp stopped: {detail}"
     if gone:
