@@ -166,8 +166,7 @@ def plan(
 ) -> None:
     """Decide how to run MODEL here (context, KV cache, cores, threads, memory) without loading it.
 
-    With --rpc, the layers are split across this board and the workers by what each can hold
-    (each worker is asked); `devices` in --json says which part goes where.
+    With --rpc, the layers are split across this board and the workers by what each can hold (each worker is asked); `devices` in --json says which part goes where.
 
     Example: edgellm plan model.gguf --mem-budget 1.5GiB --json
 
@@ -656,9 +655,7 @@ def worker(
 ) -> None:
     """Lend this board's CPU and memory to another board's edgellm (llama.cpp's RPC backend).
 
-    On the main board, --rpc HOST:PORT on plan, run, chat, serve and bench splits the model's
-    layers across it and the workers, by what each offers. The worker runs on the profile's big
-    cores and prints one line saying where it listens and how much memory it offers.
+    On the main board, --rpc HOST:PORT on plan, run, chat, serve and bench splits the model's layers across it and the workers, by what each offers. The worker runs on the profile's big cores and prints one line saying where it listens and how much memory it offers. It has no authentication: run it on a trusted LAN only.
 
     Example (on the worker board): edgellm worker --host 0.0.0.0 --allow-lan --mem 3GiB
 

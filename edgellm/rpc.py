@@ -73,10 +73,12 @@ def parse_endpoint(text: str) -> Endpoint:
     raw = text.strip()
     if not raw:
         raise WorkerError("--rpc: empty worker address", hint="give HOST:PORT, e.g. --rpc 192.168.1.20:50052")
-    if raw.startswith("[") or raw.count(":") > 1:
+    if raw.startswith("[") or _is_ipv6(raw):
         # llama.cpp's client splits at the first ':' and resolves with gethostbyname: IPv4 only.
         raise WorkerError(f"--rpc: '{text}' is an IPv6 address; llama.cpp's RPC client speaks IPv4 only",
                           hint="give the worker's IPv4 address or a host name")
+    if raw.count(":") > 1:
+        raise WorkerError(f"--rpc: '{text}' is not a worker address", hint="give HOST:PORT, e.g. --rpc 192.168.1.20:50052")
     host, port_text = raw, ""
     if ":" in raw:
         host, port_text = raw.split(":")
@@ -88,6 +90,13 @@ def parse_endpoint(text: str) -> Endpoint:
             raise WorkerError(f"--rpc: '{text}' has no valid port (1-65535)", hint="give HOST:PORT, e.g. --rpc 192.168.1.20:50052")
         port = int(port_text)
     return Endpoint(host, port)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def parse_endpoints(text: str | None) -> list[Endpoint]:

@@ -112,9 +112,15 @@ def test_endpoints_parse(text: str, expected: tuple[str, int]) -> None:
     assert (endpoint.host, endpoint.port) == expected
 
 
-@pytest.mark.parametrize("text", ["", ":50052", "host:0", "host:70000", "host:port", "a b:1", "h/x:1", "host:-1", "[::1]:50053", "fe80::1"])
+@pytest.mark.parametrize("text", ["", ":50052", "host:0", "host:70000", "host:port", "a b:1", "h/x:1", "host:-1", "[::1]:50053", "fe80::1", "a_b:1:2"])
 def test_bad_endpoints_are_one_line_errors(text: str) -> None:
     with pytest.raises(WorkerError, match="--rpc"):
+        rpc.parse_endpoint(text)
+
+
+@pytest.mark.parametrize(("text", "says"), [("fe80::1", "IPv6"), ("[::1]:50053", "IPv6"), ("a:1:2", "not a worker address")])
+def test_address_errors_say_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(WorkerError, match=says):
         rpc.parse_endpoint(text)
 
 
