@@ -172,7 +172,7 @@ def plan(
 
     Example: edgellm plan deepseek-r1-7b --rpc 192.168.1.21:50052
     """
-    from edgellm.planner import REFUSAL_HINT
+    from edgellm.planner import refusal_hint
     from edgellm.session import PlanOptions, prepare
 
     options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, sysroot=sysroot,
@@ -181,7 +181,7 @@ def plan(
     result = prepared.plan
     ui.Output.choose(json=json_output).emit(result.to_json, lambda: ui.render_plan(result))
     if not result.fits:
-        raise PlanError(result.refusal or "the model does not fit", hint=REFUSAL_HINT)
+        raise PlanError(result.refusal or "the model does not fit", hint=refusal_hint(result))
 
 
 # run ------------------------------------------------------------------------------------------------

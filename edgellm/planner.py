@@ -460,6 +460,11 @@ UNBOUNDED_EXAMPLE_TOKENS = 4000  # a long R1 reasoning, to show what "no budget"
 
 
 REFUSAL_HINT = "try a smaller quant (Q4_K_S), a smaller --ctx, or a larger --mem-budget"
+SPLIT_REFUSAL_HINT = "add a worker to --rpc, let a worker offer more (edgellm worker --mem), or try a smaller quant or --ctx"
+
+
+def refusal_hint(plan: Plan) -> str:
+    return SPLIT_REFUSAL_HINT if plan.rpc else REFUSAL_HINT
 
 
 def auto_parallel(plan_for: Any) -> int:

@@ -28,7 +28,7 @@ from edgellm.errors import (
 from edgellm.hardware import Device, detect
 from edgellm.modelinfo import ModelInfo
 from edgellm.paths import llama_build_cache_file
-from edgellm.planner import REFUSAL_HINT, Plan, auto_parallel, make_plan
+from edgellm.planner import Plan, auto_parallel, make_plan, refusal_hint
 from edgellm.profiles import Profile, select_profile
 from edgellm.rpc import Endpoint, WorkerInfo, let_idle_threads_sleep, probe_all
 
@@ -112,7 +112,7 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
 
     plan = plan_for(options.parallel if options.parallel is not None else auto_parallel(plan_for))
     if require_fit and not plan.fits:
-        raise PlanError(plan.refusal or "the model does not fit", hint=REFUSAL_HINT)
+        raise PlanError(plan.refusal or "the model does not fit", hint=refusal_hint(plan))
     if loading:
         from edgellm import ui  # noqa: PLC0415
 

@@ -26,7 +26,7 @@ from edgellm import rpc
 from edgellm.errors import WorkerError
 from edgellm.hardware import detect
 from edgellm.modelinfo import read_gguf
-from edgellm.planner import RUNTIME_OVERHEAD_BYTES, make_plan, split_layers
+from edgellm.planner import RUNTIME_OVERHEAD_BYTES, make_plan, refusal_hint, split_layers
 from edgellm.profiles import select_profile
 
 MiB = 1024**2
@@ -187,6 +187,7 @@ def test_plan_refuses_when_all_devices_together_cannot_hold_it(mid_model: Path) 
     plan = make_plan(model, device, profile, ctx=1024, mem_budget=120 * MiB, workers=[_worker(1, 20 * MiB), _worker(2, 20 * MiB)])
     assert not plan.fits
     assert plan.refusal is not None and "cannot hold it" in plan.refusal and "127.0.0.1:2 offers 20.00 MiB" in plan.refusal
+    assert "add a worker" in refusal_hint(plan)
 
 
 # --- the probe against servers that are not what they should be ----------------------------------
@@ -294,6 +295,7 @@ def test_run_through_two_workers_writes_what_a_local_run_writes(mid_model: Path,
     local = run_cli("run", "-m", str(mid_model), "hello", "--grammar", grammar, *RUN_ARGS)
     assert local.returncode == 0, local.stderr.decode()
     # Neither a worker nor this board can hold the model alone.
+    assert read_gguf(mid_model).weights_bytes > int(WORKER_MEM.removesuffix("MiB")) * MiB
     alone = run_cli("plan", str(mid_model), "--ctx", "1024", "--mem-budget", MAIN_BUDGET, "--json")
     assert alone.returncode == 1 and b"budget is" in alone.stderr
     split = run_cli("run", "-m", str(mid_model), "hello", "--grammar", grammar, *RUN_ARGS,
