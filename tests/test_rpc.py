@@ -363,6 +363,34 @@ def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: 
     assert len(received + (rest or b"")) >= len(received)  # what was written before stays written
 
 
+def test_a_worker_that_stops_answering_is_named_not_waited_on_forever(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
+    # SIGSTOP: TCP stays up (the kernel still acknowledges), as on a board swapping itself to
+    # death. Without the stall check this run waited forever, and Ctrl-C could not stop it.
+    grammar = grammar_file(tmp_path, 'root ::= "x</think>" [a-z ]{2000,3000}')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgellm", "run", "-m", str(mid_model), "hello", "--grammar", grammar, "--ctx", "4096",
+         "--mem-budget", MAIN_BUDGET, "--rpc", rpc_arg(workers)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_RPC_STALL_S="4"),
+    )
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    received = b""
+    deadline = time.monotonic() + 120
+    while len(received) < 20 and time.monotonic() < deadline and process.poll() is None:
+        received += process.stdout.read() or b""
+        time.sleep(0.05)
+    assert len(received) >= 20, process.stderr.read() if process.stderr else b""
+    workers[0].process.send_signal(signal.SIGSTOP)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        workers[0].process.send_signal(signal.SIGCONT)
+    text = err.decode()
+    assert process.returncode == 1, text
+    assert text.strip().splitlines()[-1].startswith(f"error: worker {workers[0].endpoint} has not answered for"), text
+    assert "Traceback" not in text
+
+
 NETNS_SCRIPT = """
 ip link set lo up
 {python} -m edgellm worker --port 50201 --mem {mem} --threads 1 >/dev/null 2>&1 &

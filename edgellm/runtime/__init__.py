@@ -37,6 +37,7 @@ from edgellm.grammar import check_grammar
 from edgellm.modelinfo import ModelInfo
 from edgellm.planner import Plan
 from edgellm.rpc import parse_endpoint
+from edgellm.runtime.rpc import attach_workers, decode_watch, keep_alive_worker_sockets
 from edgellm.toolcalls.formats import ToolFormat, ToolUse, detect_format
 from edgellm.toolcalls.parser import CallEvent
 from edgellm.toolcalls.spec import ToolChoice
@@ -255,9 +256,7 @@ class Engine:
         self.pinned_cores = pin_to_cores(plan.cores)
         started = time.perf_counter()
         if plan.rpc:
-            from edgellm.runtime import rpc  # noqa: PLC0415  (only a split model needs it)
-
-            rpc.attach_workers([parse_endpoint(e) for e in plan.rpc])
+            attach_workers([parse_endpoint(e) for e in plan.rpc])
         try:
             # use_extra_bufts=false keeps llama.cpp off its AMX buffer type (only when the build has
             # AMX; it also drops ARM repacking). n_seq_max: `sequences` KV streams of n_ctx/sequences
@@ -288,7 +287,7 @@ class Engine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelFileError(f"{model.path}: llama.cpp could not load the model: {exc}") from None
         if plan.rpc:
-            rpc.keep_alive_worker_sockets()
+            keep_alive_worker_sockets()
         self.load_s = time.perf_counter() - started
         self.sequences = sequences
         self._set_up(llama_cpp)
@@ -824,7 +823,8 @@ class BenchContext:
             self._token_view[:n] = self._rng.integers(0, self.n_vocab, n, dtype=self._token_view.dtype)
             if done == 0 and self.bos is not None:
                 self._tokens[0] = self.bos
-            status = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(self._tokens, n))
+            with decode_watch(n):
+                status = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(self._tokens, n))
             if status != 0:
                 raise GenerationError(f"llama_decode failed on a {n}-token prompt batch (status {status})")
             done += n
@@ -836,12 +836,13 @@ class BenchContext:
         decode, synchronize, ctx, batch, one = llama_cpp.llama_decode, llama_cpp.llama_synchronize, self.ctx, self._one_batch, self._one
         upcoming = self._rng.integers(0, self.n_vocab, n_gen).tolist()
         one[0] = self.bos if self.bos is not None else upcoming[0]
-        for i in range(n_gen):
-            status = decode(ctx, batch)
-            if status != 0:
-                raise GenerationError(f"llama_decode failed on generated token {i} (status {status})")
-            synchronize(ctx)
-            one[0] = upcoming[i]
+        with decode_watch(n_gen):  # the whole timed loop: nothing added per token
+            for i in range(n_gen):
+                status = decode(ctx, batch)
+                if status != 0:
+                    raise GenerationError(f"llama_decode failed on generated token {i} (status {status})")
+                synchronize(ctx)
+                one[0] = upcoming[i]
 
     @property
     def tokens_in_context(self) -> int:

@@ -40,6 +40,7 @@ from edgellm.runtime import (
     TextEvent,
     peak_rss_bytes,
 )
+from edgellm.runtime.rpc import decode_watch
 from edgellm.stops import StopFilter
 from edgellm.toolcalls.parser import ToolCallParser
 
@@ -121,7 +122,8 @@ class LlamaBackend:
     def decode(self) -> int:
         """Decode the batch built by put(); llama_decode's status (0: done)."""
         self.batch.n_tokens, self.rows = self.rows, 0
-        return int(self._llama.llama_decode(self.ctx, self.batch))
+        with decode_watch(self.batch.n_tokens):
+            return int(self._llama.llama_decode(self.ctx, self.batch))
 
     def new_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
         """The chain llama-cpp-python's Llama._init_sampler builds, for one sequence."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgellm.errors import GenerationError
 from edgellm.runtime import BenchContext, Engine
+from edgellm.runtime.rpc import decode_watch
 
 WARMUP_TOKENS = 16  # llama-batched-bench's warm-up: 16 random tokens of sequence 0
 
@@ -88,7 +89,8 @@ class BatchedBench:
         )
 
     def _decode(self, batch: Any, what: str) -> None:
-        status = self._llama_cpp.llama_decode(self.ctx, batch)
+        with decode_watch(int(batch.n_tokens)):
+            status = self._llama_cpp.llama_decode(self.ctx, batch)
         if status != 0:
             raise _decode_error(status, what)
 
@@ -164,13 +166,14 @@ class BatchedBench:
         decode, synchronize, ctx = llama_cpp.llama_decode, llama_cpp.llama_synchronize, self.ctx
         batch = self._batch(0, sequences)
         token, pos = self._token, self._pos
-        for i in range(len(upcoming)):
-            token[:sequences] = upcoming[i]
-            pos[:sequences] = n_prompt + i
-            status = decode(ctx, batch)
-            if status != 0:
-                raise _decode_error(status, f"generation step {i} of {sequences} sequences")
-            synchronize(ctx)
+        with decode_watch(len(upcoming) * sequences):  # the whole timed loop: nothing added per step
+            for i in range(len(upcoming)):
+                token[:sequences] = upcoming[i]
+                pos[:sequences] = n_prompt + i
+                status = decode(ctx, batch)
+                if status != 0:
+                    raise _decode_error(status, f"generation step {i} of {sequences} sequences")
+                synchronize(ctx)
 
     def cells_used(self, sequence: int) -> int:
         """Positions the KV cache holds for `sequence` (a check that every sequence was decoded)."""

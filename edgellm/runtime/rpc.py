@@ -13,14 +13,16 @@ import functools
 import os
 import re
 import socket
+import struct
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgellm.errors import RuntimeUnavailableError, WorkerError
 from edgellm.rpc import Endpoint
-from edgellm.runtime import load_llama_cpp
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
 # struct ggml_backend_device (ggml-backend-impl.h): 17 interface function pointers, then reg and
@@ -40,6 +42,8 @@ EXIT_WORKER_LOST = 1
 
 
 def _library_dir() -> Path:
+    from edgellm.runtime import load_llama_cpp  # noqa: PLC0415  (edgellm.runtime's modules import this one)
+
     return Path(load_llama_cpp().__file__ or ".").parent / "lib"
 
 
@@ -120,6 +124,8 @@ def device_memory(device: int) -> tuple[int, int]:
 # ---- the main side --------------------------------------------------------------------------
 
 _attached: list[Endpoint] = []
+_worker_sockets: dict[tuple[str, int], socket.socket] = {}  # local address -> a handle on a connection to a worker
+_socket_endpoints: dict[tuple[str, int], Endpoint] = {}
 _keep_alive: list[Any] = []  # ctypes callbacks must outlive every call into C
 
 
@@ -142,39 +148,127 @@ def attach_workers(endpoints: list[Endpoint]) -> None:
 
 def keep_alive_worker_sockets() -> int:
     """Turn on TCP keepalive and a user timeout on this process's connections to workers (llama.cpp
-    sets neither), so a board that vanishes fails the next call instead of hanging it. Returns how
-    many sockets it set (Linux: /proc/self/fd; elsewhere the first 1024 descriptors)."""
+    sets neither), so a board that vanishes fails the next call instead of hanging it, and keep a
+    handle on each (the stall check reads their TCP_INFO). Returns how many connections it found
+    (Linux: /proc/self/fd; elsewhere the first 1024 descriptors)."""
     if not _attached:
         return 0
-    wanted = set()
+    wanted: dict[tuple[str, int], Endpoint] = {}
     for endpoint in _attached:
         with contextlib.suppress(OSError):  # resolved as llama.cpp resolves it (gethostbyname)
-            wanted.add((socket.gethostbyname(endpoint.host), endpoint.port))
-    fds: list[int]
+            wanted[(socket.gethostbyname(endpoint.host), endpoint.port)] = endpoint
+    for held in _worker_sockets.values():
+        held.close()
+    _worker_sockets.clear()
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         fds = list(range(3, 1024))
-    done = 0
     for fd in fds:
         try:
             sock = socket.socket(fileno=os.dup(fd))
         except OSError:
             continue
         try:
-            if sock.type != socket.SOCK_STREAM or sock.getpeername()[:2] not in wanted:
-                continue
+            peer = sock.getpeername()[:2] if sock.type == socket.SOCK_STREAM else None
+            local = sock.getsockname()[:2]
+        except OSError:
+            peer = None
+        if peer not in wanted or local in _worker_sockets:
+            sock.close()
+            continue
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
                                   ("TCP_KEEPCNT", KEEPALIVE_PROBES), ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS)):
                 if hasattr(socket, option):
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-            done += 1
+        _worker_sockets[local] = sock
+        _socket_endpoints[local] = wanted[peer]
+    return len(_worker_sockets)
+
+
+# ---- a worker that accepts but never answers (hung, or its board swapping itself to death) ----
+# TCP stays up, so neither an error nor keepalive ends the wait: a decode that outlasts a generous
+# limit does. The first decode may page in this board's share of a mapped model (from an SD card,
+# a minute or more), hence its longer limit. EDGELLM_RPC_STALL_S sets both (tests).
+STALL_FIRST_S, STALL_BASE_S, STALL_PER_TOKEN_S = 300.0, 60.0, 0.5
+_NO_WATCH = contextlib.nullcontext()
+
+
+class _StallWatch:
+    def __init__(self) -> None:
+        override = os.environ.get("EDGELLM_RPC_STALL_S")
+        self.first_s = self.base_s = float(override) if override else 0.0
+        if not override:
+            self.first_s, self.base_s = STALL_FIRST_S, STALL_BASE_S
+        self.since: float | None = None
+        self.limit = 0.0
+        self.decodes = 0
+        threading.Thread(target=self._check, name="rpc-stall-watch", daemon=True).start()
+
+    @contextlib.contextmanager
+    def watch(self, n_tokens: int) -> Iterator[None]:
+        self.limit = (self.first_s if self.decodes == 0 else self.base_s) + n_tokens * STALL_PER_TOKEN_S
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.since = None
+            self.decodes += 1
+
+    def _check(self) -> None:
+        while True:
+            time.sleep(1.0)
+            since = self.since
+            if since is not None and time.monotonic() - since > self.limit:
+                waited = time.monotonic() - since
+                named = ", ".join(map(str, waiting_on() or _attached))
+                _exit_with(f"worker {named} has not answered for {waited:.0f} s (hung, or its board is out of memory "
+                           "and swapping); edgellm stops: restart `edgellm worker` on that board, then run again")
+
+
+_stall_watch: list[_StallWatch] = []
+
+
+def decode_watch(n_tokens: int) -> contextlib.AbstractContextManager[None]:
+    """Around a llama_decode of `n_tokens`: with workers attached, a stall beyond the limit ends
+    the process with one line naming the worker; without, nothing (a shared null context)."""
+    if not _attached:
+        return _NO_WATCH
+    if not _stall_watch:
+        _stall_watch.append(_StallWatch())
+    return _stall_watch[0].watch(n_tokens)
+
+
+TCP_INFO_LAST_DATA_SENT, TCP_INFO_LAST_DATA_RECV = 44, 52  # struct tcp_info offsets (ms ago), Linux
+
+
+def waiting_on() -> list[Endpoint]:
+    """The workers this process sent to after their last reply: the ones it waits for (Linux)."""
+    if not hasattr(socket, "TCP_INFO"):
+        return []
+    waiting = []
+    for local, sock in _worker_sockets.items():
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
         except OSError:
             continue
-        finally:
-            sock.close()
-    return done
+        sent_ago, received_ago = struct.unpack_from("<I", info, TCP_INFO_LAST_DATA_SENT)[0], struct.unpack_from("<I", info, TCP_INFO_LAST_DATA_RECV)[0]
+        if sent_ago < received_ago and _socket_endpoints[local] not in waiting:
+            waiting.append(_socket_endpoints[local])
+    return waiting
+
+
+def _exit_with(line: str) -> None:
+    """Keep what was generated (flushed, its line ended on a terminal), print `error: LINE`, exit 1."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    os._exit(EXIT_WORKER_LOST)
 
 
 def _install_abort_handler() -> None:
@@ -185,15 +279,7 @@ def _install_abort_handler() -> None:
 
     @ABORT_CALLBACK
     def on_abort(message: bytes | None) -> None:
-        text = (message or b"").decode("utf-8", "replace").strip()
-        # Keep what was generated: flush it, and end its line on a terminal before the error.
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            if sys.stdout.isatty():
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-        print(f"error: {lost_worker_message(text)}", file=sys.stderr, flush=True)
-        os._exit(EXIT_WORKER_LOST)
+        _exit_with(lost_worker_message((message or b"").decode("utf-8", "replace").strip()))
 
     _keep_alive.append(on_abort)
     _ggml_base().ggml_set_abort_callback(on_abort)
