@@ -31,7 +31,6 @@ CMD_DEVICE_COUNT = 15
 CONN_CAPS_SIZE = 24  # transport capabilities in HELLO (RDMA); zeros: plain TCP
 MAX_DEVICES = 16  # GGML_RPC_MAX_SERVERS; a worker claiming more is not a llama.cpp worker
 PROBE_TIMEOUT_S = 5.0
-SAME_HOST = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True)

@@ -75,15 +75,10 @@ def _loaded_paths() -> set[str]:
 @functools.lru_cache(maxsize=1)
 def _ggml() -> Any:
     lib = _open("libggml")
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
     lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
     lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
     lib.ggml_backend_dev_name.restype = ctypes.c_char_p
     lib.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_description.restype = ctypes.c_char_p
-    lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_dev_memory.restype = None
     lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
     lib.ggml_backend_register.restype = None
@@ -199,9 +194,7 @@ _NO_WATCH = contextlib.nullcontext()
 class _StallWatch:
     def __init__(self) -> None:
         override = os.environ.get("EDGELLM_RPC_STALL_S")
-        self.first_s = self.base_s = float(override) if override else 0.0
-        if not override:
-            self.first_s, self.base_s = STALL_FIRST_S, STALL_BASE_S
+        self.first_s, self.base_s = (float(override),) * 2 if override else (STALL_FIRST_S, STALL_BASE_S)
         self.since: float | None = None
         self.limit = 0.0
         self.decodes = 0
@@ -261,7 +254,8 @@ def waiting_on() -> list[Endpoint]:
 
 
 def _exit_with(line: str) -> None:
-    """Keep what was generated (flushed, its line ended on a terminal), print `error: LINE`, exit 1."""
+    """From a native callback, where no exception can reach the CLI's funnel: keep what was
+    generated (flushed, its line ended on a terminal), print `error: LINE`, exit 1."""
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         if sys.stdout.isatty():
@@ -324,8 +318,7 @@ def serve(endpoint: Endpoint, *, offer_bytes: int, threads: int, quiet: bool = T
     @ABORT_CALLBACK
     def on_abort(message: bytes | None) -> None:
         detail = (message or b"").decode("utf-8", "replace").strip().split(": ", 1)[-1]
-        print(f"error: the worker stopped: llama.cpp could not go on ({detail})", file=sys.stderr, flush=True)
-        os._exit(1)
+        _exit_with(f"the worker stopped: llama.cpp could not go on ({detail})")
 
     _keep_alive.append(on_abort)
     _ggml_base().ggml_set_abort_callback(on_abort)
@@ -359,8 +352,7 @@ def offered_device(cpu: int, offer_bytes: int) -> Any:
         if backend:
             slots = (ctypes.c_void_p * (BACKEND_DEVICE_SLOT + 1)).from_address(backend)
             if slots[BACKEND_DEVICE_SLOT] != cpu:
-                print(f"error: {layout_error}", file=sys.stderr, flush=True)
-                os._exit(1)
+                _exit_with(layout_error)
             slots[BACKEND_DEVICE_SLOT] = address
         return backend or 0
 
