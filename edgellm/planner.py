@@ -11,6 +11,7 @@ Memory model (what `edgellm run` then really reaches in peak RSS):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,46 +55,25 @@ def split_layers(layer_costs: list[int], rooms: list[float], min_layers: list[in
     """Contiguous layer counts per device, in device order, each within its room and at least its
     minimum, the boundaries as close as they can be to the rooms' proportions. None: no split fits.
     capped=False: the proportional split alone, rooms or not (to show what a refused plan needed).
-
-    A backward greedy pass finds, for each device, the earliest layer the devices after it can
-    start from (the most they can hold); the forward pass then clamps each proportional boundary
-    between that and what the device itself holds.
     """
     n, k = len(layer_costs), len(rooms)
-    prefix = [0]
-    for cost in layer_costs:
-        prefix.append(prefix[-1] + cost)
-    prefix_rooms = rooms if capped else [float("inf")] * k
-    if not capped:
-        rooms = [max(r, 1.0) for r in rooms]
-    earliest = [n] * (k + 1)  # earliest[j]: layers earliest[j]..n-1 fit on devices j..k-1
-    for j in range(k - 1, -1, -1):
-        if not capped:
-            earliest[j] = 0  # any start: only the minimums bound the split
-            continue
-        start, end = earliest[j + 1], earliest[j + 1]
-        if rooms[j] < 0:
+    prefix = list(itertools.accumulate(layer_costs, initial=0))
+    limit = rooms if capped else [float("inf")] * k
+    if capped:
+        earliest = _earliest_starts(prefix, rooms, min_layers)
+        if earliest is None:
             return None
-        floor = sum(min_layers[:j])  # the devices before this one need their minimums
-        while start > floor and prefix[end] - prefix[start - 1] <= prefix_rooms[j]:
-            start -= 1
-        if end - start < min_layers[j]:
-            return None
-        earliest[j] = start
-    if earliest[0] > 0:
-        return None
-    total_room = sum(max(r, 0.0) for r in rooms) or 1.0
-    counts, start, room_so_far = [], 0, 0.0
+    else:
+        earliest = [0] * k + [n]  # any start: only the minimums bound the split
+    weights = [max(r, 0.0 if capped else 1.0) for r in rooms]
+    total_weight = sum(weights) or 1.0
+    counts, start = [], 0
     for j in range(k):
-        if j == k - 1:
-            end = n
-        else:
-            room_so_far += max(rooms[j], 0.0)
-            goal = prefix[n] * room_so_far / total_room
+        end = n
+        if j < k - 1:
+            goal = prefix[n] * sum(weights[:j + 1]) / total_weight
             target = min(range(start, n + 1), key=lambda e: abs(prefix[e] - goal))
-            most = start
-            while most < n and prefix[most + 1] - prefix[start] <= prefix_rooms[j]:
-                most += 1
+            most = max((e for e in range(start, n + 1) if prefix[e] - prefix[start] <= limit[j]), default=start)
             most = min(most, n - sum(min_layers[j + 1:]))
             least = max(earliest[j + 1], start + min_layers[j])
             if least > most:
@@ -102,6 +82,24 @@ def split_layers(layer_costs: list[int], rooms: list[float], min_layers: list[in
         counts.append(end - start)
         start = end
     return counts
+
+
+def _earliest_starts(prefix: list[int], rooms: list[float], min_layers: list[int]) -> list[int] | None:
+    """earliest[j]: the first layer from which devices j.. can hold all the rest, each as much as
+    fits from the back (leaving the devices before j their minimums); None when even that fails."""
+    n, k = len(prefix) - 1, len(rooms)
+    earliest = [n] * (k + 1)
+    for j in range(k - 1, -1, -1):
+        end = start = earliest[j + 1]
+        if rooms[j] < 0:
+            return None
+        floor = sum(min_layers[:j])
+        while start > floor and prefix[end] - prefix[start - 1] <= rooms[j]:
+            start -= 1
+        if end - start < min_layers[j]:
+            return None
+        earliest[j] = start
+    return earliest if earliest[0] == 0 else None
 
 
 def network_seconds_per_token(model: ModelInfo, workers: list[WorkerInfo]) -> float:
@@ -149,10 +147,14 @@ class Plan:
     worst_answer_s: float | None = None
     warnings: list[str] = field(default_factory=list)  # settings edgellm changed from what was asked
     devices: list[DeviceShare] = field(default_factory=list)  # local first, then each --rpc worker
-    rpc: list[str] = field(default_factory=list)  # the workers, HOST:PORT, in layer order
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def rpc(self) -> list[str]:
+        """The workers (HOST:PORT) the layers are split across, in layer order; [] for one board."""
+        return [d.name for d in self.devices[1:]]
 
     @property
     def n_gpu_layers(self) -> int:
@@ -193,6 +195,13 @@ def select_cores(device: Device, profile: Profile) -> list[int]:
         # Snapdragon 8 Elite) has none, so it runs on all of them.
         return sorted(cpu for c in clusters for cpu in c.cpus if not c.efficiency)
     return list(device.big_cores or clusters[0].cpus)
+
+
+def thread_count(device: Device, cores: list[int], asked: int | None, profile_threads: int | None) -> int:
+    """Threads on `cores`: what was asked, else the profile's, else one per physical core; never
+    more than the CPUs (more only makes llama.cpp's threads wait for each other)."""
+    physical = device.physical_core_count(cores) or len(cores) or 1
+    return min(asked or profile_threads or physical, max(len(cores), 1))
 
 
 def memory_budget(device: Device, profile: Profile, mem_budget: int | None = None) -> tuple[int | None, str]:
@@ -270,9 +279,9 @@ def make_plan(
         kv_per_layer = kv / max(model.n_layers, 1)
         fixed = [input_bytes + other_bytes + compute + RUNTIME_OVERHEAD_BYTES] + [compute] * len(workers)
         fixed[-1] += output_bytes
-        capacities: list[float] = [float(budget) if budget is not None else float("inf")] + [float(w.free_bytes) for w in workers]
-        if budget is None:  # unknown here: weigh this board as the workers' average
-            capacities[0] = sum(capacities[1:]) / len(workers)
+        offers = [float(w.free_bytes) for w in workers]
+        # This board's memory unknown: weigh it as the workers' average.
+        capacities = [float(budget) if budget is not None else sum(offers) / len(offers), *offers]
         rooms = [cap - f for cap, f in zip(capacities, fixed, strict=True)]
         costs = [int(b + kv_per_layer) for b in layer_bytes]
         counts = split_layers(costs, rooms, [0] + [1] * len(workers))
@@ -335,16 +344,14 @@ def make_plan(
 
     cores = select_cores(device, profile)
     physical = device.physical_core_count(cores) or len(cores) or 1
-    n_threads = threads or profile.threads or physical
-    n_threads_batch = threads_batch or profile.threads_batch or physical
+    n_threads = thread_count(device, cores, threads, profile.threads)
+    n_threads_batch = thread_count(device, cores, threads_batch, profile.threads_batch)
     usable = max(len(cores), 1)
     warnings: list[str] = []
     for option, asked in (("--threads", threads), ("--threads-batch", threads_batch)):
         if asked and asked > usable:
             # More threads than CPUs only makes llama.cpp's threads wait for each other.
             warnings.append(f"{option} {asked} is more than the {usable} CPUs this plan runs on: using {usable}")
-    n_threads = min(n_threads, usable)
-    n_threads_batch = min(n_threads_batch, usable)
     cluster_names = ", ".join(f"{c.name} {format_cpu_list(c.cpus)}" for c in device.clusters if set(c.cpus) & set(cores))
     reasons["cores"] = f"profile cores={profile.cores}: {cluster_names or cores}"
     reasons["threads"] = (
@@ -451,7 +458,6 @@ def make_plan(
         think_budget=think_budget,
         worst_answer_s=worst_answer_s,
         devices=devices,
-        rpc=[str(w.endpoint) for w in workers],
     )
 
 

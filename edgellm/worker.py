@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edgellm.errors import UsageError, WorkerError
 from edgellm.hardware import detect, format_cpu_list
-from edgellm.planner import RUNTIME_OVERHEAD_BYTES, memory_budget, select_cores
+from edgellm.planner import RUNTIME_OVERHEAD_BYTES, memory_budget, select_cores, thread_count
 from edgellm.profiles import select_profile
 from edgellm.rpc import PROTOCOL_VERSION, Endpoint, is_loopback, let_idle_threads_sleep
 from edgellm.units import format_size
@@ -70,8 +70,7 @@ def plan_worker(host: str, port: int, *, mem: int | None, threads: int | None, a
     if offer <= 0:
         raise WorkerError(f"this board has no memory to offer ({reason})")
     cores = select_cores(device, chosen)
-    physical = device.physical_core_count(cores) or len(cores) or 1
-    n_threads = min(threads or chosen.threads or physical, max(len(cores), 1))
+    n_threads = thread_count(device, cores, threads, chosen.threads)
     return WorkerPlan(Endpoint(str(address), port), offer, n_threads, cores, chosen.name, warnings)
 
 
