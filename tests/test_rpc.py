@@ -151,6 +151,15 @@ def test_split_layers(costs: list[int], rooms: list[float], expected: list[int] 
             start += count
 
 
+@pytest.mark.parametrize(("rooms", "expected"), [
+    ([50, 100, 100], [6, 11, 11]),  # what a refused plan shows: the proportions, rooms or not
+    ([-50, 100, 100], [0, 14, 14]),  # a board with no room keeps no layers
+])
+def test_split_layers_uncapped_shows_the_proportions(rooms: list[float], expected: list[int]) -> None:
+    assert split_layers([10] * 28, rooms, [0, 1, 1]) is None
+    assert split_layers([10] * 28, rooms, [0, 1, 1], capped=False) == expected
+
+
 def _worker(port: int, free: int, rtt: float = 0.0002, host: str = "127.0.0.1") -> rpc.WorkerInfo:
     return rpc.WorkerInfo(rpc.Endpoint(host, port), rpc.PROTOCOL_VERSION, free, free, rtt)
 
@@ -338,12 +347,14 @@ def test_plan_split_matches_what_llama_cpp_loaded(mid_model: Path, tmp_path: Pat
     assert assigned[len(expected)] == f"RPC{len(devices) - 2}"
 
 
-def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
-    grammar = grammar_file(tmp_path, 'root ::= "x</think>" [a-z ]{2000,3000}')  # long enough to outlast the kill
+def start_long_split_run(mid_model: Path, tmp_path: Path, workers: list[Worker], **env: str) -> tuple[subprocess.Popen[bytes], bytes]:
+    """`run` through the workers with a reply long enough to outlast what the test does to them,
+    once its first 20 bytes are out: (the process, what it wrote so far)."""
+    grammar = grammar_file(tmp_path, 'root ::= "x</think>" [a-z ]{2000,3000}')
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgellm", "run", "-m", str(mid_model), "hello", "--grammar", grammar, "--ctx", "1024",
+        [sys.executable, "-m", "edgellm", "run", "-m", str(mid_model), "hello", "--grammar", grammar, "--ctx", "4096",
          "--mem-budget", MAIN_BUDGET, "--rpc", rpc_arg(workers)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(**env),
     )
     assert process.stdout is not None
     os.set_blocking(process.stdout.fileno(), False)
@@ -353,6 +364,11 @@ def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: 
         received += process.stdout.read() or b""
         time.sleep(0.05)
     assert len(received) >= 20, process.stderr.read() if process.stderr else b""
+    return process, received
+
+
+def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
+    process, received = start_long_split_run(mid_model, tmp_path, workers)
     workers[1].process.send_signal(signal.SIGKILL)
     rest, err = process.communicate(timeout=60)
     lines = err.decode().strip().splitlines()
@@ -360,26 +376,14 @@ def test_killing_a_worker_mid_generation_is_one_line(mid_model: Path, tmp_path: 
     assert lines[-1].startswith(f"error: worker {workers[1].endpoint} went away"), err.decode()
     assert sum(line.startswith("error:") for line in lines) == 1
     assert "Traceback" not in err.decode() and "Aborted" not in err.decode()
-    assert len(received + (rest or b"")) >= len(received)  # what was written before stays written
+    # What was written before stays written, whole: the answer's letters, no half-written error in it.
+    assert re.fullmatch(rb"[a-z ]+", received + (rest or b"")), received + (rest or b"")
 
 
 def test_a_worker_that_stops_answering_is_named_not_waited_on_forever(mid_model: Path, tmp_path: Path, workers: list[Worker]) -> None:
     # SIGSTOP: TCP stays up (the kernel still acknowledges), as on a board swapping itself to
     # death. Without the stall check this run waited forever, and Ctrl-C could not stop it.
-    grammar = grammar_file(tmp_path, 'root ::= "x</think>" [a-z ]{2000,3000}')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgellm", "run", "-m", str(mid_model), "hello", "--grammar", grammar, "--ctx", "4096",
-         "--mem-budget", MAIN_BUDGET, "--rpc", rpc_arg(workers)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_RPC_STALL_S="4"),
-    )
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    received = b""
-    deadline = time.monotonic() + 120
-    while len(received) < 20 and time.monotonic() < deadline and process.poll() is None:
-        received += process.stdout.read() or b""
-        time.sleep(0.05)
-    assert len(received) >= 20, process.stderr.read() if process.stderr else b""
+    process, _ = start_long_split_run(mid_model, tmp_path, workers, EDGELLM_RPC_STALL_S="4")
     workers[0].process.send_signal(signal.SIGSTOP)
     try:
         _, err = process.communicate(timeout=60)
