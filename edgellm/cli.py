@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +19,9 @@ from edgellm.errors import EdgeLLMError, PlanError, UsageError
 from edgellm.funnel import FunnelledGroup
 from edgellm.service import DEFAULT_WATCHDOG_S
 from edgellm.units import parse_size
+
+if TYPE_CHECKING:
+    from edgellm.rpc import Endpoint
 
 app = typer.Typer(
     name="edgellm",
@@ -37,7 +40,7 @@ profiles_app = typer.Typer(
 )
 app.add_typer(profiles_app, name="profiles")
 
-def _rpc_option(value: str | None) -> Any:
+def _rpc_option(value: str | None) -> list[Endpoint]:
     from edgellm.rpc import parse_endpoints
 
     return parse_endpoints(value)
