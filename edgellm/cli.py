@@ -17,7 +17,7 @@ import typer
 from edgellm import __version__, options, ui
 from edgellm.errors import EdgeLLMError, PlanError, UsageError
 from edgellm.funnel import FunnelledGroup
-from edgellm.service import DEFAULT_WATCHDOG_S
+from edgellm.service import DEFAULT_WATCHDOG_S, MAX_WATCHDOG_S, MIN_WATCHDOG_S
 from edgellm.units import parse_size
 
 if TYPE_CHECKING:
@@ -683,7 +683,7 @@ app.add_typer(service_app, name="service")
 SERVE_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 ServiceModelOpt = Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name or owner/repo:QUANT (pulled if needed).")]
 UserOpt = Annotated[bool, typer.Option("--user", help="A user service (systemctl --user) run as you, instead of a system service run by the edgellm user.")]
-WatchdogOpt = Annotated[int, typer.Option("--watchdog", min=5, help="Seconds without a sign of life before systemd restarts serve (WatchdogSec=).")]
+WatchdogOpt = Annotated[int, typer.Option("--watchdog", help=f"Seconds without a sign of life before systemd restarts serve (WatchdogSec=; {MIN_WATCHDOG_S} to {MAX_WATCHDOG_S}).")]
 KeyFileOpt = Annotated[str | None, typer.Option("--api-key-file", help="The API key's file (mode 600). Default: a new random key in /etc/edgellm/api-key (or ~/.config/edgellm/api-key with --user).")]
 
 
@@ -718,7 +718,7 @@ def service_unit(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = Fal
     """
     from edgellm import service
 
-    key = Path(api_key_file).absolute() if api_key_file else service.default_key_file(user)
+    key = service.key_file_path(api_key_file) if api_key_file else service.default_key_file(user)
     spec = service.build_spec(service.model_file(model, fetch=False), list(ctx.args), user_mode=user, key_file=key, watchdog_s=watchdog)
     ui.print_text(service.render_unit(spec))
 

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,12 @@ CREDENTIAL = "api-key"
 # serve pings while its loop came round within this (edgellm.serve.lifecycle.heartbeat_fresh).
 # Loading from an SD card is slow, hence the start timeout.
 DEFAULT_WATCHDOG_S = 120
+# systemd reads WatchdogSec= as microseconds in 64 bits and ignores a value it cannot hold (it
+# parses up to 18446744073708 s in systemd 252; more is "Failed to parse sec value, ignoring", and
+# the service runs with no watchdog). Below 5 s serve's pings come too close to the limit; an hour
+# is already longer than any decode step, and a hung server should not wait longer to restart.
+MIN_WATCHDOG_S = 5
+MAX_WATCHDOG_S = 3600
 START_TIMEOUT_S = 600
 # serve options a unit may not carry: the key comes from a file, never the command line.
 FORBIDDEN_SERVE_OPTIONS = {"--api-key": "the unit reads the key from a file: pass --api-key-file FILE, or let install make one",
@@ -71,14 +78,70 @@ def edgellm_command() -> list[str]:
     return [sys.executable, "-m", "edgellm"]
 
 
+# Every value edgellm writes into the unit passes here. systemd reads a unit as UTF-8 lines that
+# end at LF, CR or NUL (systemd.syntax(7)): a control character in a value would end the line and
+# let the rest be read as a directive of its own. Such values are refused, never escaped.
+_CONTROL_NAMES = {"\n": "a line feed", "\r": "a carriage return", "\x00": "a NUL byte", "\t": "a tab"}
+
+
+def _shown(value: str, at: int, width: int = 100) -> str:
+    """`value` for a one-line message: quoted, control characters escaped, a long one cut to the
+    part around its character at `at`."""
+    start = max(0, min(at - width // 2, len(value) - width))
+    part = value[start:start + width]
+    return repr(("..." if start else "") + part + ("..." if start + width < len(value) else ""))
+
+
+def check_unit_value(option: str, value: str) -> str:
+    """`value` if a unit can carry it whole: no control characters, nothing that is not UTF-8."""
+    for at, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category == "Cs":  # a byte that is not UTF-8, as os.fsdecode keeps it
+            raise UsageError(f"{option} {_shown(value, at)} is not valid UTF-8, which a systemd unit cannot carry",
+                             hint="rename the file or directory")
+        if category == "Cc":
+            name = _CONTROL_NAMES.get(char, "a control character")
+            raise UsageError(f"{option} {_shown(value, at)} holds {name} (U+{ord(char):04X}), which a systemd unit cannot carry",
+                             hint="rename the file or directory, or give the value without it")
+    return value
+
+
+def check_line_end(option: str, value: str) -> str:
+    """`value` if it can end a unit line: systemd drops whitespace there and joins a line that ends
+    in a backslash with the next one (which would swallow the directive that follows)."""
+    if value != value.rstrip() or value.endswith("\\"):
+        raise UsageError(f"{option} {_shown(value, len(value) - 1)} ends in whitespace or a backslash, which systemd would not read back",
+                         hint="rename the file or directory")
+    return value
+
+
+def check_watchdog(seconds: int) -> int:
+    """`seconds` if WatchdogSec= may be that (MIN_WATCHDOG_S to MAX_WATCHDOG_S)."""
+    if not MIN_WATCHDOG_S <= seconds <= MAX_WATCHDOG_S:
+        raise UsageError(f"--watchdog {seconds}: expected {MIN_WATCHDOG_S} to {MAX_WATCHDOG_S} seconds",
+                         hint=f"the default is {DEFAULT_WATCHDOG_S}; a decode step must fit in it")
+    return seconds
+
+
+def _serve_option(args: Sequence[str], index: int) -> tuple[str, str]:
+    """(the option, its value) that `args[index]` holds or belongs to, for a message:
+    ('--alias', 'x') for `--alias x` and for `--alias=x`."""
+    arg = args[index]
+    name, value = (arg.split("=", 1) if "=" in arg else (arg, "")) if arg.startswith("-") else ("", arg)
+    if not name and index and args[index - 1].startswith("-"):
+        name = args[index - 1]
+    if not name or not name.isprintable():
+        return "a serve option", arg
+    return name, value if value or "=" in arg else arg
+
+
 def check_serve_args(args: Sequence[str]) -> list[str]:
     """The serve options to put in the unit, refusing those it must not carry."""
-    for arg in args:
+    for index, arg in enumerate(args):
         name = arg.split("=", 1)[0]
         if name in FORBIDDEN_SERVE_OPTIONS:
             raise UsageError(f"{name}: {FORBIDDEN_SERVE_OPTIONS[name]}")
-        if "\n" in arg or "\x00" in arg:
-            raise UsageError("a serve option for the unit holds a newline or NUL byte")
+        check_unit_value(*_serve_option(args, index))
     return list(args)
 
 
@@ -92,22 +155,48 @@ def option_value(args: Sequence[str], name: str, default: str) -> str:
     return default
 
 
+def specifier_escape(text: str) -> str:
+    """`text` for a setting where systemd expands %-specifiers (Description=, ExecStart=,
+    LoadCredential=, ...: systemd.unit(5), "Specifiers"): a literal % is %%."""
+    return text.replace("%", "%%")
+
+
 def systemd_quote(arg: str) -> str:
-    """One ExecStart= word: quoted when needed; systemd expands % specifiers and $ variables, so
-    a literal % is %% and a literal $ is $$ (except the ${CREDENTIALS_DIRECTORY} edgellm writes)."""
-    text = arg.replace("%", "%%")
-    text = re.sub(r"\$(?!\{CREDENTIALS_DIRECTORY\})", "$$", text)
-    if text and re.fullmatch(r"[A-Za-z0-9_@%+=:,./${}-]+", text):
+    """One ExecStart= word that systemd reads back as `arg` (systemd.service(5), "Command lines"):
+    a literal % is %% (specifiers) and a literal $ is $$ (variables); a word with anything but
+    safe characters is double-quoted, with \\ and \" escaped inside (C escapes are expanded there).
+    Control characters cannot be carried at all: check_unit_value refuses them first."""
+    text = specifier_escape(arg).replace("$", "$$")
+    if text and re.fullmatch(r"[A-Za-z0-9_@%+=:,./$-]+", text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# The key's path inside the service, written as is: systemd expands the variable when it starts serve.
+CREDENTIAL_ARG = f"${{CREDENTIALS_DIRECTORY}}/{CREDENTIAL}"
+
+
 def exec_start(spec: UnitSpec) -> str:
-    words = [*spec.command, "serve", "-m", str(spec.model_path), *spec.serve_args]
+    words = [systemd_quote(word) for word in (*spec.command, "serve", "-m", str(spec.model_path), *spec.serve_args)]
     if spec.key_file is not None:
-        key = f"${{CREDENTIALS_DIRECTORY}}/{CREDENTIAL}" if not spec.user_mode else str(spec.key_file)
-        words += ["--api-key-file", key]
-    return " ".join(systemd_quote(word) for word in words)
+        words += ["--api-key-file", CREDENTIAL_ARG if not spec.user_mode else systemd_quote(str(spec.key_file))]
+    return " ".join(words)
+
+
+def check_spec(spec: UnitSpec) -> UnitSpec:
+    """Every value of `spec` that reaches the unit, checked (the options named as people typed them)."""
+    for word in spec.command:
+        check_unit_value("the edgellm executable", word)
+    check_unit_value("-m", str(spec.model_path))
+    check_serve_args(spec.serve_args)
+    if spec.key_file is not None:
+        check_unit_value("--api-key-file", str(spec.key_file))
+        if not spec.user_mode:  # it ends the LoadCredential= line
+            check_line_end("--api-key-file", str(spec.key_file))
+    if spec.description:
+        check_line_end("the description", check_unit_value("the description", spec.description))
+    check_watchdog(spec.watchdog_s)
+    return spec
 
 
 # Seccomp filters, in system and user units alike: serve (Python, llama.cpp, its CPU pinning)
@@ -122,12 +211,13 @@ SECCOMP_HARDENING = (
 
 
 def render_unit(spec: UnitSpec) -> str:
-    """The unit file's text."""
+    """The unit file's text; every value in it is checked (check_spec) and escaped for its setting."""
+    check_spec(spec)
     about = spec.description or f"edgellm: OpenAI-compatible LLM server ({spec.model_path.name})"
     lines = [
         f"# Written by `edgellm service install` (edgellm {__version__}). `edgellm service uninstall` removes it.",
         "[Unit]",
-        f"Description={about}",
+        f"Description={specifier_escape(about)}",
         "After=network-online.target",
         "Wants=network-online.target",
         # At most 5 restarts in 10 minutes: a model that cannot load stops retrying.
@@ -155,7 +245,7 @@ def render_unit(spec: UnitSpec) -> str:
             "StateDirectoryMode=0750",
         ]
         if spec.key_file is not None:
-            lines.append(f"LoadCredential={CREDENTIAL}:{spec.key_file}")
+            lines.append(f"LoadCredential={CREDENTIAL}:{specifier_escape(str(spec.key_file))}")
         lines += [
             "# Hardening: the service reads the system and the model, writes only its state directory.",
             "NoNewPrivileges=yes",
@@ -322,6 +412,7 @@ def model_file(spec: str, *, fetch: bool, state_dir: Path | None = None) -> Path
     service's own cache when `state_dir` is given, so its user reads it without a home)."""
     from edgellm.session import resolve_model  # noqa: PLC0415
 
+    check_unit_value("-m", spec)
     saved = {name: os.environ.get(name) for name in ("HF_HOME", "EDGELLM_HOME")}
     try:
         if state_dir is not None:
@@ -345,6 +436,13 @@ def build_spec(model_path: Path, serve_args: Sequence[str], *, user_mode: bool, 
                     user_mode=user_mode, key_file=key_file, watchdog_s=watchdog_s)
 
 
+def key_file_path(given: str | Path) -> Path:
+    """The key file as the unit names it: absolute, and with no `..` (LoadCredential= ignores a
+    path that is not normalized, and serve would then start without its key)."""
+    path = Path(check_unit_value("--api-key-file", str(given))).absolute()
+    return path.resolve() if ".." in path.parts else path
+
+
 def default_key_file(user_mode: bool) -> Path:
     return user_api_key_file() if user_mode else SYSTEM_KEY_FILE
 
@@ -353,7 +451,12 @@ def install(model: str, serve_args: Sequence[str], *, user_mode: bool, key_file:
             watchdog_s: int = DEFAULT_WATCHDOG_S, runner: Runner = run_command,
             say: Callable[[str], None] = lambda _: None) -> Installed:
     """Write the unit and start it: a system service as the `edgellm` user, or a user service."""
+    # What reaches the unit is checked before anything is done (render_unit checks it all again).
+    check_watchdog(watchdog_s)
+    check_unit_value("-m", model)
     check_serve_args(serve_args)
+    if key_file is not None:
+        key_file = key_file_path(key_file)
     require_root(user_mode)
     require_systemd(user_mode, runner)
     if not user_mode:
@@ -376,7 +479,6 @@ def install(model: str, serve_args: Sequence[str], *, user_mode: bool, key_file:
         from edgellm.serve.startup import read_api_key_file  # noqa: PLC0415  (the same checks serve makes)
 
         read_api_key_file(str(key_file))
-        key_file = key_file.absolute()
     spec.key_file = key_file
     unit = unit_path(user_mode)
     write_unit(unit, render_unit(spec))

@@ -5,9 +5,11 @@ order of calls; the real thing is exercised by hand against a running user manag
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,8 +74,9 @@ def test_the_user_unit_passes_verify_and_keeps_to_what_user_managers_can_do(tiny
     ("$HOME", "$$HOME"),  # systemd's variable expansion
     ('say "hi"', '"say \\"hi\\""'),
     ("back\\slash", '"back\\\\slash"'),
-    ("${CREDENTIALS_DIRECTORY}/api-key", "${CREDENTIALS_DIRECTORY}/api-key"),
+    ("${CREDENTIALS_DIRECTORY}/api-key", "\"$${CREDENTIALS_DIRECTORY}/api-key\""),  # a word of yours is never expanded
     ("", '""'),
+    (";", '";"'),  # a bare ; would end the command
 ])
 def test_exec_start_words_are_quoted_for_systemd(arg: str, word: str) -> None:
     assert service.systemd_quote(arg) == word
@@ -89,11 +92,18 @@ def test_odd_serve_options_still_make_a_valid_unit(tiny_q4km: Path, tmp_path: Pa
     (["--api-key", "sk-1"], "reads the key from a file"),
     (["--api-key=sk-1"], "reads the key from a file"),
     (["-m", "other.gguf"], "give the model"),
-    (["--alias", "a\nb"], "newline"),
+    (["--alias", "a\nb"], "--alias 'a\\nb' holds a line feed"),
+    (["--alias", "a\rExecStartPre=/bin/sh"], "--alias 'a\\rExecStartPre=/bin/sh' holds a carriage return"),
+    (["--alias=a\x00b"], "--alias 'a\\x00b' holds a NUL byte"),
+    (["--alias", "tab\there"], "holds a tab"),
+    (["--alias", "bell\x07"], "holds a control character (U+0007)"),
+    (["--alias", "next\x85line"], "holds a control character (U+0085)"),  # C1: NEL
+    (["--alias", "bad\udcffbyte"], "is not valid UTF-8"),  # how os.fsdecode keeps a byte that is not UTF-8
 ])
 def test_options_a_unit_must_not_carry_are_refused(args: list[str], message: str) -> None:
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=re.escape(message)) as refused:
         service.check_serve_args(args)
+    assert "\n" not in refused.value.message and refused.value.message.isprintable()  # one line, shown safely
 
 
 def test_the_url_install_reports_follows_the_serve_options() -> None:
@@ -232,3 +242,178 @@ def test_system_install_refuses_a_model_the_service_user_cannot_read(tiny_q4km: 
     with pytest.raises(UsageError, match="cannot read the model") as refused:
         service.install(str(tiny_q4km), [], user_mode=False, runner=CannotRead())
     assert "/opt/edgellm" in (refused.value.hint or "") and not (tmp_path / "etc/systemd/system").exists()
+
+
+# --- issue 30, item 6: every value that reaches the unit is read back by systemd as it was given ---
+
+
+def _systemd_manager() -> str:
+    """systemd itself, for `systemd --test` (the same Debian package as systemd-analyze)."""
+    found = next((p for p in ("/lib/systemd/systemd", "/usr/lib/systemd/systemd") if os.access(p, os.X_OK)), None)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd is missing: scripts/install.sh --test installs Debian's systemd package")
+        pytest.skip("systemd is not installed")
+    return found
+
+
+def _systemd_reads(unit_text: str) -> dict[str, object]:
+    """What systemd's own unit loader makes of `unit_text`: `systemd --test` loads it as the
+    default unit of a system manager and dumps it, without running anything. Returns its
+    Description, WatchdogSec and ExecStart's argument list (as stored: `$$` is still there, for
+    the exec-time expansion), and the loader's complaints about the file."""
+    directory = Path(tempfile.mkdtemp(prefix="edgellm-unit-"))
+    try:
+        directory.chmod(0o755)  # test mode refuses root: the manager runs as nobody and reads it
+        (directory / service.UNIT_NAME).write_text(unit_text)
+        (directory / service.UNIT_NAME).chmod(0o644)
+        as_nobody = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+        done = subprocess.run([_systemd_manager(), "--test", "--system", f"--unit={service.UNIT_NAME}", "--log-target=console"],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
+                                   "SYSTEMD_UNIT_PATH": f"{directory}:"},  # ours first, then the system's
+                              **as_nobody)  # type: ignore[call-overload]
+    finally:
+        shutil.rmtree(directory)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    block = done.stdout.split(f"\t-> Unit {service.UNIT_NAME}:\n", 1)[1].split("\n\t-> Unit ", 1)[0]
+    fields = dict(line.lstrip("\t").split(": ", 1) for line in block.splitlines() if line.startswith("\t\t") and ": " in line)
+    # The command line is dumped shell-quoted: "..." with \ before " \ ` $, or a bare word.
+    words = re.findall(r'"((?:[^"\\]|\\.)*)"|(\S+)', fields["Command Line"])
+    argv = [re.sub(r"\\(.)", r"\1", quoted) if quoted or not bare else bare for quoted, bare in words]
+    complaints = [line for line in (done.stdout + done.stderr).splitlines() if re.search(rf"/{service.UNIT_NAME}:\d+: ", line)]
+    return {"description": fields["Description"], "watchdog": fields["WatchdogSec"], "argv": argv, "complaints": complaints}
+
+
+def _at_exec(word: str) -> str:
+    """An ExecStart word as the started process receives it: systemd turns $$ into $ (and expands
+    ${NAME}, which edgellm writes only for the credentials directory)."""
+    assert "$" not in word.replace("$$", ""), word
+    return word.replace("$$", "$")
+
+
+def _load_credential(unit_text: str) -> str:
+    """LoadCredential='s source path as systemd reads it (systemd --test does not dump it): the
+    text after the first ':', with %% for %; any other % would be a specifier."""
+    line = next(line for line in unit_text.splitlines() if line.startswith("LoadCredential="))
+    _, path = line.removeprefix("LoadCredential=").split(":", 1)
+    assert "%" not in path.replace("%%", ""), line
+    return path.replace("%%", "%")
+
+
+@pytest.fixture()
+def odd_dir(tmp_path: Path) -> Path:
+    """A directory whose name systemd would read other than it is, unescaped: specifiers, $, quotes."""
+    odd = tmp_path / "models %n 100% $HOME \"q\" 'a' back\\slash ü"
+    odd.mkdir()
+    return odd
+
+
+def test_percent_and_dollar_in_every_value_read_back_as_given(tiny_f32: Path, odd_dir: Path) -> None:
+    model = odd_dir / "k%n%i.gguf"
+    os.link(tiny_f32, model)
+    key = odd_dir / "key%n"
+    printed = run_cli("service", "unit", "-m", str(model), "--api-key-file", str(key),
+                      "--alias", "it's 100% $done ${CREDENTIALS_DIRECTORY} ;", "--think-message", ";")
+    assert printed.returncode == 0, printed.stderr
+    text = printed.stdout.decode()
+    read = _systemd_reads(text)
+    assert read["complaints"] == [], read["complaints"]
+    assert read["description"] == f"edgellm: OpenAI-compatible LLM server ({model.name})"  # was '(kedgellm.service....gguf)'
+    argv = [_at_exec(word) for word in read["argv"][:-1]] + read["argv"][-1:]  # type: ignore[index]
+    assert argv == [*service.edgellm_command(), "serve", "-m", str(model), "--alias", "it's 100% $done ${CREDENTIALS_DIRECTORY} ;",
+                    "--think-message", ";", "--api-key-file", "${CREDENTIALS_DIRECTORY}/api-key"]
+    assert read["argv"][-1] == "${CREDENTIALS_DIRECTORY}/api-key"  # type: ignore[index]  # edgellm's own, expanded by systemd
+    assert _load_credential(text) == str(key)  # was '.../keyedgellm.service'
+    checked = _verify(text, odd_dir, user=False)
+    assert checked.returncode == 0 and checked.stderr.strip() == "", checked.stderr
+
+
+def test_a_user_units_key_file_reads_back_as_given(tiny_f32: Path, odd_dir: Path) -> None:
+    key = odd_dir / "key%n$x"
+    printed = run_cli("service", "unit", "--user", "-m", str(tiny_f32), "--api-key-file", str(key))
+    assert printed.returncode == 0, printed.stderr
+    read = _systemd_reads(printed.stdout.decode())
+    assert [_at_exec(word) for word in read["argv"]][-2:] == ["--api-key-file", str(key)]  # type: ignore[attr-defined]
+
+
+def _refused(result: subprocess.CompletedProcess[bytes], words: str) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert words in err and "Traceback" not in err and result.stdout == b""
+    assert err.startswith("error: ") and err.count("\n") <= 2, err  # the error and its hint, a line each
+    return err
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("model\nExecStartPre=touch x.gguf", "model\\nExecStartPre=touch x.gguf' holds a line feed (U+000A)"),
+    ("model\rExecStartPre=touch x.gguf", "model\\rExecStartPre=touch x.gguf' holds a carriage return (U+000D)"),
+])
+def test_a_line_break_in_the_model_path_is_refused(tiny_f32: Path, tmp_path: Path, name: str, shown: str) -> None:
+    # It was written raw into ExecStart= and Description=: systemd ends a line at CR as at LF.
+    model = tmp_path / name
+    os.link(tiny_f32, model)
+    for command in ("unit", "install"):
+        result = run_cli("service", command, "--user", "-m", str(model), XDG_CONFIG_HOME=str(tmp_path / "config"))
+        _refused(result, f"/{shown}")
+    assert not (tmp_path / "config").exists()
+
+
+@pytest.mark.parametrize("key", ["key.txt\nAnyDirective=1", "key.txt\rAnyDirective=1", "key\x1b[2J.txt"])
+def test_a_control_character_in_the_key_file_is_refused(tiny_f32: Path, tmp_path: Path, key: str) -> None:
+    # The red team's case: --api-key-file $'key.txt\nAnyDirective=1' put a directive of its own
+    # in the unit (after LoadCredential=), and systemd-analyze verify accepted it.
+    for user in ([], ["--user"]):
+        for command in ("unit", "install"):
+            result = run_cli("service", command, *user, "-m", str(tiny_f32), "--api-key-file", key,
+                             XDG_CONFIG_HOME=str(tmp_path / "config"))
+            err = _refused(result, "--api-key-file '")
+            assert "which a systemd unit cannot carry" in err and ("needs root" not in err)
+    assert not (tmp_path / "config").exists()
+
+
+def test_a_carriage_return_in_a_serve_option_is_refused(tiny_f32: Path, tmp_path: Path) -> None:
+    result = run_cli("service", "unit", "-m", str(tiny_f32), "--alias", "x\rExecStartPre=/bin/sh -c id")
+    _refused(result, "--alias 'x\\rExecStartPre=/bin/sh -c id' holds a carriage return (U+000D)")
+    result = run_cli("service", "install", "--user", "-m", str(tiny_f32), "--alias=x\rUser=root", XDG_CONFIG_HOME=str(tmp_path))
+    _refused(result, "--alias 'x\\rUser=root' holds a carriage return")
+
+
+def test_a_key_file_systemd_would_join_with_the_next_line_is_refused(tiny_f32: Path, tmp_path: Path) -> None:
+    # A LoadCredential= path ending in a backslash continued onto the next line: systemd read
+    # `ProtectSystem=strict` (after the comment line) as part of the path and dropped the hardening.
+    for key in ("/etc/edgellm/key\\", "/etc/edgellm/key "):
+        result = run_cli("service", "unit", "-m", str(tiny_f32), "--api-key-file", key)
+        _refused(result, "ends in whitespace or a backslash")
+    # In a user unit the key is an ExecStart= word, quoted: it may end as it likes.
+    assert run_cli("service", "unit", "--user", "-m", str(tiny_f32), "--api-key-file", str(tmp_path / "key\\")).returncode == 0
+
+
+def test_a_key_file_with_dot_dot_is_named_as_systemd_accepts_it(tiny_f32: Path, tmp_path: Path) -> None:
+    # LoadCredential= ignores a source path that is not normalized ("not valid, ignoring"), and
+    # serve would then start without its key.
+    (tmp_path / "etc").mkdir()
+    printed = run_cli("service", "unit", "-m", str(tiny_f32), "--api-key-file", str(tmp_path / "etc" / ".." / "key"))
+    assert printed.returncode == 0, printed.stderr
+    text = printed.stdout.decode()
+    assert _load_credential(text) == str(tmp_path / "key")
+    checked = _verify(text, tmp_path, user=False)
+    assert checked.returncode == 0 and checked.stderr.strip() == "", checked.stderr
+
+
+@pytest.mark.parametrize("seconds", ["100000000000000000000", "18446744073709", "3601", "4", "0", "-5"])
+def test_a_watchdog_out_of_range_is_refused(tiny_f32: Path, tmp_path: Path, seconds: str) -> None:
+    # 100000000000000000000 was written as is; systemd could not parse it and ran the service with
+    # no watchdog at all (systemd 252 parses at most 18446744073708 s).
+    for command in ("unit", "install"):
+        result = run_cli("service", command, "--user", "-m", str(tiny_f32), "--watchdog", seconds, XDG_CONFIG_HOME=str(tmp_path))
+        _refused(result, f"--watchdog {seconds}: expected 5 to 3600 seconds")
+
+
+def test_the_watchdogs_that_are_accepted_are_the_ones_systemd_reads(tiny_f32: Path) -> None:
+    for seconds, shown in (("5", "5s"), ("3600", "1h")):
+        printed = run_cli("service", "unit", "-m", str(tiny_f32), "--watchdog", seconds)
+        assert printed.returncode == 0, printed.stderr
+        assert _systemd_reads(printed.stdout.decode())["watchdog"] == shown
+    with pytest.raises(UsageError, match="--watchdog 0: expected"):
+        service.render_unit(service.UnitSpec(command=["/usr/bin/edgellm"], model_path=tiny_f32, watchdog_s=0))
