@@ -169,8 +169,14 @@ def test_presence_and_frequency_penalties_change_greedy_output(client: openai.Op
         ).choices[0].message
         return (answer.model_extra or {}).get("reasoning_content", "") + (answer.content or "")
 
+    # Greedy is repeatable on one path. A request whose prompt a slot holds evaluates only its
+    # last token; a fresh one evaluates the whole prompt in one batch, and another matmul shape
+    # may round differently and flip a near-tie of the random weights. The first request here
+    # may be either (it depends on the tests before), so it only fills the cache: every request
+    # compared below then takes the same path, in the same slot.
+    reply()
     plain = reply()
-    assert reply() == plain  # greedy is repeatable
+    assert reply() == plain
     # A random model repeats tokens greedily; penalising repeats must change what it writes.
     assert reply(presence_penalty=2.0) != plain
     assert reply(frequency_penalty=2.0) != plain
