@@ -310,7 +310,7 @@ def odd_dir(tmp_path: Path) -> Path:
 
 
 def test_percent_and_dollar_in_every_value_read_back_as_given(tiny_f32: Path, odd_dir: Path) -> None:
-    model = odd_dir / "k%n%i.gguf"
+    model = odd_dir / "k%n%i $HOME.gguf"
     os.link(tiny_f32, model)
     key = odd_dir / "key%n"
     printed = run_cli("service", "unit", "-m", str(model), "--api-key-file", str(key),
