@@ -72,6 +72,10 @@ def parse_endpoint(text: str) -> Endpoint:
     raw = text.strip()
     if not raw:
         raise WorkerError("--rpc: empty worker address", hint="give HOST:PORT, e.g. --rpc 192.168.1.20:50052")
+    if not raw.isascii():
+        # Python's resolver would IDNA-normalise '１２７.0.0.1' to 127.0.0.1; llama.cpp's would not.
+        raise WorkerError(f"--rpc: {ascii(text)} is not all ASCII; llama.cpp takes worker addresses in ASCII only",
+                          hint="type the address in ASCII, e.g. --rpc 192.168.1.20:50052")
     if raw.startswith("[") or _is_ipv6(raw):
         # llama.cpp's client splits at the first ':' and resolves with gethostbyname: IPv4 only.
         raise WorkerError(f"--rpc: '{text}' is an IPv6 address; llama.cpp's RPC client speaks IPv4 only",
@@ -81,7 +85,7 @@ def parse_endpoint(text: str) -> Endpoint:
     host, port_text = raw, ""
     if ":" in raw:
         host, port_text = raw.split(":")
-    if not host or any(c.isspace() or c in "/,@" for c in host):
+    if not host or any(c.isspace() or not c.isprintable() or c in "/,@" for c in host):
         raise WorkerError(f"--rpc: '{text}' is not a worker address", hint="give HOST:PORT, e.g. --rpc 192.168.1.20:50052")
     port = DEFAULT_PORT
     if port_text:
@@ -99,9 +103,12 @@ def _is_ipv6(text: str) -> bool:
 
 
 def parse_endpoints(text: str | None) -> list[Endpoint]:
-    """`--rpc A:1,B:2` into endpoints, in order (the order of the layers), each once."""
-    if not text:
+    """`--rpc A:1,B:2` into endpoints, in order (the order of the layers), each once. None (no
+    --rpc): none; an empty --rpc is an error, not a plan without workers."""
+    if text is None:
         return []
+    if not text.strip():
+        raise WorkerError("--rpc: no worker address given", hint="give HOST:PORT, e.g. --rpc 192.168.1.20:50052, or leave --rpc out")
     endpoints = [parse_endpoint(part) for part in text.split(",")]
     seen: set[tuple[str, int]] = set()
     for endpoint in endpoints:

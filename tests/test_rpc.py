@@ -124,6 +124,29 @@ def test_address_errors_say_what_is_wrong(text: str, says: str) -> None:
         rpc.parse_endpoint(text)
 
 
+@pytest.mark.parametrize(("value", "says"), [
+    ("", "--rpc: no worker address given"),
+    (" ", "--rpc: no worker address given"),
+    ("\uff11\uff12\uff17.0.0.1:{port}", r"--rpc: '\uff11\uff12\uff17.0.0.1:{port}' is not all ASCII"),
+    ("127.0.0.1:{fullwidth_port}", "is not all ASCII"),
+])
+def test_rpc_values_that_name_no_usable_worker_are_refused_by_the_cli(value: str, says: str) -> None:
+    # Before: an empty --rpc planned without workers (exit 0); full-width digits passed the probe
+    # (Python's resolver normalises them, as IDNA does) and then failed inside llama.cpp.
+    worker = Worker()
+    try:
+        worker.wait_listening()
+        fullwidth_port = "".join(chr(0xFF10 + int(d)) for d in str(worker.port))
+        value = value.format(port=worker.port, fullwidth_port=fullwidth_port)
+        result = run_cli("plan", "deepseek-r1-1.5b", "--rpc", value)
+    finally:
+        worker.stop()
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert err.startswith("error: ") and says.format(port=worker.port) in err.splitlines()[0], err
+    assert "Traceback" not in err and result.stdout == b""
+
+
 def test_a_worker_named_twice_is_refused() -> None:
     with pytest.raises(WorkerError, match="named twice"):
         rpc.parse_endpoints("127.0.0.1:1,localhost:1")
