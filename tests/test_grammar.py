@@ -137,11 +137,13 @@ def test_every_grammar_the_checker_accepts_loads_in_llama_cpp(tiny_f32: Path) ->
         ("--grammar", "root ::= ( ", "invalid grammar: expecting ')'"),
         ("--grammar", NESTED, "nested deeper"),
         ("--grammar", GROWS, "left recursion"),
-        ("--schema", '{"enum": []}', "empty 'enum'"),
-        ("--schema", '{"anyOf": []}', "empty 'anyOf'"),
+        ("--schema", '{"enum": []}', "an empty 'enum' matches no value"),
+        ("--schema", '{"anyOf": []}', "an empty 'anyOf' matches no value"),
         ("--schema", '{"type": "object", "properties": {"a": ', "not valid JSON"),
         ("--schema", '{"$ref": "https://example.com/s.json"}', "only local"),
-        ("--schema", '{"type": "string", "minLength": 1000000}', "larger than"),
+        ("--schema", '{"type": "string", "minLength": 1000000}', "'minLength' 1000000 is more than the grammar allows (1000)"),
+        # issue 30: maxLength 10^9 grew the process to 22 GB before any size check (an OOM kill)
+        ("--schema", '{"type": "string", "maxLength": 1000000000}', "'maxLength' 1000000000 is more than the grammar allows"),
     ],
 )
 def test_run_refuses_bad_grammars_with_one_line(tiny_q4km: Path, tmp_path: Path, option: str, content: str, words: str) -> None:

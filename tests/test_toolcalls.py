@@ -143,9 +143,9 @@ def test_the_format_is_read_from_the_template(template: str | None, expected: tu
     ([{"type": "function", "function": {"name": "f", "parameters": []}}], "must be a JSON Schema object, not list"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], "must describe an object"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-        "n": {"type": "integer", "minimum": 1}}}}}], "uses 'minimum', which the call grammar cannot enforce"),
+        "n": {"type": "number", "minimum": 1}}}}}], "'minimum' on a 'number' cannot be enforced by the grammar"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {},
-        "required": ["q"]}}}], "requires 'q', which is not among its properties"),
+        "required": ["q"]}}}], "'required' names 'q', which is not among its properties"),
     ([{"type": "function", "function": {"name": "f", "description": 3}}], "description must be a string"),
     ([WEATHER] * 129, "at most 128"),
 ])

@@ -127,7 +127,10 @@ def test_required_returns_calls_that_validate(served: Served, seed: int) -> None
         extra_body=served.extra,
     )
     choice = answer.choices[0]
-    assert choice.finish_reason == "tool_calls", choice
+    # Parallel calls are allowed, and random weights may go on calling until max_tokens: then the
+    # reply is cut ("length"), and the calls that closed before must still validate.
+    assert choice.finish_reason == "tool_calls" or (choice.finish_reason == "length" and answer.usage
+                                                    and answer.usage.completion_tokens == 300), choice
     assert choice.message.content is None
     assert len(validated(choice.message.tool_calls)) >= 1
 
@@ -280,8 +283,14 @@ def test_run_prints_each_call_as_a_json_line(models_dir: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize("content, message", [
     ("[{]", "not valid JSON"),
-    ('[{"type": "function", "function": {"name": "x", "parameters": {"type": "object", "properties": {"n": {"maximum": 3}}}}}]',
-     "uses 'maximum', which the call grammar cannot enforce"),
+    ('[{"type": "function", "function": {"name": "x", "parameters": {"type": "object", "properties": {"n": {"multipleOf": 3}}}}}]',
+     "'multipleOf' cannot be enforced by the grammar"),
+    # issue 30: these ended in "unexpected JSONDecodeError ... report it" (the call was not an object),
+    # and in an OOM kill (maxLength expanded into the grammar's text)
+    ('[{"type": "function", "function": {"name": "x", "parameters": {"items": {"type": "integer"}}}}]', "must describe an object"),
+    ('[{"type": "function", "function": {"name": "x", "parameters": {"anyOf": [{"type": "integer"}]}}}]', "must describe an object"),
+    ('[{"type": "function", "function": {"name": "x", "parameters": {"type": "object", "properties": {"s": '
+     '{"type": "string", "maxLength": 1000000000}}}}}]', "'maxLength' 1000000000 is more than the grammar allows (1000)"),
     ('{"tools": 3}', "'tools' must be a list of tools, not int"),
 ])
 def test_a_bad_tools_file_is_one_line_naming_the_problem(models_dir: Path, tmp_path: Path, content: str, message: str) -> None:

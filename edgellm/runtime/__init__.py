@@ -38,6 +38,7 @@ from edgellm.modelinfo import ModelInfo
 from edgellm.planner import Plan
 from edgellm.rpc import parse_endpoint
 from edgellm.runtime.rpc import attach_workers, decode_watch, keep_alive_worker_sockets
+from edgellm.schema_grammar import SchemaError, SchemaGrammar
 from edgellm.toolcalls.formats import ToolFormat, ToolUse, detect_format
 from edgellm.toolcalls.parser import CallEvent
 from edgellm.toolcalls.spec import ToolChoice
@@ -545,16 +546,13 @@ class Engine:
             schema = json.loads(schema_text)
         except (ValueError, RecursionError) as exc:
             raise GrammarError(f"the JSON schema is not valid JSON: {_first_line(exc)}") from None
-        _check_schema(schema)
-        load_llama_cpp()
-        from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415
-
+        builder = SchemaGrammar()
         try:
-            text = _strict_json_chars(json_schema_to_gbnf(json.dumps(schema)))
-        except Exception as exc:  # noqa: BLE001  (AssertionError, KeyError, ValueError, RecursionError from the converter)
-            raise GrammarError(f"unsupported JSON schema: {type(exc).__name__}: {_first_line(exc)}") from None
+            builder.add(schema, "root")
+        except SchemaError as exc:
+            raise GrammarError(f"unsupported JSON schema: {exc.message}") from None
         try:
-            return self._checked_grammar(text)
+            return self._checked_grammar(builder.text())
         except GrammarError as exc:
             raise GrammarError(f"unsupported JSON schema: the grammar made from it is unusable ({exc.message})") from None
 
@@ -563,22 +561,14 @@ class Engine:
         cannot crash on it; kept on `use`. Raises GrammarError naming the tool at fault."""
         if use.grammar is not None:
             return use.grammar
-        load_llama_cpp()
-        from llama_cpp.llama_grammar import SchemaConverter  # noqa: PLC0415
-
-        converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        builder = SchemaGrammar(reserved=use.format.rule_names(len(use.tools)))
         rules = []
         for index, tool in enumerate(use.tools):
             try:
-                _check_schema(tool.parameters)
-                # Each tool's $defs get their own names: the converter names a $ref's rule after its last part.
-                schema = converter.resolve_refs(_namespaced_defs(tool.parameters, f"t{index}-"), f"tool{index}")
-                rules.append(converter.visit(schema, f"tc-args-{index}"))
-            except GrammarError as exc:
-                raise GrammarError(f"tool '{tool.name}': {exc.message}") from None
-            except Exception as exc:  # noqa: BLE001  (AssertionError, KeyError, ValueError, RecursionError from the converter)
-                raise GrammarError(f"tool '{tool.name}': unsupported parameters schema: {type(exc).__name__}: {_first_line(exc)}") from None
-        text = use.format.grammar(use.tools, rules, _strict_json_chars(converter.format_grammar()), use.choice, use.parallel)
+                rules.append(builder.add(tool.parameters, f"tc-args-{index}", require_object=True))
+            except SchemaError as exc:
+                raise GrammarError(f"tool '{tool.name}': parameters {exc.message}") from None
+        text = use.format.grammar(use.tools, rules, builder.text(), use.choice, use.parallel)
         try:
             use.grammar = self._checked_grammar(text)
         except GrammarError as exc:
@@ -682,81 +672,6 @@ def _first_line(exc: BaseException) -> str:
 
 # llama-cpp-python's converter lets raw control characters into strings, which JSON forbids
 # (json.loads refuses them); llama.cpp's own converter excludes them, as here.
-_LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
-_STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
-
-
-def _strict_json_chars(grammar: str) -> str:
-    return grammar.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE)
-
-
-def _check_schema(schema: Any) -> None:
-    """What llama-cpp-python's converter would crash on, or fetch from the network for."""
-    if not isinstance(schema, (dict, bool)):
-        raise GrammarError(f"invalid JSON schema: expected an object, got {type(schema).__name__}")
-    empty = _empty_choice(schema)
-    if empty is not None:
-        raise GrammarError(f"invalid JSON schema: an empty '{empty}' list matches no value")
-    refs = _schema_refs(schema)
-    remote = next((ref for ref in refs if not ref.startswith("#/")), None)
-    if remote is not None:
-        # The converter would fetch https:// refs: a request must never make the server reach the network.
-        raise GrammarError(f"invalid JSON schema: only local '#/...' $ref are supported, not '{remote[:80]}'")
-
-
-def _namespaced_defs(schema: Any, prefix: str) -> Any:
-    """A copy of `schema` whose $defs/definitions names (and the local $refs to them) start with `prefix`."""
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if key in ("$defs", "definitions") and isinstance(value, dict):
-                out[key] = {prefix + name: walk(sub) for name, sub in value.items()}
-            elif key == "$ref" and isinstance(value, str):
-                parts = value.split("/")
-                local = len(parts) == 3 and parts[0] == "#" and parts[1] in ("$defs", "definitions")
-                out[key] = f"#/{parts[1]}/{prefix}{parts[2]}" if local else value
-            else:
-                out[key] = walk(value)
-        return out
-
-    return walk(schema)
-
-
-def _schema_refs(schema: Any) -> list[str]:
-    """Every $ref in a JSON schema (iterative: a hostile schema may nest deeper than the recursion limit)."""
-    refs: list[str] = []
-    todo = [schema]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if ref is not None:
-                refs.append(ref if isinstance(ref, str) else repr(ref))
-            todo.extend(node.values())
-        elif isinstance(node, list):
-            todo.extend(node)
-    return refs
-
-
-def _empty_choice(schema: Any) -> str | None:
-    """'enum', 'anyOf', 'oneOf' or 'allOf' when one of them is an empty list somewhere in the schema."""
-    todo = [schema]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, dict):
-            for key in ("enum", "anyOf", "oneOf", "allOf"):
-                if node.get(key) == []:
-                    return key
-            todo.extend(node.values())
-        elif isinstance(node, list):
-            todo.extend(node)
-    return None
-
-
 def _opens_think(prompt: str) -> bool:
     return prompt.rstrip().endswith("<think>")
 

@@ -1,7 +1,7 @@
 """Tool calling (OpenAI `tools`): the request's tools checked, the model's own call format
 detected from its chat template, the grammar that makes every call parse, and the streaming
 parser that turns the model's text into calls. Pure: no llama.cpp here (the JSON Schema to GBNF
-conversion is asked of `edgellm.runtime`).
+conversion is edgellm.schema_grammar's).
 
   spec     - `tools`, `tool_choice` and `parallel_tool_calls` from a request, checked
   formats  - the call formats (DeepSeek-R1, Hermes/Qwen2.5, Llama 3.x, generic) and detection

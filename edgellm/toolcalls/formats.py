@@ -54,6 +54,11 @@ class ToolFormat:
 
     # -- the grammar --
 
+    @staticmethod
+    def rule_names(n_tools: int) -> frozenset[str]:
+        """The rule names `grammar` uses itself (the tools' schemas must leave them free)."""
+        return frozenset({"root", "tc-call", *(f"tc-call-{index}" for index in range(n_tools))})
+
     def grammar(self, tools: list[Tool], argument_rules: list[str], rules_text: str,
                 choice: ToolChoice, parallel: bool) -> str:
         """GBNF for everything after `forced_start`: the calls, then the closing. `argument_rules[i]`

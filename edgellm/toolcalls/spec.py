@@ -1,9 +1,9 @@
 """The request side of tool calling: OpenAI `tools` and `tool_choice`, checked. Pure.
 
 Everything here comes from a request body or a file, so it is hostile until checked: names are
-what the formats can carry, parameters are JSON Schemas the grammar can enforce in full (a
-keyword the grammar cannot enforce is refused, so that a call's arguments always validate), and
-sizes are bounded before the schema converter sees anything.
+what the formats can carry, parameters are JSON Schemas for objects that the grammar enforces in
+full (edgellm.schema_grammar refuses what it cannot enforce, so a call's arguments always
+validate), and sizes are bounded before the schema is walked.
 """
 
 from __future__ import annotations
@@ -14,18 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgellm.errors import EdgeLLMError
+from edgellm.schema_grammar import SchemaError, SchemaGrammar
 
 MAX_TOOLS = 128  # OpenAI's limit
 MAX_PARAMETERS_CHARS = 64 * 1024  # per tool; real ones are a few hundred bytes
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # OpenAI's rule: what every format can carry
-# JSON Schema keywords that constrain values and that the GBNF converter ignores: a schema using
-# one could get arguments that do not validate, so it is refused with the keyword named.
-UNENFORCED_KEYWORDS = (
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
-    "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies",
-    "patternProperties", "propertyNames", "minProperties", "maxProperties", "contains",
-    "minContains", "maxContains", "unevaluatedProperties", "unevaluatedItems",
-)
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
@@ -102,7 +95,7 @@ def parse_tools(value: Any, param: str = "tools") -> list[Tool]:
 
 
 def check_parameters(schema: Any, where: str, param: str = "tools") -> None:
-    """A tool's `parameters`: a JSON Schema for an object, with only keywords the grammar enforces."""
+    """A tool's `parameters`: a JSON Schema for objects, all of which the grammar enforces."""
     if not isinstance(schema, dict):
         raise ToolSpecError(f"{where} must be a JSON Schema object, not {_kind(schema)}", param=param)
     try:
@@ -111,35 +104,11 @@ def check_parameters(schema: Any, where: str, param: str = "tools") -> None:
         raise ToolSpecError(f"{where} is not a JSON document", param=param) from None
     if size > MAX_PARAMETERS_CHARS:
         raise ToolSpecError(f"{where} is larger than {MAX_PARAMETERS_CHARS // 1024} KiB", param=param)
-    kind = schema.get("type", "object")
-    if kind != "object":
-        raise ToolSpecError(f"{where} must describe an object (\"type\": \"object\"), not {str(kind)[:40]!r}", param=param)
-    todo: list[Any] = [schema]
-    while todo:  # iterative: a hostile schema may nest deeper than the recursion limit
-        node = todo.pop()
-        if isinstance(node, list):
-            todo.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        for keyword in UNENFORCED_KEYWORDS:
-            if keyword in node:
-                raise ToolSpecError(
-                    f"{where} uses '{keyword}', which the call grammar cannot enforce",
-                    param=param,
-                    hint="drop it (say the limit in the parameter's description instead)",
-                )
-        properties = node.get("properties")
-        required = node.get("required")
-        if isinstance(properties, dict) and isinstance(required, list):
-            missing = [name for name in required if name not in properties]
-            if missing and node.get("additionalProperties") in (None, False):
-                raise ToolSpecError(f"{where} requires '{str(missing[0])[:40]}', which is not among its properties", param=param)
-        for key, value in node.items():
-            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
-                todo.extend(value.values())  # names of properties and definitions are data, not keywords
-            elif key not in ("enum", "const", "default", "examples", "required"):
-                todo.append(value)
+    try:
+        SchemaGrammar().add(schema, "arguments", require_object=True)
+    except SchemaError as exc:
+        raise ToolSpecError(f"{where}: {exc.message}", param=param,
+                            hint="every call's arguments must validate, so the grammar enforces the whole schema") from None
 
 
 def parse_tool_choice(value: Any, tools: list[Tool], param: str = "tool_choice") -> ToolChoice:
