@@ -30,6 +30,8 @@ CMD_HELLO = 14  # always 14, in every protocol version
 CMD_DEVICE_COUNT = 15
 CONN_CAPS_SIZE = 24  # transport capabilities in HELLO (RDMA); zeros: plain TCP
 MAX_DEVICES = 16  # GGML_RPC_MAX_SERVERS; a worker claiming more is not a llama.cpp worker
+# What an `edgellm worker` busy with another client answers a HELLO with (edgellm.rpc_relay).
+BUSY_PREFIX = b"edgellm worker busy: "
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -177,6 +179,10 @@ def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT_S) -> WorkerInfo:
     try:
         hello = connection.call(CMD_HELLO, bytes(CONN_CAPS_SIZE), "the handshake")
         rtt = time.perf_counter() - started
+        if hello.startswith(BUSY_PREFIX):
+            said = hello.removeprefix(BUSY_PREFIX).decode("ascii", "replace")
+            raise WorkerError(f"worker {endpoint} is busy: {said}",
+                              hint="stop the other edgellm using it, or start another worker for this board")
         if len(hello) != 4 + CONN_CAPS_SIZE:
             raise WorkerError(f"worker {endpoint}: unexpected handshake ({len(hello)} bytes)", hint=_NOT_A_WORKER)
         version = (hello[0], hello[1], hello[2])

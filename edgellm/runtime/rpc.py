@@ -99,6 +99,9 @@ def _ggml_rpc() -> Any:
     lib = _open("libggml-rpc")
     lib.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
     lib.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
+    lib.ggml_backend_rpc_get_device_memory.restype = None
+    lib.ggml_backend_rpc_get_device_memory.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_size_t),
+                                                       ctypes.POINTER(ctypes.c_size_t)]
     lib.ggml_backend_rpc_start_server.restype = None
     lib.ggml_backend_rpc_start_server.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
                                                   ctypes.POINTER(ctypes.c_void_p)]
@@ -180,7 +183,59 @@ def keep_alive_worker_sockets() -> int:
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
         _worker_sockets[local] = sock
         _socket_endpoints[local] = wanted[peer]
+    if _worker_sockets and not _heartbeat:
+        _heartbeat.append(threading.Thread(target=_beat, name="rpc-heartbeat", daemon=True))
+        _heartbeat[0].start()
     return len(_worker_sockets)
+
+
+# ---- a main board that idles (serve between requests, chat while its user reads) -------------
+# An `edgellm worker` drops a client that has been quiet for its --idle-timeout (300 s by default)
+# while it owes it no reply: a connection quiet for HEARTBEAT_S is asked the worker's memory (one
+# round trip through llama.cpp's own connection, queued behind whatever else it sends).
+# EDGELLM_RPC_HEARTBEAT_S sets it (tests).
+HEARTBEAT_S = 30.0
+_heartbeat: list[threading.Thread] = []
+
+
+def _beat() -> None:
+    every = float(os.environ.get("EDGELLM_RPC_HEARTBEAT_S") or HEARTBEAT_S)
+    while True:
+        time.sleep(min(5.0, every / 2))
+        for local, sock in list(_worker_sockets.items()):
+            if not _held_by_llama_cpp(sock):  # the model is gone, and its connection: ours is the last handle
+                sock.close()
+                _worker_sockets.pop(local, None)
+                continue
+            if _quiet_ms(sock) >= every * 1000:
+                free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+                _ggml_rpc().ggml_backend_rpc_get_device_memory(str(_socket_endpoints[local]).encode(), 0,
+                                                                ctypes.byref(free), ctypes.byref(total))
+
+
+def _quiet_ms(sock: socket.socket) -> float:
+    """How long nothing went either way on this connection (Linux's TCP_INFO; elsewhere: long)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except (AttributeError, OSError):
+        return float("inf")
+    return float(min(struct.unpack_from("<I", info, TCP_INFO_LAST_DATA_SENT)[0], struct.unpack_from("<I", info, TCP_INFO_LAST_DATA_RECV)[0]))
+
+
+def _held_by_llama_cpp(sock: socket.socket) -> bool:
+    """Whether another descriptor of this process (llama.cpp's) is on the same connection: asking
+    llama.cpp for a worker's memory without one would open a connection of its own."""
+    try:
+        ours = os.fstat(sock.fileno())
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return True
+    holders = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            other = os.stat(f"/proc/self/fd/{name}")
+            holders += (other.st_dev, other.st_ino) == (ours.st_dev, ours.st_ino)
+    return holders >= 2
 
 
 # ---- a worker that accepts but never answers (hung, or its board swapping itself to death) ----
@@ -300,7 +355,7 @@ def lost_worker_message(native: str) -> str:
         return (f"worker {', '.join(gone)} went away ({detail.rstrip('.')}); the model's layers there are lost, "
                 "so edgellm stops: restart `edgellm worker` on that board, then run again")
     return (f"a worker ({', '.join(map(str, _attached))}) stopped answering ({detail.rstrip('.')}); "
-            "edgellm stops: check the workers, then run again")
+            "edgellm stops: check the workers (an `edgellm worker` says on its stderr why it dropped a client), then run again")
 
 
 # ---- the worker side ------------------------------------------------------------------------
@@ -317,8 +372,8 @@ def serve(endpoint: Endpoint, *, offer_bytes: int, threads: int, quiet: bool = T
 
     @ABORT_CALLBACK
     def on_abort(message: bytes | None) -> None:
-        detail = (message or b"").decode("utf-8", "replace").strip().split(": ", 1)[-1]
-        _exit_with(f"the worker stopped: llama.cpp could not go on ({detail})")
+        # In `edgellm worker`'s child: the parent says this line when it starts the server again.
+        _exit_with((message or b"").decode("utf-8", "replace").strip().split(": ", 1)[-1])
 
     _keep_alive.append(on_abort)
     _ggml_base().ggml_set_abort_callback(on_abort)
