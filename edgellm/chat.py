@@ -26,6 +26,7 @@ from typing import IO, Any, Protocol
 from edgellm import ui
 from edgellm.errors import EdgeLLMError, UsageError
 from edgellm.hardware import cpu_temperature, format_cpu_list, read_regular_file
+from edgellm.jsondepth import max_depth
 from edgellm.reasoning import ANSWER
 from edgellm.response import Response
 from edgellm.runtime import (  # llama_cpp loads lazily
@@ -43,6 +44,7 @@ TRANSCRIPT_FORMAT = "edgellm-chat"
 TRANSCRIPT_VERSION = 1
 NO_LIMIT_WORDS = ("none", "off", "default", "random")
 MAX_TRANSCRIPT_BYTES = 64 * 1024**2  # a context's worth of text is well under 1 MiB
+MAX_TRANSCRIPT_DEPTH = 16  # a transcript nests 3 deep (the file, its messages, a message)
 
 COMMAND_HELP: dict[str, str] = {
     "/help": "show this help",
@@ -147,6 +149,8 @@ def load_transcript(path: Path) -> Conversation:
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TranscriptError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if max_depth(text) > MAX_TRANSCRIPT_DEPTH:  # json.loads would recurse until a RecursionError
+        raise TranscriptError(f"{path}: nests more than {MAX_TRANSCRIPT_DEPTH} levels deep; not a chat transcript")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -23,6 +23,9 @@ MAX_RULES = 10_000  # named, grouped and repetition-generated rules together
 MAX_REPETITION_THRESHOLD = 2000
 # Calls llama.cpp's left-recursion check would make (it revisits shared rules every time).
 MAX_LEFT_RECURSION_WORK = 1_000_000
+# Elements llama.cpp would hold after expanding repetitions: "<100 KB literal>"{0,2000} is 200M
+# (GBs in llama.cpp, and 30 s to check here before this limit).
+MAX_EXPANDED_ELEMENTS = 500_000
 
 _HEX_WIDTH = {"x": 2, "u": 4, "U": 8}
 _SIMPLE_ESCAPES = {"t": "\t", "r": "\r", "n": "\n", "\\": "\\", '"': '"', "[": "[", "]": "]", "-": "-"}
@@ -39,6 +42,7 @@ class ParsedGrammar:
     names: dict[str, int] = field(default_factory=dict)
     rules: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
     tokens: list[str] = field(default_factory=list)  # `<name>` tokens: the caller checks them
+    copied: int = 0  # elements repetitions copied (llama.cpp copies them too, in memory)
 
     def symbol(self, name: str) -> int:
         return self.names.setdefault(name, len(self.names))
@@ -167,12 +171,15 @@ class _Parser:
             if n_prev_rules * total > MAX_REPETITION_THRESHOLD:
                 raise _Fail(f"the repetition at {self.where(pos)} makes more than {MAX_REPETITION_THRESHOLD} rules")
             previous = elements[last_start:]
+            optional = 1 if high is None else high - low
+            self.grammar.copied += len(previous) * (max(low - 1, 0) + optional)
+            if self.grammar.copied > MAX_EXPANDED_ELEMENTS:
+                raise _Fail(f"the repetition at {self.where(pos)} expands the grammar past {MAX_EXPANDED_ELEMENTS:,} elements")
             if low == 0:
                 del elements[last_start:]
             else:
                 for _ in range(low - 1):
                     elements.extend(previous)
-            optional = 1 if high is None else high - low
             last_rule = 0
             for index in range(optional):
                 rule_id = self.grammar.generated(name)
@@ -312,15 +319,7 @@ def _check_structure(grammar: ParsedGrammar, root: str) -> None:
     # Which rules can match the empty string, followed through references. llama.cpp's own check
     # only looks for a literally empty alternative, so it misses `a ::= ws a` with `ws ::= " "*`,
     # and then expands that rule forever at the first token (std::bad_alloc, an abort).
-    may_be_empty = {rule_id: False for rule_id in alternatives}
-    changed = True
-    while changed:
-        changed = False
-        for rule_id, alts in alternatives.items():
-            if not may_be_empty[rule_id] and any(
-                all(kind == REF and may_be_empty[value] for kind, value in alt) for alt in alts
-            ):
-                may_be_empty[rule_id] = changed = True
+    may_be_empty = _nullable(alternatives)
 
     # Edges from a rule to the rules it can start with: (target, quirky, grows). `quirky`: llama.cpp's
     # own left-recursion walk follows it; `grows`: more of the alternative follows the reference, so
@@ -364,6 +363,37 @@ def _check_structure(grammar: ParsedGrammar, root: str) -> None:
         work[rule_id] = min(1 + sum(work[t] for t, q, _ in edges[rule_id] if q), MAX_LEFT_RECURSION_WORK + 1)
     if sum(work.values()) > MAX_LEFT_RECURSION_WORK:
         raise _Fail("the grammar's rules branch into each other too much for llama.cpp to check in reasonable time")
+
+
+def _nullable(alternatives: dict[int, list[list[tuple[str, int]]]]) -> dict[int, bool]:
+    """Which rules can match the empty string: a worklist, linear in the grammar's size (a
+    fixpoint over all rules took seconds on a chain of 2,000 rules, one rule per pass)."""
+    nullable = {rule_id: False for rule_id in alternatives}
+    waiting: list[int] = []  # per alternative: references not yet known to match nothing
+    owner: list[int] = []
+    users: dict[int, list[int]] = {}
+    ready: list[int] = []
+    for rule_id, alts in alternatives.items():
+        for alt in alts:
+            if any(kind != REF for kind, _ in alt):
+                continue  # a terminal: never empty
+            index = len(waiting)
+            waiting.append(len(alt))
+            owner.append(rule_id)
+            for _, value in alt:
+                users.setdefault(value, []).append(index)
+            if not alt:
+                ready.append(rule_id)
+    while ready:
+        rule_id = ready.pop()
+        if nullable[rule_id]:
+            continue
+        nullable[rule_id] = True
+        for index in users.get(rule_id, []):
+            waiting[index] -= 1
+            if waiting[index] == 0:
+                ready.append(owner[index])
+    return nullable
 
 
 def _postorder(graph: dict[int, list[int]]) -> list[int]:

@@ -18,19 +18,18 @@ import ipaddress
 import json
 import re
 from collections import OrderedDict
-from itertools import accumulate
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from edgellm.jsondepth import max_depth
 
 HEAD_TIMEOUT_S = 5.0  # as long as uvicorn's keep-alive timeout: a real client sends its head at once
 MAX_WAITING_FOR_HEAD = 256  # connections that have sent no complete head yet; beyond it the oldest goes
 MAX_JSON_DEPTH = 64  # OpenAI request bodies nest about 6 deep (tools' JSON schemas a little more)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in _DEPTH_STEP)
 
 
 def head_deadline_protocol(timeout_s: float = HEAD_TIMEOUT_S, max_waiting: int = MAX_WAITING_FOR_HEAD) -> type[H11Protocol]:
@@ -171,7 +170,7 @@ def _refuse_constant(name: str) -> Any:
 
 def parse_json_body(raw: bytes) -> Any:
     """Parse a request body; BodyError for anything edgellm must not pass on to the handlers."""
-    depth = _max_depth(raw)
+    depth = max_depth(raw)
     if depth > MAX_JSON_DEPTH:
         raise BodyError(f"the JSON nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
     try:
@@ -184,14 +183,6 @@ def parse_json_body(raw: bytes) -> Any:
     if where is not None:
         raise BodyError(f"{where} holds an unpaired UTF-16 surrogate (such as \\ud800), which is not valid Unicode")
     return data
-
-
-def _max_depth(raw: bytes) -> int:
-    """Bracket nesting outside strings, without parsing (json.loads itself recurses)."""
-    # Drop strings (escaped quotes included) first, so brackets inside them do not count.
-    text = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", raw)
-    brackets = text.translate(None, _NOT_BRACKETS)
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
 def _surrogate_path(data: Any) -> str | None:

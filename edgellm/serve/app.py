@@ -24,7 +24,7 @@ from edgellm.metrics import Metrics
 from edgellm.runtime import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.sdnotify import Notifier
-from edgellm.serve.access_log import RequestLog
+from edgellm.serve.access_log import RequestLog, loggable
 from edgellm.serve.errors import (
     RETRY_AFTER_SECONDS,
     APIError,
@@ -48,6 +48,12 @@ from edgellm.toolcalls import ToolSpecError, ToolUse, parse_tool_choice, parse_t
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 5
+# Requests prepared at once (template, tokenizer, grammar checks): more than one, so a slow one does
+# not hold up the others; few, as they share the board's cores with generation.
+PREPARE_THREADS = 2
+# Unknown request fields are named in the log once each: this many names, this long at most.
+MAX_LOGGED_FIELDS = 64
+MAX_LOGGED_FIELD_NAME = 64
 # A body has this long to arrive once its head has: a client trickling bytes holds nothing longer.
 BODY_TIMEOUT_SECONDS = 30
 
@@ -90,7 +96,7 @@ class Server:
         slots = len(self.scheduler.slots)
         self.admission = Admission(slots, config.queue_size)
         self.generator = self._generator_thread()
-        self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgellm-prepare")
+        self.preparer = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="edgellm-prepare")
         self.max_piece_bytes = int(engine.max_piece_bytes)
         self.active_jobs: set[GenerationJob] = set()
         self.ignored_fields: set[str] = set()  # unknown request fields already logged
@@ -341,9 +347,10 @@ class Server:
     def sampling(self, body: SamplingFields, max_tokens: int | None) -> SamplingParams:
         self.check_model(body.model)
         for name in body.model_extra or {}:
-            if name not in self.ignored_fields and len(self.ignored_fields) < 1000:
-                self.ignored_fields.add(name)
-                ui.info(f"note: ignoring the request field '{name}' (not an OpenAI or llama.cpp field edgellm uses); said once")
+            shown = loggable(name, MAX_LOGGED_FIELD_NAME)  # kept and logged clipped: names may be megabytes
+            if shown not in self.ignored_fields and len(self.ignored_fields) < MAX_LOGGED_FIELDS:
+                self.ignored_fields.add(shown)
+                ui.info(f"note: ignoring the request field '{shown}' (not an OpenAI or llama.cpp field edgellm uses); said once")
         unsupported = {
             "logit_bias": bool(body.logit_bias),
             "logprobs": bool(body.logprobs),
@@ -388,8 +395,10 @@ class Server:
         if body.grammar and params.tool_use is not None and params.tool_use.active:
             raise APIError(400, "use either tools or grammar, not both (or tool_choice 'none')", param="grammar")
         messages = [m.to_template(i) for i, m in enumerate(body.messages)]
-        self.check_size(len(messages), sum(len(m["content"] or "") + len(json.dumps(m.get("tool_calls") or "")) for m in messages),
-                        "messages")
+        # The tools are rendered into the prompt too: a 3.6 MB description was tokenized (7 s) before it was refused.
+        tools_chars = len(json.dumps(body.tools)) if body.tools else 0
+        self.check_size(len(messages), tools_chars + sum(len(m["content"] or "") + len(json.dumps(m.get("tool_calls") or ""))
+                                                         for m in messages), "messages")
         template_kwargs = template_variables(body.chat_template_kwargs)
         param = "response_format" if body.response_format is not None else "tools" if params.tool_use else "grammar"
         dropped: list[int] = []
@@ -526,18 +535,30 @@ class Server:
         """Template, tokenizer and grammar work in the preparation thread, before the generation
         slot is taken: a huge or hostile request costs its own time, not everyone's."""
         engine = self.loaded_engine
+        gone = threading.Event()
+
+        def step() -> None:
+            if gone.is_set():
+                raise ClientGone()  # the client left: the rest of the work is not done
 
         def work() -> Prompt:
+            step()
             text = engine.grammar_text(params)
             params.grammar, params.json_schema = text, None  # checked once; generation reuses it
+            step()
             if params.tool_use is not None and params.tool_use.active:
                 engine.tool_grammar(params.tool_use)  # kept on the ToolUse
+                step()
             return make_prompt()
 
         future = asyncio.get_running_loop().run_in_executor(self.preparer, work)
-        # A client that leaves does not stop the work already running; its outcome is dropped.
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        await wait_watching_client(future, request)
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())  # an outcome nobody reads
+        try:
+            await wait_watching_client(future, request)
+        except ClientGone:
+            gone.set()  # a preparation not started is dropped; one under way stops at its next step
+            future.cancel()
+            raise
         try:
             return future.result()
         except GrammarError as exc:

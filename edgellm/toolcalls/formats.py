@@ -21,7 +21,10 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from edgellm.jsondepth import max_depth
 from edgellm.toolcalls.spec import Tool, ToolChoice, ToolSpecError
+
+MAX_ARGUMENTS_DEPTH = 64  # a call's arguments in the history: as deep as a whole request body may be
 
 # The distills write the opening tag in several spellings; llama.cpp's common/chat.cpp accepts
 # these five. The markers are not single tokens in the published vocabularies: they are text.
@@ -125,9 +128,11 @@ class ToolFormat:
             raise ToolSpecError(f"{where} needs a function with a name", param="messages")
         arguments = function.get("arguments", "{}")
         if isinstance(arguments, str):
+            if max_depth(arguments) > MAX_ARGUMENTS_DEPTH:  # json.loads would recurse until a RecursionError
+                raise ToolSpecError(f"{where}.function.arguments nests more than {MAX_ARGUMENTS_DEPTH} levels deep", param="messages")
             try:
                 parsed = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ToolSpecError(f"{where}.function.arguments is not valid JSON", param="messages") from None
         elif isinstance(arguments, dict):
             parsed = arguments
