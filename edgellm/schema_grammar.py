@@ -30,6 +30,7 @@ MAX_REPEAT = 1000  # minLength/maxLength/minItems/maxItems and {m,n} in patterns
 MAX_DEPTH = 64  # nested schemas (each level is a Python frame here)
 MAX_NODES = 20_000  # schema nodes visited, $ref targets once
 MAX_INT_DIGITS = 16  # integers the grammar writes: up to 16 digits, as llama.cpp's converter
+MAX_NUMBER_BOUND = 10**9  # bounds on non-integer numbers: whole, and small enough to leave digits for a fraction
 MAX_PATTERN_CHARS = 1000
 
 # Keywords that constrain values and that the grammar cannot enforce: refused, with the keyword named.
@@ -370,26 +371,45 @@ class SchemaGrammar:
         bounds = [keyword for keyword in _NUMBER_BOUNDS if keyword in node]
         if not bounds:
             return self._primitive(kind)
-        if kind == "number":
-            raise SchemaError(f"{_at(path)}'{bounds[0]}' on a 'number' cannot be enforced by the grammar: "
-                              "use \"type\": \"integer\" for a bounded whole number, or drop it")
-        low, high = -(10**MAX_INT_DIGITS - 1), 10**MAX_INT_DIGITS - 1
         for keyword in bounds:
             value = node[keyword]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise SchemaError(f"{_at(path)}'{keyword}' must be a number")
-            if keyword == "minimum":
-                low = max(low, math.ceil(value))
-            elif keyword == "exclusiveMinimum":
-                low = max(low, math.floor(value) + 1)
-            elif keyword == "maximum":
-                high = min(high, math.floor(value))
-            else:
-                high = min(high, math.ceil(value) - 1)
-        if low > high:
-            raise SchemaError(f"{_at(path)}no integer is within its bounds ({', '.join(bounds)})")
         self._primitive("space")
-        return self._new_rule(hint, "(" + integer_range(low, high) + ") space")
+        if kind == "integer":
+            low, high = -(10**MAX_INT_DIGITS - 1), 10**MAX_INT_DIGITS - 1
+            for keyword in bounds:
+                value = node[keyword]
+                if keyword == "minimum":
+                    low = max(low, math.ceil(value))
+                elif keyword == "exclusiveMinimum":
+                    low = max(low, math.floor(value) + 1)
+                elif keyword == "maximum":
+                    high = min(high, math.floor(value))
+                else:
+                    high = min(high, math.ceil(value) - 1)
+            if low > high:
+                raise SchemaError(f"{_at(path)}no integer is within its bounds ({', '.join(bounds)})")
+            return self._new_rule(hint, "(" + integer_range(low, high) + ") space")
+        # A number: whole-number bounds only (0 to 1, 1 to 5, ...), written without an exponent.
+        ends: dict[str, tuple[int, bool]] = {}
+        for keyword in bounds:
+            value = node[keyword]
+            if float(value) != int(value) or abs(value) > MAX_NUMBER_BOUND:
+                raise SchemaError(f"{_at(path)}'{keyword}' {value} on a 'number' cannot be enforced by the grammar: "
+                                  f"only whole-number bounds up to {MAX_NUMBER_BOUND:,} are")
+            side = "low" if keyword in ("minimum", "exclusiveMinimum") else "high"
+            bound = (int(value), keyword.startswith("exclusive"))
+            # the tighter of two bounds on one side: further in, or as far and open
+            tightness = (bound[0] if side == "low" else -bound[0], bound[1])
+            if side not in ends or tightness > (ends[side][0] if side == "low" else -ends[side][0], ends[side][1]):
+                ends[side] = bound
+        low, low_open = ends.get("low", (None, False))
+        high, high_open = ends.get("high", (None, False))
+        body = number_range(low, low_open, high, high_open)
+        if not body:
+            raise SchemaError(f"{_at(path)}no number is within its bounds ({', '.join(bounds)})")
+        return self._new_rule(hint, "(" + body + ") space")
 
     def _array(self, node: dict[str, Any], doc: int, path: str, hint: str, depth: int) -> str:
         low = _count(node, "minItems", 0, path)
@@ -513,6 +533,40 @@ def integer_range(low: int, high: int) -> str:
         low = 0
     if high >= 0 and low <= high:
         parts.append(_natural_range(low, high))
+    return " | ".join(parts)
+
+
+def number_range(low: int | None, low_open: bool, high: int | None, high_open: bool) -> str:
+    """GBNF for JSON numbers (no exponent) between whole-number bounds (None: none; open: the bound
+    itself excluded), or "" when there are none. At most 15 significant digits, so that the double
+    a parser reads stays on the right side of the bound."""
+    if low is not None and low >= 0:
+        return _magnitudes(low, low_open, high, high_open)
+    if high is not None and high <= 0:
+        body = _magnitudes(-high, high_open, None if low is None else -low, low_open)
+        return f'"-" ({body})' if body else ""
+    # Below zero and above: "-" magnitudes up to |low|, and magnitudes up to high.
+    negative = _magnitudes(0, True, None if low is None else -low, low_open)
+    positive = _magnitudes(0, False, high, high_open)
+    return " | ".join(part for part in (f'"-" ({negative})' if negative else "", positive) if part)
+
+
+def _magnitudes(low: int, low_open: bool, high: int | None, high_open: bool) -> str:
+    """Non-negative decimals m with low <(=) m <(=) high (high None: up to 16 integer digits)."""
+    top = high if high is not None else 10**MAX_INT_DIGITS - 1
+    if low > top or (low == top and (low_open or (high_open and high is not None))):
+        return ""
+    near = ([len(str(low))] if low_open else []) + ([len(str(high))] if high is not None else [])  # bounds a fraction could round onto
+    digits = max(1, 15 - max(near)) if near else 15
+    fraction = f'"." [0-9]{{1,{digits}}}'
+    nonzero = f'"." [0-9]{{0,{digits - 1}}} [1-9]' if digits > 1 else '"." [1-9]'
+    if low == top:
+        return f'"{low}"'
+    parts = [f'"{low}" {nonzero}' if low_open else f'"{low}" ({fraction})?']
+    if low + 1 <= top - 1:
+        parts.append(f"({_natural_range(low + 1, top - 1)}) ({fraction})?")
+    if not (high_open and high is not None):
+        parts.append(f'"{top}"' if high is not None else f'"{top}" ({fraction})?')
     return " | ".join(parts)
 
 

@@ -55,7 +55,8 @@ HUGE = 1_000_000_000
     ({"type": "object", "enum": [1, 2]}, "the enum value 1 is not of type object"),
     ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "'oneOf' alternatives that one value could match twice"),
     ({"type": "integer", "multipleOf": 3}, "'multipleOf' cannot be enforced"),
-    ({"type": "number", "minimum": 0.5}, "'minimum' on a 'number' cannot be enforced"),
+    ({"type": "number", "minimum": 0.5}, "'minimum' 0.5 on a 'number' cannot be enforced by the grammar: only whole-number bounds"),
+    ({"type": "number", "exclusiveMinimum": 1, "exclusiveMaximum": 1}, "no number is within its bounds"),
     ({"type": "integer", "minimum": 5, "maximum": 4}, "no integer is within its bounds"),
     ({"type": "array", "uniqueItems": True}, "'uniqueItems' cannot be enforced"),
     ({"type": "string", "pattern": "^(?=a)b$"}, "lookarounds"),
@@ -135,6 +136,32 @@ def test_integer_ranges_match_exactly_their_integers(low: int, high: int) -> Non
         assert bool(re.fullmatch(regex, str(value))) == (low <= value <= high), (value, expression)
 
 
+@pytest.mark.parametrize("bounds", [
+    {"minimum": 0, "maximum": 1}, {"exclusiveMinimum": 0, "exclusiveMaximum": 1}, {"minimum": -1, "exclusiveMaximum": 1},
+    {"exclusiveMinimum": -5, "maximum": -2}, {"exclusiveMaximum": 0}, {"minimum": 3}, {"minimum": 7, "maximum": 7},
+])
+def test_number_ranges_hold_only_numbers_within_their_bounds(bounds: dict[str, int]) -> None:
+    import re
+
+    from edgellm.schema_grammar import number_range
+
+    low = bounds.get("minimum", bounds.get("exclusiveMinimum"))
+    high = bounds.get("maximum", bounds.get("exclusiveMaximum"))
+    expression = number_range(low, "exclusiveMinimum" in bounds, high, "exclusiveMaximum" in bounds)
+    regex = re.compile(expression.replace('"', "").replace(" ", ""))
+    validator = jsonschema.Draft202012Validator({"type": "number", **bounds})
+    rng = random.Random(5)
+    matched = 0
+    for _ in range(5000):
+        value = rng.choice([rng.randint(-12, 12), round(rng.uniform(-12, 12), rng.randint(1, 6))])
+        for text in {str(value), f"{value:.1f}", "0.99999999999999", "-0.5", "1.000001"}:
+            if regex.fullmatch(text):
+                matched += 1
+                assert validator.is_valid(json.loads(text)), (text, expression)
+    assert matched > 50
+    check_grammar(f"root ::= {expression}")
+
+
 def test_patterns_write_json_text_for_quotes_backslashes_and_controls() -> None:
     assert pattern_rule('^"$') == '"\\\\\\""'  # the JSON text \" for the character "
     assert pattern_rule("^\\\\$") == '"\\\\\\\\"'  # the JSON text \\ for one backslash
@@ -198,7 +225,11 @@ class SchemaMaker:
         return schema
 
     def number(self, depth: int) -> dict[str, Any]:
-        return {"type": "number", **({"minimum": 0} if self.rng.random() < 0.2 else {})}
+        schema: dict[str, Any] = {"type": "number"}
+        if self.rng.random() < 0.6:
+            for keyword in self.rng.sample(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"], self.rng.randint(1, 2)):
+                schema[keyword] = self.rng.choice([-100, -1, 0, 1, 5, 0.25])
+        return schema
 
     def boolean(self, depth: int) -> dict[str, Any]:
         return {"type": "boolean", "description": "annotation"}

@@ -143,7 +143,7 @@ def test_the_format_is_read_from_the_template(template: str | None, expected: tu
     ([{"type": "function", "function": {"name": "f", "parameters": []}}], "must be a JSON Schema object, not list"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], "must describe an object"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-        "n": {"type": "number", "minimum": 1}}}}}], "'minimum' on a 'number' cannot be enforced by the grammar"),
+        "n": {"type": "number", "minimum": 1.5}}}}}], "'minimum' 1.5 on a 'number' cannot be enforced by the grammar"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {},
         "required": ["q"]}}}], "'required' names 'q', which is not among its properties"),
     ([{"type": "function", "function": {"name": "f", "description": 3}}], "description must be a string"),
