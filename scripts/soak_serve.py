@@ -1025,12 +1025,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the clients' random mix (default 0)")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="soak-serve-"))
     if args.url:
         # Its /metrics is compared from a baseline taken here: other clients of that server would show up as a mismatch.
         server = Server(args.url, args.api_key, args.pid)
         model = "already served"
     else:
+        workdir = Path(tempfile.mkdtemp(prefix="soak-serve-"))  # the model built here and the server's log
         model_path = args.model or build_model(workdir)
         model = str(model_path)
         print(f"starting edgellm serve on {model_path} (log: {workdir / 'serve.log'})", flush=True)
@@ -1046,8 +1046,8 @@ def main() -> None:
     finally:
         exit_code = server.stop()  # SIGTERM, as systemd stops it (a no-op if it is gone or not ours)
     failures = report(soak, args, model, exit_code)
-    if not args.model and not args.url:
-        (workdir / "tiny-8k.gguf").unlink(missing_ok=True)  # the log stays, next to where it was
+    if not args.model and server.log_path is not None:
+        (server.log_path.parent / "tiny-8k.gguf").unlink(missing_ok=True)  # the log stays
     sys.exit(1 if failures else 0)
 
 
