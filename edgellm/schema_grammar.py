@@ -216,15 +216,9 @@ class SchemaGrammar:
         key = (doc, ref)
         if key in self._refs:  # seen, or being made (a recursive schema): its rule, by name
             return self._refs[key]
-        target = self._documents[doc].root
-        for part in ref[2:].split("/") if ref != "#" else []:
-            part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
-            if isinstance(target, dict) and part in target:
-                target = target[part]
-            elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
-                target = target[int(part)]
-            else:
-                raise SchemaError(f"{_at(path)}'$ref' {_clip(ref)!r} points at nothing")
+        target = _pointed(self._documents[doc].root, ref)
+        if target is _NOTHING:
+            raise SchemaError(f"{_at(path)}'$ref' {_clip(ref)!r} points at nothing")
         name = self._new_rule(f"{self._documents[doc].label}-ref-{ref.rsplit('/', 1)[-1]}")
         self._refs[key] = (name, _ALL_KINDS)
         body, kinds = self._visit(target, doc, ref[1:], name, depth + 1)
@@ -269,15 +263,11 @@ class SchemaGrammar:
     def _resolved(self, schema: Any, doc: int) -> Any:
         """schema, with $refs followed (a few hops; a cycle gives the last schema seen)."""
         for _ in range(16):
-            if not (isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#")):
+            if not (isinstance(schema, dict) and isinstance(schema.get("$ref"), str)):
                 return schema
-            target = self._documents[doc].root
-            for part in schema["$ref"][2:].split("/") if schema["$ref"] != "#" else []:
-                part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
-                if not isinstance(target, dict) or part not in target:
-                    return None
-                target = target[part]
-            schema = target
+            schema = _pointed(self._documents[doc].root, schema["$ref"])
+            if schema is _NOTHING:
+                return None
         return schema
 
     def _merged(self, node: dict[str, Any], doc: int, path: str) -> dict[str, Any]:
@@ -602,6 +592,26 @@ def _same_length(low: str, high: str) -> str:
     if high[1:] != nines:
         parts.append(f'"{high[0]}" (' + _same_length(zeros, high[1:]) + ")")
     return " | ".join(parts)
+
+
+_NOTHING = object()
+
+
+def _pointed(root: Any, ref: str) -> Any:
+    """What a local $ref ('#' or '#/a/b', JSON Pointer escapes and %-encoding undone) points at in
+    `root`, or _NOTHING."""
+    if ref != "#" and not ref.startswith("#/"):
+        return _NOTHING
+    target = root
+    for part in ref[2:].split("/") if ref != "#" else []:
+        part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            return _NOTHING
+    return target
 
 
 def _non_empty(value: Any, keyword: str, path: str) -> None:

@@ -984,7 +984,7 @@ def report(soak: Soak, args: argparse.Namespace, model: str, exit_code: int | No
     stopped = probe["busy_s"] < ABANDONED_STOPPED_S
     print(f"a non-streamed request dropped after 0.3 s (max_tokens {ABANDONED_TOKENS}): its slot was busy {probe['busy_s']:.2f} s "
           f"after the hang-up, {probe['generated']:.0f} tokens generated: "
-          + ("stopped" if stopped else "WARN: it generated on for nobody (not one of the pass/fail checks)"))
+          + ("stopped" if stopped else "FAIL: it generated on for nobody"))
     health, idle, slots = soak.end_state["health"], soak.end_state["idle"], len(soak.end_state["slots"])
     print(f"end: {idle} of {slots} slots idle, busy {health.get('busy')}, queued {health.get('queued')}")
     log_lines = soak.server.lines
@@ -1005,6 +1005,7 @@ def report(soak: Soak, args: argparse.Namespace, model: str, exit_code: int | No
         (idle != slots or bool(health.get("busy")) or bool(health.get("queued")), "slots not idle at the end"),
         (soak.server.process is not None and exit_code != 0, f"the server exited with {exit_code}"),
         (tracebacks > 0, f"{tracebacks} tracebacks in the server's log"),
+        (not stopped, "a dropped request that is not streamed generated on"),
     ]
     failures = [reason for failed, reason in checks if failed]
     print("RESULT: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))

@@ -251,3 +251,22 @@ def test_a_path_with_a_newline_is_logged_on_one_line(server: ServerProcess) -> N
     http("GET", server.root + "/x%0AGET%20/health%20200%20|%20FORGED", None, {})  # the server decodes %0A to a newline
     line = server.wait_for_line("FORGED", start_line)
     assert line.startswith("GET /x\\nGET /health 200 | FORGED 404")  # main: two lines, the second forged
+
+
+# --- found by scripts/soak_serve.py: a reply that is not streamed, dropped by its client ------------
+
+
+def test_a_dropped_request_that_is_not_streamed_stops_generating(server: ServerProcess) -> None:
+    import socket
+
+    host, port = server.root.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"messages": USER, "max_tokens": 4000, "ignore_eos": True, "seed": 1, "stream": False}).encode()
+    start_line = server.line_count()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.5)
+    line = server.wait_for_line(r"POST /v1/chat/completions", start_line)
+    # main: "200 | 4000 tokens", the slot busy for seconds after the client had gone
+    assert "client disconnected: generation stopped" in line, line
+    assert int(line.split(" tokens")[0].rsplit("| ", 1)[1]) < 4000

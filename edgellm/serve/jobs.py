@@ -118,12 +118,21 @@ class GenerationJob:
 class ItemReader:
     """Reads a job's items, noticing a vanished client while nothing arrives."""
 
-    def __init__(self, job: GenerationJob, request: Request) -> None:
+    def __init__(self, job: GenerationJob, request: Request, *, streamed: bool) -> None:
         self.job = job
         self.request = request
+        self.streamed = streamed
         self._getter: asyncio.Future[Item] | None = None
+        self._checked = time.monotonic()
 
     async def next(self) -> Item:
+        # While tokens keep coming, wait_watching_client never waits long enough to look: a reply
+        # that is not streamed (nothing is sent until the end, so no send fails) would generate on
+        # for nobody. A streamed one learns it from its next send.
+        if not self.streamed and time.monotonic() - self._checked >= DISCONNECT_POLL_SECONDS:
+            self._checked = time.monotonic()
+            if await self.request.is_disconnected():
+                raise ClientGone()
         if self._getter is None:
             try:
                 return self.job.items.get_nowait()

@@ -40,7 +40,7 @@ class Reply:
 
     async def respond(self, prompt: Prompt, params: SamplingParams, *, include_usage: bool) -> Response:
         job = self.server.start_job(prompt, params, self.id)
-        reader = ItemReader(job, self.request)
+        reader = ItemReader(job, self.request, streamed=self.stream)
         try:
             # Wait for the first event before answering, so that a prompt too long for the context
             # or a bad grammar is a 400, not an error inside a 200 stream.
