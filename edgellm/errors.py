@@ -15,6 +15,15 @@ def debug_enabled() -> bool:
     return os.environ.get("EDGELLM_DEBUG", "") not in ("", "0")
 
 
+def one_line(text: str, limit: int = 40) -> str:
+    """A value from outside (a name, a path, a schema's keyword) for a message or a log line: at
+    most `limit` characters, control and other unprintable characters escaped, so that it cannot
+    break the line or forge another."""
+    clipped = text[:limit]
+    shown = "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in clipped)
+    return shown + ("..." if len(text) > limit else "")
+
+
 class EdgeLLMError(Exception):
     """Base of every error a user can cause or fix."""
 

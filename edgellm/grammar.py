@@ -547,3 +547,29 @@ def _text_of(code_point: int) -> str:
     if 0xD800 <= code_point <= 0xDFFF or code_point > 0x10FFFF:
         return "\ufffd"
     return chr(code_point)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing GBNF
+
+
+def gbnf_literal(text: str) -> str:
+    """A GBNF string literal matching exactly `text`."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F or (code > 0x9F and not 0xD800 <= code <= 0xDFFF):
+            out.append(char)
+        else:
+            out.append(escape_code(code))
+    return '"' + "".join(out) + '"'
+
+
+def escape_code(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02X}"
+    if code < 0x10000:
+        return f"\\u{code:04X}"
+    return f"\\U{code:08X}"

@@ -24,7 +24,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from edgellm.errors import GrammarError
+from edgellm.errors import GrammarError, one_line
+from edgellm.grammar import escape_code, gbnf_literal
 
 MAX_REPEAT = 1000  # minLength/maxLength/minItems/maxItems and {m,n} in patterns: tool arguments need far less
 MAX_DEPTH = 64  # nested schemas (each level is a Python frame here)
@@ -212,13 +213,13 @@ class SchemaGrammar:
         if not isinstance(ref, str):
             raise SchemaError(f"{_at(path)}'$ref' must be a string")
         if ref != "#" and not ref.startswith("#/"):
-            raise SchemaError(f"{_at(path)}only local '#/...' $ref are supported, not '{_clip(ref)}'")
+            raise SchemaError(f"{_at(path)}only local '#/...' $ref are supported, not '{one_line(ref)}'")
         key = (doc, ref)
         if key in self._refs:  # seen, or being made (a recursive schema): its rule, by name
             return self._refs[key]
         target = _pointed(self._documents[doc].root, ref)
         if target is _NOTHING:
-            raise SchemaError(f"{_at(path)}'$ref' {_clip(ref)!r} points at nothing")
+            raise SchemaError(f"{_at(path)}'$ref' {one_line(ref)!r} points at nothing")
         name = self._new_rule(f"{self._documents[doc].label}-ref-{ref.rsplit('/', 1)[-1]}")
         self._refs[key] = (name, _ALL_KINDS)
         body, kinds = self._visit(target, doc, ref[1:], name, depth + 1)
@@ -287,7 +288,7 @@ class SchemaGrammar:
                 raise SchemaError(f"{_at(where)}'properties' must be an object")
             for name, schema in properties.items():
                 if name in merged["properties"] and merged["properties"][name] != schema:
-                    raise SchemaError(f"{_at(where)}'allOf' gives property '{_clip(name)}' two different schemas")
+                    raise SchemaError(f"{_at(where)}'allOf' gives property '{one_line(name)}' two different schemas")
                 merged["properties"][name] = schema
             required = part.get("required", [])
             merged["required"] += required if isinstance(required, list) else [required]
@@ -296,7 +297,7 @@ class SchemaGrammar:
                 others = set(merged["properties"]) - set(part.get("properties", {}))
                 if others:
                     raise SchemaError(f"{_at(path)}'allOf' joins objects, but one of them allows no property "
-                                      f"'{_clip(sorted(others)[0])}' (additionalProperties)")
+                                      f"'{one_line(sorted(others)[0])}' (additionalProperties)")
         merged["additionalProperties"] = False
         return merged
 
@@ -315,7 +316,7 @@ class SchemaGrammar:
         for value in values:
             kind = _kind_of(value)
             if kinds is not None and kind not in kinds and not (kind == "integer" and "number" in kinds):
-                raise SchemaError(f"{_at(path)}the {keyword} value {_clip(json.dumps(value))} is not of type {'/'.join(kinds)}")
+                raise SchemaError(f"{_at(path)}the {keyword} value {one_line(json.dumps(value))} is not of type {'/'.join(kinds)}")
             made.add("number" if kind == "integer" else kind)
             literals.append(gbnf_literal(_json_text(value, path)))
         self._primitive("space")
@@ -436,7 +437,7 @@ class SchemaGrammar:
             raise SchemaError(f"{_at(path)}'required' must be a list of property names")
         missing = [name for name in required if name not in properties]
         if missing:
-            raise SchemaError(f"{_at(path)}'required' names '{_clip(missing[0])}', which is not among its properties")
+            raise SchemaError(f"{_at(path)}'required' names '{one_line(missing[0])}', which is not among its properties")
         self._primitive("space")
         if not properties and "properties" in node:
             return self._new_rule(hint, '"{" space "}" space')  # declared properties only: none
@@ -490,28 +491,6 @@ def repeat(item: str, low: int, high: int | None, group: bool = False) -> str:
     if low == high:
         return f"{element}{{{low}}}" if low != 1 else element
     return f"{element}{{{low},{'' if high is None else high}}}"
-
-
-def gbnf_literal(text: str) -> str:
-    """A GBNF string literal matching exactly `text`."""
-    out = []
-    for char in text:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 0x20 <= code < 0x7F or (code > 0x9F and not 0xD800 <= code <= 0xDFFF):
-            out.append(char)
-        else:
-            out.append(_escape_code(code))
-    return '"' + "".join(out) + '"'
-
-
-def _escape_code(code: int) -> str:
-    if code < 0x100:
-        return f"\\x{code:02X}"
-    if code < 0x10000:
-        return f"\\u{code:04X}"
-    return f"\\U{code:08X}"
 
 
 def integer_range(low: int, high: int) -> str:
@@ -649,7 +628,7 @@ def _types(node: dict[str, Any], path: str) -> list[str]:
         return ["object", "array", "string", "number", "boolean", "null"]
     kinds = kind if isinstance(kind, list) else [kind]
     if not kinds or not all(isinstance(k, str) and k in TYPES for k in kinds):
-        raise SchemaError(f"{_at(path)}'type' must be one of {', '.join(TYPES)} (or a list of them), not {_clip(json.dumps(kind))}")
+        raise SchemaError(f"{_at(path)}'type' must be one of {', '.join(TYPES)} (or a list of them), not {one_line(json.dumps(kind))}")
     if "number" in kinds and "integer" in kinds:
         kinds = [k for k in kinds if k != "integer"]
     return list(dict.fromkeys(kinds))
@@ -694,12 +673,7 @@ def _pointer(name: str) -> str:
 
 
 def _at(path: str) -> str:
-    return f"at {_clip(path, 80)}: " if path else ""
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"at {one_line(path, 80)}: " if path else ""
 
 
 def _kind(value: Any) -> str:
@@ -741,7 +715,7 @@ class _PatternParser:
         self.depth = 0
 
     def fail(self, what: str) -> SchemaError:
-        return SchemaError(f"{self.where}'pattern' {_clip(self.text, 60)!r}: {what}")
+        return SchemaError(f"{self.where}'pattern' {one_line(self.text, 60)!r}: {what}")
 
     def at(self, offset: int = 0) -> str:
         index = self.pos + offset
@@ -941,7 +915,7 @@ def _json_chars(ranges: list[tuple[int, int]]) -> str:
         if len(plain) == 1 and plain[0][0] == plain[0][1]:
             parts.append(gbnf_literal(chr(plain[0][0])))
         else:
-            parts.append("[" + "".join(_escape_code(a) if a == b else f"{_escape_code(a)}-{_escape_code(b)}" for a, b in plain) + "]")
+            parts.append("[" + "".join(escape_code(a) if a == b else f"{escape_code(a)}-{escape_code(b)}" for a, b in plain) + "]")
     members: set[int] = set()
     for low, high in _intersect(ranges, [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]):
         members.update(range(low, high + 1))

@@ -120,7 +120,7 @@ def test_property_names_with_quotes_backslashes_and_keyword_names_work(name: str
     schema = {"type": "object", "properties": {name: {"type": "boolean"}}, "required": [name]}
     text = grammar_of(schema)
     # The key is written as JSON writes it, so what comes back parses to the same name.
-    from edgellm.schema_grammar import gbnf_literal
+    from edgellm.grammar import gbnf_literal
 
     assert gbnf_literal(json.dumps(name, ensure_ascii=False)) in text
 

@@ -7,7 +7,7 @@ import traceback
 from typing import Any
 
 from edgellm import ui
-from edgellm.errors import debug_enabled
+from edgellm.errors import debug_enabled, one_line
 from edgellm.metrics import Metrics
 
 KNOWN_PATHS = frozenset({"/health", "/metrics", "/slots", "/v1/models", "/v1/chat/completions", "/v1/completions"})
@@ -46,31 +46,23 @@ class RequestLog:
                 known = scope["path"] in KNOWN_PATHS
                 self.metrics.request(scope["path"] if known else "other", status["code"] or 500)
             if failure is not None:
-                line += " | error: " + loggable(f"{type(failure).__name__}: {failure}", 500)
+                line += " | error: " + one_line(f"{type(failure).__name__}: {failure}", 500)
             ui.info(line)
 
 
 MAX_LOGGED_PATH = 200  # characters of a request path in the log
 
 
-def loggable(text: str, limit: int) -> str:
-    """`text` for one log line: control and other unprintable characters escaped (a '\n' in a
-    path or a field name wrote a forged line), at most `limit` characters."""
-    clipped = text[:limit]
-    out = "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in clipped)
-    return out + ("..." if len(text) > limit else "")
-
-
 def request_log_line(scope: dict[str, Any], status: int, seconds: float) -> str:
     note = scope.get("state", {}).get("edgellm", {})
-    parts = [f"{loggable(str(scope['method']), 16)} {loggable(scope['path'], MAX_LOGGED_PATH)} {status or '-'}"]
+    parts = [f"{one_line(str(scope['method']), 16)} {one_line(scope['path'], MAX_LOGGED_PATH)} {status or '-'}"]
     if "tokens" in note:
         parts.append(f"{note['tokens']} tokens")
         if note.get("tps"):
             parts.append(f"{note['tps']:.1f} tok/s")
     parts.append(f"{seconds:.2f}s")
     if note.get("note"):
-        parts.append(loggable(note["note"], 500))
+        parts.append(one_line(note["note"], 500))
     if note.get("disconnected"):
         parts.append("client disconnected: generation stopped")
     return " | ".join(parts)

@@ -19,12 +19,12 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from edgellm import guards, ui
-from edgellm.errors import ContextOverflowError, EdgeLLMError, GrammarError
+from edgellm.errors import ContextOverflowError, EdgeLLMError, GrammarError, one_line
 from edgellm.metrics import Metrics
 from edgellm.runtime import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.sdnotify import Notifier
-from edgellm.serve.access_log import RequestLog, loggable
+from edgellm.serve.access_log import RequestLog
 from edgellm.serve.errors import (
     RETRY_AFTER_SECONDS,
     APIError,
@@ -347,7 +347,7 @@ class Server:
     def sampling(self, body: SamplingFields, max_tokens: int | None) -> SamplingParams:
         self.check_model(body.model)
         for name in body.model_extra or {}:
-            shown = loggable(name, MAX_LOGGED_FIELD_NAME)  # kept and logged clipped: names may be megabytes
+            shown = one_line(name, MAX_LOGGED_FIELD_NAME)  # kept and logged clipped: names may be megabytes
             if shown not in self.ignored_fields and len(self.ignored_fields) < MAX_LOGGED_FIELDS:
                 self.ignored_fields.add(shown)
                 ui.info(f"note: ignoring the request field '{shown}' (not an OpenAI or llama.cpp field edgellm uses); said once")

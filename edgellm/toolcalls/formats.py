@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from edgellm.grammar import gbnf_literal
 from edgellm.jsondepth import max_depth
 from edgellm.toolcalls.spec import Tool, ToolChoice, ToolSpecError
 
@@ -166,11 +167,6 @@ def _with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[st
         first["content"] = (first.get("content") or "").rstrip() + "\n\n" + text if first.get("content") else text
         return [first, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
-
-
-def gbnf_literal(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
 
 
 R1 = ToolFormat(
