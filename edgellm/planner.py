@@ -25,8 +25,9 @@ MIN_CTX = 512
 MAX_AUTO_PARALLEL = 4  # serve's default slots at most: beyond, each user waits longer for little gain
 CTX_STEP = 256
 # Python + numpy + llama.cpp's code and small buffers, measured as the RSS of `edgellm run`
-# before the model loads plus llama.cpp's fixed allocations (see scripts/check_plan_rss.py).
-RUNTIME_OVERHEAD_BYTES = 80 * 1024**2
+# before the model loads plus llama.cpp's fixed allocations (see scripts/check_plan_rss.py):
+# 80 MiB on an Intel Xeon host, ~40 MB more on another CI host; a plan may err high, not low.
+RUNTIME_OVERHEAD_BYTES = 96 * 1024**2
 # The network between boards, for the time activations take per token (--rpc): gigabit Ethernet's
 # TCP payload rate, and a conservative rate for loopback (workers on this same machine).
 LAN_BYTES_PER_S = 117e6

@@ -33,9 +33,10 @@ from edgellm.profiles import select_profile
 MiB = 1024**2
 
 # What each worker offers and what the main board may use: chosen so that the mid-size test model
-# (8 layers, ~95 MiB of weights, ~210 MiB with its runtime) fits none of them alone.
+# (8 layers, ~95 MiB of weights, ~230 MiB with its runtime) fits none of them alone. The main
+# board's budget is the runtime's share plus 70 MiB, so it keeps the same layers if that share moves.
 WORKER_MEM = "64MiB"
-MAIN_BUDGET = "150MiB"
+MAIN_BUDGET = f"{RUNTIME_OVERHEAD_BYTES // MiB + 70}MiB"
 RUN_ARGS = ("--ctx", "1024", "--temp", "0", "--seed", "7", "-n", "40")
 # A grammar that leaves the model choices at every step (greedy picks by the logits), not a forced string.
 CHOOSING_GRAMMAR = 'root ::= "x</think>" [a-z ]{30,40}'
