@@ -1,3 +1,3 @@
-from edgellm.cli import main
+from edgellm.cli.app import main
 
 main()

@@ -43,8 +43,8 @@ print(json.dumps({"gen_tps": (count - 1) / (time.perf_counter() - first), "gener
 
 
 def synthetic_model() -> Path:
-    from edgellm import synthetic
     from edgellm.paths import edgellm_home
+    from edgellm.store import synthetic
 
     path = edgellm_home() / "synthetic" / "deepseek-r1-1.5b-Q4_K_M.gguf"
     if not path.exists():
@@ -89,11 +89,11 @@ def main() -> int:
         plan_command += ["--threads", str(args.threads)]
     plan = json.loads(subprocess.run(plan_command, capture_output=True, check=True).stdout)
     # edgellm applies the chat template; the bare loop gets the same prompt text already templated.
-    from edgellm import synthetic  # noqa: F401  (only to fail early if edgellm is not importable)
+    from edgellm.store import synthetic  # noqa: F401  (only to fail early if edgellm is not importable)
 
     templated = subprocess.run(
         [sys.executable, "-c",
-         "import sys\nfrom edgellm.session import prepare, PlanOptions\nfrom edgellm.runtime import Engine\n"
+         "import sys\nfrom edgellm.loader import prepare, PlanOptions\nfrom edgellm.runtime.engine import Engine\n"
          "p = prepare(sys.argv[1], PlanOptions(), loading=True)\ne = Engine(p.model, p.plan)\n"
          "print(e.format_messages([{'role': 'user', 'content': sys.argv[2]}]), end='')",
          str(model), args.prompt], capture_output=True, check=True).stdout.decode()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from edgellm import runtime, synthetic  # noqa: E402
+from edgellm.runtime import engine as runtime  # noqa: E402
+from edgellm.store import synthetic
 
 SHAPES = {"1.5b": synthetic.QWEN2_1_5B, "7b": synthetic.QWEN2_7B, "tiny": synthetic.TINY}
 

@@ -59,7 +59,7 @@ def main() -> None:
     binary = build_llama_tool("llama-batched-bench", "LLAMA_BATCHED_BENCH_CACHE")
     say(f"llama-batched-bench: {binary}")
     if args.synthetic:
-        from edgellm.synthetic import synthetic_model_path  # noqa: PLC0415
+        from edgellm.store.synthetic import synthetic_model_path  # noqa: PLC0415
 
         model = str(synthetic_model_path(args.synthetic))
     elif args.model:

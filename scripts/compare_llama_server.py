@@ -180,7 +180,7 @@ def main() -> None:
     if args.build_only:
         return
     if args.synthetic:
-        from edgellm.synthetic import synthetic_model_path  # noqa: PLC0415
+        from edgellm.store.synthetic import synthetic_model_path  # noqa: PLC0415
 
         model = Path(synthetic_model_path(args.synthetic))
     elif args.model:

@@ -30,10 +30,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other scripts
 
-from edgellm import synthetic  # noqa: E402
-from edgellm.chat import Conversation  # noqa: E402
-from edgellm.runtime import Engine, GenerationStats, SamplingParams  # noqa: E402
-from edgellm.session import PlanOptions, prepare  # noqa: E402
+from edgellm.loader import PlanOptions, prepare  # noqa: E402
+from edgellm.runtime.engine import Engine, GenerationStats, SamplingParams  # noqa: E402
+from edgellm.store import synthetic  # noqa: E402
+from edgellm.ui.chat_session import Conversation  # noqa: E402
 
 QUESTIONS = [
     "Can you explain how a language model reads a prompt?",

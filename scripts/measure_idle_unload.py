@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 import psutil
 
-from edgellm.synthetic import synthetic_model_path
+from edgellm.store.synthetic import synthetic_model_path
 
 
 def main() -> None:

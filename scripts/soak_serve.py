@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak test for `edgellm serve`: mixed, hostile and abandoned requests for minutes on end.
 
-Starts `python -m edgellm serve` on a small random-weight GGUF (built here with edgellm.synthetic,
+Starts `python -m edgellm serve` on a small random-weight GGUF (built here with edgellm.store.synthetic,
 or --model) with an API key, or attaches to a running server (--url). Then --clients threads loop
 for --minutes over a weighted mix: plain chats (streamed or not), completions, streams the client
 drops after a few chunks, requests dropped before their first token, tool calls with
@@ -83,7 +83,7 @@ PROMPTS = [
 ]
 
 # --- what the constrained requests ask for -----------------------------------------------------------
-# Only keywords edgellm's schema converter enforces (edgellm/schema_grammar.py): a 'minimum' on a
+# Only keywords edgellm's schema converter enforces (edgellm/text/schema_grammar.py): a 'minimum' on a
 # 'number' is refused (400), so bounded values here are integers.
 PLACE = {"type": "object", "properties": {"lat": {"type": "integer", "minimum": -90, "maximum": 90}, "lon": {"type": "number"}},
          "required": ["lat", "lon"]}
@@ -272,7 +272,7 @@ class Server:
 def build_model(workdir: Path) -> Path:
     """The test suite's tiny_8k model (tests/conftest.py): random weights, a real tokenizer and the
     R1 chat template, an 8k context so that --ctx 8192 slots are real."""
-    from edgellm import synthetic  # numpy and gguf: only when the script builds the model
+    from edgellm.store import synthetic  # numpy and gguf: only when the script builds the model
 
     shape = dataclasses.replace(synthetic.TINY, context_length=8192)
     return synthetic.write_tiny_model(workdir / "tiny-8k.gguf", shape=shape)
@@ -890,7 +890,7 @@ class Soak:
 
 
 def parse_requests(text: str) -> Counter[tuple[str, int]]:
-    """edgellm_requests_total{path="...",status="..."} N (edgellm/metrics.py) -> {(path, status): N}."""
+    """edgellm_requests_total{path="...",status="..."} N (edgellm/serve/metrics.py) -> {(path, status): N}."""
     counts: Counter[tuple[str, int]] = Counter()
     for match in re.finditer(r'^edgellm_requests_total\{path="((?:[^"\\]|\\.)*)",status="(\d+)"\} (\d+)$', text, re.M):
         counts[(match.group(1), int(match.group(2)))] = int(match.group(3))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgellm import runtime, synthetic
+from edgellm.runtime import engine as runtime
+from edgellm.store import synthetic
 
 DATA = Path(__file__).parent / "data"
 CAPTURES = sorted(p for p in DATA.iterdir() if (p / "expected.json").is_file())

@@ -20,11 +20,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from edgellm.errors import ContextOverflowError, EmptyPromptError
-from edgellm.grammar import check_grammar
-from edgellm.runtime import Prompt, SamplingParams
 from edgellm.runtime.batch import Scheduler
-from edgellm.toolcalls.formats import GENERIC, ToolFormat, ToolUse
-from edgellm.toolcalls.spec import ToolChoice
+from edgellm.runtime.engine import Prompt, SamplingParams
+from edgellm.text.grammar import check_grammar
+from edgellm.text.toolcalls.formats import GENERIC, ToolFormat, ToolUse
+from edgellm.text.toolcalls.spec import ToolChoice
 
 EOG = 0
 
@@ -174,7 +174,7 @@ class FakeEngine:
                              template_kwargs: dict[str, Any] | None = None, no_think: bool = False) -> Prompt:
         text = self.format_messages(messages, tool_use=tool_use)
         if no_think and self.model.thinks:
-            from edgellm.runtime import without_thinking
+            from edgellm.runtime.engine import without_thinking
 
             text = without_thinking(text)
         return self.prompt_from_text(text, check=check)
@@ -216,7 +216,7 @@ def run_until_idle(scheduler: Scheduler, limit: int = 10_000) -> int:
 
 def collect(events: list[Any]) -> Any:
     """A Response over events a request received (TextEvents, stats; Finished ignored)."""
-    from edgellm.response import Response
+    from edgellm.runtime.response import Response
 
     response = Response()
     for event in events:

@@ -6,7 +6,7 @@ Range -> 206; `/api/models/{repo}[/revision/{rev}]` with siblings and lfs.sha256
 `/api/models/{repo}/tree/{rev}`; 401 for gated repos without the right token; 404 with X-Error-Code
 for missing repos, revisions and files. Switches let a test cut a connection mid-file, advertise a
 wrong sha256, or play a malicious mirror that lies about names (file names, commit ids and LFS
-hashes with `../` in them). Files are real GGUFs made by edgellm.synthetic.
+hashes with `../` in them). Files are real GGUFs made by edgellm.store.synthetic.
 
 Run it by hand for a demo (serves a tiny model under the real DeepSeek-R1 repo and file names):
     python tests/hubserver.py --port 8765
@@ -315,7 +315,8 @@ class _HubHandler(BaseHTTPRequestHandler):
 
 def build_demo_models(directory: Path) -> dict[str, Path]:
     """Tiny real GGUFs (Q4_K_M and Q4_K_S) to serve under the real R1-1.5B file names."""
-    from edgellm import runtime, synthetic
+    from edgellm.runtime import engine as runtime
+    from edgellm.store import synthetic
 
     directory.mkdir(parents=True, exist_ok=True)
     source = directory / "tiny-F32.gguf"

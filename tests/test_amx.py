@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from edgellm import runtime
-from edgellm.hardware import detect
-from edgellm.modelinfo import read_gguf
-from edgellm.planner import make_plan
-from edgellm.profiles import select_profile
-from edgellm.session import build_warnings
+from edgellm.device.hardware import detect
+from edgellm.device.profiles import select_profile
+from edgellm.loader import build_warnings
+from edgellm.plan.planner import make_plan
+from edgellm.runtime import engine as runtime
+from edgellm.store.gguf import read_gguf
 
 AMX_INFO = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 |"
 

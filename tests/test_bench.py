@@ -18,8 +18,12 @@ import gguf
 import pytest
 from conftest import run_cli
 
-from edgellm import bench, hardware, options, runtime, synthetic
+from edgellm.bench import runner as bench
+from edgellm.cli import options
+from edgellm.device import hardware
 from edgellm.errors import UsageError
+from edgellm.runtime import engine as runtime
+from edgellm.store import synthetic
 from edgellm.ui import bench as views
 from edgellm.units import parse_duration
 

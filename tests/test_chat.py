@@ -14,8 +14,9 @@ import pexpect
 import pytest
 from conftest import cli_env, run_cli
 
-from edgellm import chat, synthetic
 from edgellm.errors import UsageError
+from edgellm.store import synthetic
+from edgellm.ui import chat_session as chat
 from edgellm.ui import stream
 
 STATUS = re.compile(
@@ -357,8 +358,8 @@ def test_piped_ctrl_c_mid_reply_stops_the_script_cleanly(long_context_model: Pat
 
 def test_ctrl_c_between_tokens_is_handed_to_the_engine(tiny_f32: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C that lands while a token is being written still stops the real engine with its stats."""
-    from edgellm.runtime import Engine, SamplingParams
-    from edgellm.session import PlanOptions, prepare
+    from edgellm.loader import PlanOptions, prepare
+    from edgellm.runtime.engine import Engine, SamplingParams
 
     prepared = prepare(str(tiny_f32), PlanOptions(ctx=512))
     engine = Engine(prepared.model, prepared.plan)
@@ -407,7 +408,7 @@ def test_arrow_up_recalls_input_across_sessions_and_hidden_thinking_shows_placeh
 
 def test_status_line_fields_and_prompt_only_interruption() -> None:
     from edgellm import ui
-    from edgellm.runtime import GenerationStats
+    from edgellm.runtime.engine import GenerationStats
 
     stats = GenerationStats(prompt_tokens=100, prompt_tokens_evaluated=12, generated_tokens=30, ttft_s=0.25,
                             gen_tps=6.5, peak_rss_bytes=1 << 30, n_ctx=4096, context_used=130, finish_reason="length")

@@ -10,7 +10,7 @@ import pytest
 from conftest import cli_env, run_cli
 from typer.testing import CliRunner
 
-from edgellm.cli import app
+from edgellm.cli.app import app
 
 COMMANDS = ["detect", "profiles", "plan", "run", "chat", "bench", "pull", "models", "ls", "rm", "serve"]
 
@@ -30,7 +30,7 @@ def test_every_command_is_registered_with_help_and_an_example() -> None:
 def test_fast_commands_do_not_import_llama_cpp(args: list[str]) -> None:
     code = (
         "import sys\n"
-        "from edgellm.cli import app\n"
+        "from edgellm.cli.app import app\n"
         f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
         "assert 'llama_cpp' not in sys.modules, 'llama_cpp was imported'\n"
     )
@@ -59,8 +59,8 @@ def test_bad_option_value_is_a_usage_error() -> None:
 def test_unexpected_exceptions_go_through_the_funnel(monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
 
+    from edgellm.cli.funnel import FunnelledGroup
     from edgellm.errors import PlanError
-    from edgellm.funnel import FunnelledGroup
 
     # The funnel is the root group's: a command added with nothing but @app.command() is inside it.
     probe = typer.Typer(cls=FunnelledGroup)
@@ -101,9 +101,9 @@ def test_unexpected_exceptions_go_through_the_funnel(monkeypatch: pytest.MonkeyP
 def test_edgellm_attaches_the_funnel_once_at_the_root() -> None:
     import typer
 
-    from edgellm.cli import app
-    from edgellm.funnel import FunnelledGroup
+    from edgellm.cli.app import app
+    from edgellm.cli.funnel import FunnelledGroup
 
     assert isinstance(typer.main.get_command(app), FunnelledGroup)
-    source = Path(__file__).parents[1].joinpath("edgellm", "cli.py").read_text()
+    source = Path(__file__).parents[1].joinpath("edgellm", "cli", "app.py").read_text()
     assert "error_funnel" not in source and "except Exception" not in source

@@ -124,7 +124,8 @@ class QuietProgress:
 def test_transfer_that_keeps_failing_keeps_the_partial_file(online: FakeHub, tiny_q4km: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    from edgellm import download, models
+    from edgellm.store import hub as download
+    from edgellm.store import models
 
     monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -197,10 +198,10 @@ def test_network_down(online: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_planner_picks_the_quant_for_a_captured_device(online: FakeHub) -> None:
     """Budget between what Q4_K_M and Q4_K_S need on a Pi 5 capture: the planner takes Q4_K_S."""
-    from edgellm.catalog import find_entry
-    from edgellm.hardware import detect
-    from edgellm.planner import make_plan
-    from edgellm.profiles import select_profile
+    from edgellm.device.hardware import detect
+    from edgellm.device.profiles import select_profile
+    from edgellm.plan.planner import make_plan
+    from edgellm.store.catalog import find_entry
 
     device = detect(DATA / "raspberry-pi-5")
     profile, _ = select_profile(device)
@@ -291,7 +292,7 @@ def test_disk_filling_up_mid_transfer_is_one_clear_error(online: FakeHub, small_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    from edgellm import download
+    from edgellm.store import hub as download
 
     # The free-space check passes (another program freed space, then took it back): the real
     # filesystem then runs out while writing.
@@ -306,8 +307,8 @@ def test_disk_filling_up_mid_transfer_is_one_clear_error(online: FakeHub, small_
 
 
 def test_names_that_become_cache_paths() -> None:
-    from edgellm import download
     from edgellm.errors import UsageError
+    from edgellm.store import hub as download
 
     for good in ("model-Q4_K_M.gguf", "sub/dir/model.gguf", "refs/pr/1", "main", "v1.0", "a..b.gguf"):
         assert download.is_safe_relative_path(good), good

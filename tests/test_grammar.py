@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 
 from edgellm.errors import GrammarError
-from edgellm.grammar import check_grammar
+from edgellm.text.grammar import check_grammar
 
 GRAMMARS = Path(__file__).parent / "data" / "grammars"
 EXAMPLES = sorted(GRAMMARS.glob("*.gbnf"))
@@ -92,11 +92,11 @@ def _mutations(count: int) -> list[str]:
 
 def test_every_grammar_the_checker_accepts_loads_in_llama_cpp(tiny_f32: Path) -> None:
     """Mutated example grammars: whatever passes the checker, llama.cpp's parser must accept too."""
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.planner import make_plan
-    from edgellm.profiles import select_profile
-    from edgellm.runtime import Engine, load_llama_cpp
+    from edgellm.device.hardware import detect
+    from edgellm.device.profiles import select_profile
+    from edgellm.plan.planner import make_plan
+    from edgellm.runtime.engine import Engine, load_llama_cpp
+    from edgellm.store.gguf import read_gguf
 
     model = read_gguf(tiny_f32)
     device = detect("/")
@@ -176,7 +176,7 @@ def test_run_refuses_grammar_and_schema_together(tiny_q4km: Path, tmp_path: Path
     ([b"\x80z"], "\ufffdz"),
 ])
 def test_grammar_text_is_decoded_as_llama_cpps_grammar_decodes_it(chunks: list[bytes], expected: str) -> None:
-    from edgellm.grammar import GrammarTextDecoder
+    from edgellm.text.grammar import GrammarTextDecoder
 
     decoder = GrammarTextDecoder()
     text = "".join(decoder.decode(chunk) for chunk in chunks) + decoder.decode(b"", final=True)

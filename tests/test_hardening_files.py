@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import cli_env, run_cli, write_tree
 
-from edgellm import synthetic
+from edgellm.store import synthetic
 
 TIMEOUT_S = 60
 

@@ -23,7 +23,7 @@ from fake_engine import FakeEngine
 from test_serve import USER, ServerProcess, http
 from test_serve_inprocess import start
 
-from edgellm.runtime import Prompt
+from edgellm.runtime.engine import Prompt
 
 JSON = {"Content-Type": "application/json"}
 HUGE = 1_000_000_000
@@ -149,7 +149,7 @@ def test_a_deep_chat_transcript_is_one_line(tiny_q4km: Path, tmp_path: Path) -> 
 
 def test_a_chain_grammar_is_refused_at_once() -> None:
     from edgellm.errors import GrammarError
-    from edgellm.grammar import check_grammar
+    from edgellm.text.grammar import check_grammar
 
     # main: 4.5-10 s to refuse a 3,000-rule chain (an O(n^2) emptiness pass); the server's only
     # preparer was held meanwhile. Linear now: milliseconds; 2 s is a bound, not a target.
@@ -163,7 +163,7 @@ def test_a_chain_grammar_is_refused_at_once() -> None:
 
 def test_a_repetition_that_expands_past_half_a_million_elements_is_refused() -> None:
     from edgellm.errors import GrammarError
-    from edgellm.grammar import check_grammar
+    from edgellm.text.grammar import check_grammar
 
     with pytest.raises(GrammarError, match="expands the grammar past 500,000 elements"):
         check_grammar('root ::= "' + "a" * 100_000 + '"{0,2000}')  # main: 31 s, then 200M elements in llama.cpp

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import CAPTURES, run_cli
 
-from edgellm.hardware import (
+from edgellm.device.hardware import (
     MAX_CPUS,
     build_clusters,
     detect,
@@ -19,8 +19,8 @@ from edgellm.hardware import (
     parse_sysctl_text,
     read_text,
 )
-from edgellm.planner import select_cores
-from edgellm.profiles import select_profile
+from edgellm.device.profiles import select_profile
+from edgellm.plan.planner import select_cores
 
 
 @pytest.mark.parametrize("capture", CAPTURES, ids=[c.name for c in CAPTURES])
@@ -211,7 +211,7 @@ def test_a_mistyped_sysroot_is_a_usage_error() -> None:
 
 
 def test_warns_when_the_build_lacks_a_feature_the_cpu_has() -> None:
-    from edgellm.session import build_warnings
+    from edgellm.loader import build_warnings
 
     pi5 = detect(Path(__file__).parent / "data" / "raspberry-pi-5")
     without = "CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | OPENMP = 1 | REPACK = 1 |"
@@ -230,7 +230,7 @@ def test_ram_from_this_machines_real_meminfo_agrees_with_psutil() -> None:
 
 
 def test_an_avx512_cpu_on_a_build_without_its_kernels_is_warned_about() -> None:
-    from edgellm.session import build_warnings
+    from edgellm.loader import build_warnings
 
     xeon = detect(Path(__file__).parent / "data" / "x86-xeon-sapphire-rapids")
     # A wheel built on an AVX2 machine, as this machine's own build prints it.

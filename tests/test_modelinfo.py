@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from edgellm import synthetic
 from edgellm.errors import ModelFileError
-from edgellm.modelinfo import read_gguf
+from edgellm.store import synthetic
+from edgellm.store.gguf import read_gguf
 
 
 def test_header_facts_of_a_quantized_model(tiny_q4km: Path) -> None:

@@ -46,6 +46,6 @@ def test_wheel_ships_profiles_and_lists_them_from_a_fresh_venv(tmp_path: Path) -
     # serve` failed with an ImportError outside an editable install), and the server imports.
     sources = {str(p.relative_to(REPO)) for p in (REPO / "edgellm").rglob("*.py")}
     assert sources <= set(names), sorted(sources - set(names))
-    imported = subprocess.run([str(python), "-c", "import edgellm.serve, edgellm.cli, edgellm.runtime.batch"],
+    imported = subprocess.run([str(python), "-c", "import edgellm.serve, edgellm.cli.app, edgellm.runtime.batch"],
                               capture_output=True, text=True, cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from edgellm.hardware import detect
-from edgellm.modelinfo import ModelInfo
-from edgellm.planner import make_plan
-from edgellm.profiles import find_profile, load_profiles, select_profile
+from edgellm.device.hardware import detect
+from edgellm.device.profiles import find_profile, load_profiles, select_profile
+from edgellm.plan.planner import make_plan
+from edgellm.store.gguf import ModelInfo
 
 DATA = Path(__file__).parent / "data"
 GiB = 1024**3
@@ -163,7 +163,7 @@ def test_parallel_slots_each_get_the_context_in_their_own_kv_stream() -> None:
     (256, 4, 512, 256),  # four slots of 256: a ubatch of 512 tokens spread over them
 ])
 def test_compute_buffer_attends_over_one_slot_with_a_full_ubatch(ctx: int, parallel: int, n_ubatch: int, attention_ctx: int) -> None:
-    from edgellm.planner import compute_buffer_bytes
+    from edgellm.plan.planner import compute_buffer_bytes
 
     model = r1_15b_q4km()
     device = device_with_ram("rk3588", 16 * GiB)
@@ -174,7 +174,7 @@ def test_compute_buffer_attends_over_one_slot_with_a_full_ubatch(ctx: int, paral
 
 
 def test_auto_parallel_takes_as_many_slots_as_fit_at_most_four() -> None:
-    from edgellm.planner import auto_parallel
+    from edgellm.plan.planner import auto_parallel
 
     profile, _ = select_profile(device_with_ram("rk3588", 8 * GiB))
 

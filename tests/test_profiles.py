@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from edgellm.device.hardware import detect
+from edgellm.device.profiles import builtin_profiles_dir, load_profiles, parse_profile, select_profile
 from edgellm.errors import ProfileError
-from edgellm.hardware import detect
-from edgellm.profiles import builtin_profiles_dir, load_profiles, parse_profile, select_profile
 
 SHIPPED = {"raspberry-pi-5", "rk3588", "phone-arm", "laptop-x86", "generic"}
 
@@ -25,7 +25,7 @@ def test_every_shipped_profile_parses_and_generic_is_last() -> None:
 
 
 def test_profiles_readme_documents_every_key() -> None:
-    from edgellm.profiles import MATCH_KEYS, RUNTIME_KEYS, TOP_KEYS
+    from edgellm.device.profiles import MATCH_KEYS, RUNTIME_KEYS, TOP_KEYS
 
     readme = (builtin_profiles_dir() / "README.md").read_text()
     for key in [*TOP_KEYS, *MATCH_KEYS, *RUNTIME_KEYS]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgellm.reasoning import ANSWER, REASONING, ReasoningSplitter, split_reasoning
+from edgellm.text.reasoning import ANSWER, REASONING, ReasoningSplitter, split_reasoning
 
 FORMS = [
     # (text, opened_by_template, reasoning, answer)

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from conftest import cli_env, run_cli
 
-from edgellm import rpc
+from edgellm.device import workers as rpc
+from edgellm.device.hardware import detect
+from edgellm.device.profiles import select_profile
 from edgellm.errors import WorkerError
-from edgellm.hardware import detect
-from edgellm.modelinfo import read_gguf
-from edgellm.planner import RUNTIME_OVERHEAD_BYTES, make_plan, refusal_hint, split_layers
-from edgellm.profiles import select_profile
+from edgellm.plan.planner import RUNTIME_OVERHEAD_BYTES, make_plan, refusal_hint, split_layers
+from edgellm.store.gguf import read_gguf
 
 MiB = 1024**2
 
@@ -328,8 +328,9 @@ def test_worker_offers_its_mem_cap_through_the_protocol() -> None:
 LOGITS_SCRIPT = """
 import sys
 import numpy as np
-from edgellm import runtime, session
-from edgellm.rpc import parse_endpoints
+from edgellm.runtime import engine as runtime
+from edgellm import loader as session
+from edgellm.device.workers import parse_endpoints
 from edgellm.units import parse_size
 
 model, out, budget, workers = sys.argv[1:5]
@@ -511,8 +512,8 @@ def test_bench_through_two_workers(mid_model: Path, workers: list[Worker]) -> No
 
 def test_worker_budget_leaves_the_runtime_out() -> None:
     # Without --mem a worker offers this board's budget less its own runtime; more is capped to it.
-    from edgellm.planner import memory_budget
-    from edgellm.worker import plan_worker
+    from edgellm.plan.planner import memory_budget
+    from edgellm.worker.host import plan_worker
 
     device = detect("/")
     profile, _ = select_profile(device, None)

@@ -17,7 +17,7 @@ import pytest
 from conftest import cli_env, run_cli
 from test_rpc import CHOOSING_GRAMMAR, MAIN_BUDGET, RUN_ARGS, Worker, grammar_file, rpc_arg, workers  # noqa: F401  (workers: a fixture, used by name)
 
-from edgellm import rpc
+from edgellm.device import workers as rpc
 from edgellm.errors import WorkerError
 
 MiB = 1024**2
@@ -237,8 +237,9 @@ def test_workers_hit_by_every_case_still_serve_a_split_run(mid_model: Path, tmp_
 
 IDLE_MAIN_SCRIPT = """
 import sys, time
-from edgellm import runtime, session
-from edgellm.rpc import parse_endpoints
+from edgellm.runtime import engine as runtime
+from edgellm import loader as session
+from edgellm.device.workers import parse_endpoints
 from edgellm.units import parse_size
 
 model, budget, workers = sys.argv[1:4]

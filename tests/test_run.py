@@ -164,7 +164,7 @@ def slow_no_prefill(tmp_path_factory: pytest.TempPathFactory) -> Path:
     all output on Ctrl-C). F16 keeps it slow: tens of seconds for a few thousand tokens here."""
     from conftest import MID_SHAPE, TEMPLATE_WITHOUT_THINK_PREFILL
 
-    from edgellm import synthetic
+    from edgellm.store import synthetic
 
     return synthetic.write_tiny_model(tmp_path_factory.mktemp("slow") / "mid-noprefill-F16.gguf", shape=MID_SHAPE,
                                       dtype="F16", chat_template=TEMPLATE_WITHOUT_THINK_PREFILL)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from fake_engine import FakeEngine, collect, run_until_idle
 
-from edgellm.reasoning import ANSWER
-from edgellm.response import Response
-from edgellm.runtime import GenerationInterrupted, GenerationStats, Prompt, SamplingParams, TextEvent
 from edgellm.runtime.batch import Finished, SequenceRequest
+from edgellm.runtime.engine import GenerationInterrupted, GenerationStats, Prompt, SamplingParams, TextEvent
+from edgellm.runtime.response import Response
+from edgellm.text.reasoning import ANSWER
 
 
 def submit(engine: FakeEngine, text: str, params: SamplingParams | None = None) -> tuple[SequenceRequest, list]:
@@ -203,7 +203,7 @@ def test_response_interrupt_between_events_stops_the_source() -> None:
 
 
 def test_bad_stop_lists_are_refused() -> None:
-    from edgellm.stops import check_stops, unescape
+    from edgellm.text.stops import check_stops, unescape
 
     with pytest.raises(ValueError, match="at most 4"):
         check_stops(["a", "b", "c", "d", "e"])

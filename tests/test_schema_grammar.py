@@ -1,4 +1,4 @@
-"""JSON Schema -> grammar (edgellm.schema_grammar): what it refuses, and that what it accepts holds.
+"""JSON Schema -> grammar (edgellm.text.schema_grammar): what it refuses, and that what it accepts holds.
 
 Refusals are table-tested (pure). Acceptance is tested on the real thing: schemas from a random
 generator -> grammar -> generations forced on a tiny real GGUF model through llama.cpp -> every value
@@ -16,8 +16,8 @@ import jsonschema
 import pytest
 
 from edgellm.errors import GrammarError
-from edgellm.grammar import check_grammar
-from edgellm.schema_grammar import MAX_REPEAT, SchemaError, SchemaGrammar, integer_range, pattern_rule
+from edgellm.text.grammar import check_grammar
+from edgellm.text.schema_grammar import MAX_REPEAT, SchemaError, SchemaGrammar, integer_range, pattern_rule
 
 
 def grammar_of(schema: Any, *, tool: bool = False) -> str:
@@ -120,7 +120,7 @@ def test_property_names_with_quotes_backslashes_and_keyword_names_work(name: str
     schema = {"type": "object", "properties": {name: {"type": "boolean"}}, "required": [name]}
     text = grammar_of(schema)
     # The key is written as JSON writes it, so what comes back parses to the same name.
-    from edgellm.grammar import gbnf_literal
+    from edgellm.text.grammar import gbnf_literal
 
     assert gbnf_literal(json.dumps(name, ensure_ascii=False)) in text
 
@@ -143,7 +143,7 @@ def test_integer_ranges_match_exactly_their_integers(low: int, high: int) -> Non
 def test_number_ranges_hold_only_numbers_within_their_bounds(bounds: dict[str, int]) -> None:
     import re
 
-    from edgellm.schema_grammar import number_range
+    from edgellm.text.schema_grammar import number_range
 
     low = bounds.get("minimum", bounds.get("exclusiveMinimum"))
     high = bounds.get("maximum", bounds.get("exclusiveMaximum"))
@@ -330,11 +330,11 @@ def test_the_random_schemas_reach_both_sides() -> None:
 
 @pytest.fixture(scope="module")
 def engine(tiny_q4km: Path) -> Iterator[Any]:
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.planner import make_plan
-    from edgellm.profiles import select_profile
-    from edgellm.runtime import Engine
+    from edgellm.device.hardware import detect
+    from edgellm.device.profiles import select_profile
+    from edgellm.plan.planner import make_plan
+    from edgellm.runtime.engine import Engine
+    from edgellm.store.gguf import read_gguf
 
     model = read_gguf(tiny_q4km)
     device = detect("/")
@@ -345,7 +345,7 @@ def engine(tiny_q4km: Path) -> Iterator[Any]:
 
 
 def test_every_value_generated_under_a_random_schema_validates(engine: Any) -> None:
-    from edgellm.runtime import GenerationStats, SamplingParams, TextEvent
+    from edgellm.runtime.engine import GenerationStats, SamplingParams, TextEvent
 
     refused = valid = cut = 0
     for index, schema in random_schemas(160, seed=2):
@@ -376,9 +376,9 @@ def test_every_value_generated_under_a_random_schema_validates(engine: Any) -> N
 
 
 def test_every_call_made_with_random_parameters_validates(engine: Any) -> None:
-    from edgellm.runtime import GenerationStats, SamplingParams
-    from edgellm.toolcalls import ToolCallArguments, ToolCallEnd, ToolSpecError, ToolUse, parse_tool_choice, parse_tools
-    from edgellm.toolcalls.formats import GENERIC
+    from edgellm.runtime.engine import GenerationStats, SamplingParams
+    from edgellm.text.toolcalls import ToolCallArguments, ToolCallEnd, ToolSpecError, ToolUse, parse_tool_choice, parse_tools
+    from edgellm.text.toolcalls.formats import GENERIC
 
     refused = valid = cut = 0
     for index, schema in random_schemas(120, seed=3):

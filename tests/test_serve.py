@@ -22,7 +22,7 @@ from conftest import cli_env, run_cli
 
 from edgellm.serve import is_loopback
 from edgellm.serve.jobs import Admission, QueueFull
-from edgellm.stops import StopFilter
+from edgellm.text.stops import StopFilter
 
 API_KEY = "sk-edgellm-test"
 LONG = 8000  # more tokens than any test lets a generation run: those tests stop it early

@@ -17,7 +17,7 @@ import openai
 import pytest
 from test_serve import API_KEY, LONG, USER, ServerProcess, http
 
-from edgellm.guards import HEAD_TIMEOUT_S
+from edgellm.serve.guards import HEAD_TIMEOUT_S
 
 JSON = {"Content-Type": "application/json"}
 AUTH = {**JSON, "Authorization": f"Bearer {API_KEY}"}

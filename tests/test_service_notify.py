@@ -22,8 +22,8 @@ import pytest
 from conftest import run_cli
 from test_serve import THINK_GRAMMAR, ServerProcess
 
-from edgellm.sdnotify import Notifier, status_line
 from edgellm.serve.lifecycle import heartbeat_fresh, tick_seconds
+from edgellm.serve.sdnotify import Notifier, status_line
 
 WATCHDOG_USEC = "2000000"  # 2 s: serve pings every 0.5 s while its loops are alive
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from edgellm import service
 from edgellm.errors import EdgeLLMError, UsageError
+from edgellm.serve import service
 
 
 def _analyze() -> str:

@@ -1,4 +1,4 @@
-"""Tests of edgellm.synthetic: the tiny tokenizer model, llama.cpp's quantization types, synthetic models."""
+"""Tests of edgellm.store.synthetic: the tiny tokenizer model, llama.cpp's quantization types, synthetic models."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import gguf
 import numpy as np
 import pytest
 
-from edgellm import runtime, synthetic
 from edgellm.errors import RuntimeUnavailableError
-from edgellm.synthetic import (
+from edgellm.runtime import engine as runtime
+from edgellm.store import synthetic
+from edgellm.store.synthetic import (
     QWEN2_1_5B,
     QWEN2_7B,
     TINY,

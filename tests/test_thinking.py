@@ -16,7 +16,7 @@ import pytest
 from conftest import cli_env, run_cli
 from fake_engine import FakeEngine
 
-from edgellm import synthetic
+from edgellm.store import synthetic
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 YES_NO = 'root ::= "The answer is " ("yes" | "no") "."'
@@ -79,9 +79,9 @@ def test_with_a_budget_the_grammar_holds_the_answer_after_the_reasoning(tiny_f32
 
 @pytest.mark.parametrize("fixture", ["tiny_f32", "tiny_no_prefill", "llama_cpp_r1"])
 def test_no_think_answers_at_once_with_every_template_form(fixture: str, request: pytest.FixtureRequest) -> None:
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.runtime import Engine
+    from edgellm.device.hardware import detect
+    from edgellm.runtime.engine import Engine
+    from edgellm.store.gguf import read_gguf
 
     model_path: Path = request.getfixturevalue(fixture)
     report = run_json("-m", str(model_path), "--no-think", "-n", "12", "--seed", "4", "Hi")
@@ -181,10 +181,10 @@ def test_a_long_pipe_gets_a_context_sized_to_it(long_trained: Path) -> None:
 
 
 def test_a_long_pipe_beyond_memory_says_how_many_tokens_fit(long_trained: Path) -> None:
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.planner import make_plan
-    from edgellm.profiles import select_profile
+    from edgellm.device.hardware import detect
+    from edgellm.device.profiles import select_profile
+    from edgellm.plan.planner import make_plan
+    from edgellm.store.gguf import read_gguf
 
     model = read_gguf(long_trained)
     device = detect("/")
@@ -250,10 +250,10 @@ def test_a_real_server_reports_reasoning_tokens_for_a_budget(tiny_8k: Path, tmp_
 
 
 def test_plan_shows_the_worst_case_time_to_an_answer(tiny_f32: Path) -> None:
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.planner import ANSWER_TOKENS, make_plan
-    from edgellm.profiles import load_profiles
+    from edgellm.device.hardware import detect
+    from edgellm.device.profiles import load_profiles
+    from edgellm.plan.planner import ANSWER_TOKENS, make_plan
+    from edgellm.store.gguf import read_gguf
 
     model = read_gguf(tiny_f32)
     profiles = {p.name: p for p in load_profiles()}

@@ -12,9 +12,9 @@ import random
 import pytest
 from fake_engine import FakeEngine, collect, run_until_idle
 
-from edgellm.runtime import SamplingParams
 from edgellm.runtime.batch import SequenceRequest
-from edgellm.toolcalls import (
+from edgellm.runtime.engine import SamplingParams
+from edgellm.text.toolcalls import (
     ToolCallParser,
     ToolChoice,
     ToolSpecError,
@@ -23,7 +23,7 @@ from edgellm.toolcalls import (
     parse_tool_choice,
     parse_tools,
 )
-from edgellm.toolcalls.formats import GENERIC, HERMES, LLAMA3, R1, R1_OPENERS
+from edgellm.text.toolcalls.formats import GENERIC, HERMES, LLAMA3, R1, R1_OPENERS
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}

@@ -22,7 +22,7 @@ from conftest import run_cli
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from test_serve import ServerProcess
 
-from edgellm import synthetic
+from edgellm.store import synthetic
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 # Phi-3.5-mini's chat tokens: its template has no tool support, so it gets the generic format.
@@ -91,11 +91,11 @@ def served(request: pytest.FixtureRequest, models_dir: Path, tmp_path_factory: p
 
 def load_engine(path: Path, ctx: int):  # type: ignore[no-untyped-def]
     """The model loaded in-process with this machine's plan at `ctx`."""
-    from edgellm.hardware import detect
-    from edgellm.modelinfo import read_gguf
-    from edgellm.planner import make_plan
-    from edgellm.profiles import select_profile
-    from edgellm.runtime import Engine
+    from edgellm.device.hardware import detect
+    from edgellm.device.profiles import select_profile
+    from edgellm.plan.planner import make_plan
+    from edgellm.runtime.engine import Engine
+    from edgellm.store.gguf import read_gguf
 
     model = read_gguf(path)
     device = detect("/")
@@ -114,8 +114,8 @@ def validated(calls: list) -> list[tuple[str, dict]]:
 
 
 def test_the_call_format_is_detected_from_the_real_template(served: Served) -> None:
-    from edgellm.modelinfo import read_gguf
-    from edgellm.toolcalls import detect_format
+    from edgellm.store.gguf import read_gguf
+    from edgellm.text.toolcalls import detect_format
 
     assert detect_format(read_gguf(served.model_path).chat_template).name == FAMILIES[served.family][2]
 

@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgellm.errors import GenerationError
-from edgellm.grammar import GrammarTextDecoder
-from edgellm.reasoning import ANSWER, CLOSE_TAG, REASONING, ReasoningSplitter
-from edgellm.runtime import (
+from edgellm.runtime.engine import (
     Engine,
     GenerationStats,
     Prompt,
@@ -41,8 +39,10 @@ from edgellm.runtime import (
     peak_rss_bytes,
 )
 from edgellm.runtime.rpc import decode_watch
-from edgellm.stops import StopFilter
-from edgellm.toolcalls.parser import ToolCallParser
+from edgellm.text.grammar import GrammarTextDecoder
+from edgellm.text.reasoning import ANSWER, CLOSE_TAG, REASONING, ReasoningSplitter
+from edgellm.text.stops import StopFilter
+from edgellm.text.toolcalls.parser import ToolCallParser
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the window the penalties look at
 # Generated tokens remembered with their text, to take back the ones that wrote a tool call's

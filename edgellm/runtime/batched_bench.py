@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgellm.errors import GenerationError
-from edgellm.runtime import BenchContext, Engine
+from edgellm.runtime.engine import BenchContext, Engine
 from edgellm.runtime.rpc import decode_watch
 
 WARMUP_TOKENS = 16  # llama-batched-bench's warm-up: 16 random tokens of sequence 0

@@ -8,15 +8,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from edgellm.modelinfo import ModelInfo
-    from edgellm.planner import Plan
-    from edgellm.runtime import Event, Prompt, SamplingParams
+    from edgellm.plan.planner import Plan
     from edgellm.runtime.batch import Scheduler
-    from edgellm.toolcalls.formats import ToolFormat, ToolUse
+    from edgellm.runtime.engine import Event, Prompt, SamplingParams
+    from edgellm.store.gguf import ModelInfo
+    from edgellm.text.toolcalls.formats import ToolFormat, ToolUse
 
 
 class GenerationEngine(Protocol):
-    """A model loaded with a plan (edgellm.runtime.Engine keeps this contract)."""
+    """A model loaded with a plan (edgellm.runtime.engine.Engine keeps this contract)."""
 
     model: ModelInfo
     plan: Plan

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgellm.device.workers import Endpoint
 from edgellm.errors import RuntimeUnavailableError, WorkerError
-from edgellm.rpc import Endpoint
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
 # struct ggml_backend_device (ggml-backend-impl.h): 17 interface function pointers, then reg and
@@ -42,7 +42,7 @@ EXIT_WORKER_LOST = 1
 
 
 def _library_dir() -> Path:
-    from edgellm.runtime import load_llama_cpp  # noqa: PLC0415  (edgellm.runtime's modules import this one)
+    from edgellm.runtime.engine import load_llama_cpp  # noqa: PLC0415  (edgellm.runtime.engine's modules import this one)
 
     return Path(load_llama_cpp().__file__ or ".").parent / "lib"
 
@@ -129,7 +129,7 @@ _keep_alive: list[Any] = []  # ctypes callbacks must outlive every call into C
 
 def attach_workers(endpoints: list[Endpoint]) -> None:
     """Register each worker's devices with llama.cpp, in order, so the next model loads its layers
-    onto them. Probe them first (edgellm.rpc.probe): a worker llama.cpp cannot reach aborts it."""
+    onto them. Probe them first (edgellm.device.workers.probe): a worker llama.cpp cannot reach aborts it."""
     if not endpoints:
         return
     rpc, ggml = _ggml_rpc(), _ggml()

@@ -8,7 +8,7 @@ from typing import Any
 
 from edgellm import ui
 from edgellm.errors import debug_enabled, one_line
-from edgellm.metrics import Metrics
+from edgellm.serve.metrics import Metrics
 
 KNOWN_PATHS = frozenset({"/health", "/metrics", "/slots", "/v1/models", "/v1/chat/completions", "/v1/completions"})
 

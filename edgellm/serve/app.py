@@ -18,12 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
-from edgellm import guards, ui
+from edgellm import ui
 from edgellm.errors import ContextOverflowError, EdgeLLMError, GrammarError, one_line
-from edgellm.metrics import Metrics
-from edgellm.runtime import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
+from edgellm.runtime.engine import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
 from edgellm.runtime.protocol import GenerationEngine
-from edgellm.sdnotify import Notifier
+from edgellm.serve import guards
 from edgellm.serve.access_log import RequestLog
 from edgellm.serve.errors import (
     RETRY_AFTER_SECONDS,
@@ -35,6 +34,7 @@ from edgellm.serve.errors import (
 )
 from edgellm.serve.jobs import Admission, GenerationJob, QueueFull, wait_watching_client
 from edgellm.serve.lifecycle import supervise
+from edgellm.serve.metrics import Metrics
 from edgellm.serve.replies import Reply
 from edgellm.serve.schemas import (
     ChatCompletionRequest,
@@ -42,8 +42,9 @@ from edgellm.serve.schemas import (
     ResponseFormat,
     SamplingFields,
 )
-from edgellm.stops import check_stops
-from edgellm.toolcalls import ToolSpecError, ToolUse, parse_tool_choice, parse_tools
+from edgellm.serve.sdnotify import Notifier
+from edgellm.text.stops import check_stops
+from edgellm.text.toolcalls import ToolSpecError, ToolUse, parse_tool_choice, parse_tools
 
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -603,7 +604,7 @@ def response_format_grammar(response_format: ResponseFormat) -> tuple[str | None
         if not schema:
             raise APIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
         return None, json.dumps(schema)
-    from edgellm.runtime import json_grammar  # noqa: PLC0415
+    from edgellm.runtime.engine import json_grammar  # noqa: PLC0415
 
     return json_grammar(), None
 
@@ -641,7 +642,7 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 def create_app(engine: GenerationEngine, config: ServerConfig) -> Any:
-    """The ASGI app serving `engine` (an edgellm.runtime.Engine, or anything with its generate API)."""
+    """The ASGI app serving `engine` (an edgellm.runtime.engine.Engine, or anything with its generate API)."""
     return Server(engine, config).app()
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgellm.errors import ContextOverflowError, EdgeLLMError, EmptyPromptError
-from edgellm.toolcalls.spec import ToolSpecError
+from edgellm.text.toolcalls.spec import ToolSpecError
 
 RETRY_AFTER_SECONDS = 5  # what a 503 tells clients to wait
 

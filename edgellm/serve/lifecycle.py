@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from edgellm.sdnotify import Notifier
+from edgellm.serve.sdnotify import Notifier
 
 STATUS_EVERY_SECONDS = 5.0
 TICK_SECONDS = 1.0

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from edgellm.reasoning import REASONING
-from edgellm.runtime import Prompt, SamplingParams, TextEvent
+from edgellm.runtime.engine import Prompt, SamplingParams, TextEvent
 from edgellm.serve.errors import ClientGone, as_api_error
 from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader
-from edgellm.toolcalls.parser import ToolCallArguments, ToolCallStart
+from edgellm.text.reasoning import REASONING
+from edgellm.text.toolcalls.parser import ToolCallArguments, ToolCallStart
 
 if TYPE_CHECKING:
     from edgellm.serve.app import Server

@@ -114,7 +114,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     top_logprobs: int | None = None
-    tools: list[Any] | None = None  # checked by edgellm.toolcalls.parse_tools (one-line reasons)
+    tools: list[Any] | None = None  # checked by edgellm.text.toolcalls.parse_tools (one-line reasons)
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     # llama-server's extension: extra chat template variables (enable_thinking, ...).

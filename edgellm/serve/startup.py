@@ -11,11 +11,12 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from edgellm import guards, hardware
+from edgellm.device import hardware
 from edgellm.errors import UsageError
 from edgellm.runtime.protocol import GenerationEngine
-from edgellm.sdnotify import Notifier
+from edgellm.serve import guards
 from edgellm.serve.app import SHUTDOWN_GRACE_SECONDS, Server, ServerConfig
+from edgellm.serve.sdnotify import Notifier
 
 
 def is_loopback(host: str) -> bool:
@@ -108,7 +109,7 @@ def read_api_key_file(path: str) -> str:
 def warm_up(engine: GenerationEngine) -> None:
     """One real decode and sample before the service says it is ready: a model that loads but
     cannot generate (a broken build, a bad file) fails here, not on the first user's request."""
-    from edgellm.runtime import SamplingParams  # noqa: PLC0415
+    from edgellm.runtime.engine import SamplingParams  # noqa: PLC0415
 
     for _ in engine.generate_from_prompt("Hello", SamplingParams(max_tokens=1, seed=0)):
         pass

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from edgellm.hardware import format_cpu_list
+from edgellm.device.hardware import format_cpu_list
 from edgellm.ui.console import stderr, stdout
 from edgellm.units import format_size
 
@@ -100,8 +100,8 @@ def result_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    # On use: every command imports edgellm.ui, and importing edgellm.bench costs ~30 ms.
-    from edgellm.bench import device_label, model_label  # noqa: PLC0415
+    # On use: every command imports edgellm.ui, and importing edgellm.bench.runner costs ~30 ms.
+    from edgellm.bench.runner import device_label, model_label  # noqa: PLC0415
 
     lines = [
         f"model: {model_label(report)}, {format_size(report.get('model_size_bytes'))}"
@@ -197,7 +197,7 @@ def _blank(value: Any) -> Any:
 
 def bench_csv(report: dict[str, Any]) -> str:
     """One line per test, the report's own fields (CSV_FIELDS, or PARALLEL_CSV_FIELDS with --parallel)."""
-    from edgellm.bench import device_label  # noqa: PLC0415  (on use, as in summary_lines)
+    from edgellm.bench.runner import device_label  # noqa: PLC0415  (on use, as in summary_lines)
 
     buffer = io.StringIO()
     parallel = is_parallel(report)

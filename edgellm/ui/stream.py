@@ -17,12 +17,12 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.text import Text
 
 from edgellm.errors import UsageError
-from edgellm.reasoning import ANSWER, REASONING
+from edgellm.text.reasoning import ANSWER, REASONING
 from edgellm.ui.console import dim_escape, stderr
 from edgellm.units import format_size
 
 if TYPE_CHECKING:
-    from edgellm.runtime import TextEvent
+    from edgellm.runtime.engine import TextEvent
 
 THINK_MODES = ("hide", "show", "stderr")
 

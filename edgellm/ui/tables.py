@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edgellm import hardware
+from edgellm.device import hardware
 from edgellm.ui.console import stdout, warn
 from edgellm.units import format_size
 

@@ -1,0 +1,146 @@
+"""Parsers for the values people type on the command line: lists of numbers, CPU lists, stop
+strings, tool and grammar files, the reasoning options. Each checks its value and raises a
+UsageError naming the option, before any model loads; none of them uses Typer, so the library
+(bench's child process, scripts) can use them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from edgellm.device import hardware
+from edgellm.device.hardware import read_regular_file
+from edgellm.errors import UsageError
+from edgellm.text.stops import check_stops, unescape
+from edgellm.text.toolcalls import ToolSpecError, parse_tool_choice, parse_tools
+
+MAX_LIST_VALUES = 4096  # -p/-n/-t/--depth lists: far more tests than anyone can wait for
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: a context holds at most this many sequences
+# llama.cpp's GGML_MAX_N_THREADS: more aborts inside ggml.
+MAX_THREADS = 512
+
+
+def apply_thinking(sampling: Any, profile: Any, budget: int | None, no_think: bool, message: str | None) -> None:
+    """--think-budget / --no-think / --think-message onto SamplingParams (the profile's budget by default)."""
+    if no_think and budget:
+        raise UsageError("--no-think and --think-budget cannot be combined")
+    if budget == 0:
+        no_think = True
+    sampling.no_think = no_think
+    sampling.think_budget = None if no_think else (budget if budget is not None else profile.think_budget)
+    if message is not None:
+        sampling.think_message = unescape(message)
+
+def serve_thinking(profile: Any, budget: int | None, message: str | None) -> dict[str, Any]:
+    """ServerConfig fields for reasoning: the default budget (--think-budget, else the profile's)
+    and the budgets of reasoning_effort low / medium / high (the profile's)."""
+    from edgellm.runtime.engine import DEFAULT_THINK_MESSAGE  # noqa: PLC0415  (the runtime package loads llama_cpp lazily; its constants are cheap)
+
+    return {
+        "think_budget": budget if budget is not None else profile.think_budget,
+        "effort_budgets": {"low": profile.think_budget_low, "medium": profile.think_budget_medium,
+                           "high": profile.think_budget_high},
+        "think_message": unescape(message) if message is not None else DEFAULT_THINK_MESSAGE,
+    }
+
+def stop_values(values: list[str] | None) -> list[str]:
+    """--stop values with the escapes a shell user types (\\n, \\t, \\\\), checked."""
+    try:
+        return check_stops([unescape(value) for value in values or []])
+    except ValueError as exc:
+        raise UsageError(f"--stop: {exc}") from None
+
+MAX_CONSTRAINT_FILE_BYTES = 1024 * 1024  # grammars and schemas are KiBs; llama.cpp's limit is far lower
+
+
+def tools_file(path: Path | None, choice: str | None) -> Any:
+    """--tools FILE and --tool-choice as (tools, ToolChoice), checked before any model loads."""
+    if path is None:
+        if choice is not None:
+            raise UsageError("--tool-choice needs --tools FILE")
+        return None
+    text = read_text_file(path, "--tools") or ""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"--tools {path}: not valid JSON: {str(exc).splitlines()[0][:120]}") from None
+    if isinstance(data, dict) and "tools" in data:
+        data = data["tools"]  # a request body's worth, as people copy it
+    try:
+        tool_list = parse_tools(data, param="tools")
+        named = choice not in (None, "auto", "required", "none")
+        chosen = parse_tool_choice({"type": "function", "function": {"name": choice}} if named else choice, tool_list,
+                                   param="--tool-choice")
+    except ToolSpecError as exc:
+        raise UsageError(f"--tools {path}: {exc.message}", hint=exc.hint) from None
+    return tool_list, chosen
+
+
+def read_text_file(path: Path | None, option: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        # Only regular files: a FIFO or a device would block or never end.
+        data = read_regular_file(path, MAX_CONSTRAINT_FILE_BYTES + 1)
+        if len(data) > MAX_CONSTRAINT_FILE_BYTES:
+            raise UsageError(f"{option} {path}: larger than {MAX_CONSTRAINT_FILE_BYTES // 1024} KiB")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+def parse_int_list(text: str, option: str, *, minimum: int = 0) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; also accepts llama-bench's 'first-last+step' ranges ('1-8+1')."""
+    values: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+)(?:\+(\d+))?)?", part)
+        if not match:
+            raise UsageError(f"{option} {text!r}: expected numbers separated by commas, e.g. {option} 1,2,4")
+        first, last, step = int(match.group(1)), match.group(2), match.group(3)
+        if step is not None and int(step) == 0:
+            raise UsageError(f"{option} {part!r}: a range's step must be at least 1")
+        span = range(first, int(last) + 1, int(step or 1)) if last else range(first, first + 1)
+        if len(values) + len(span) > MAX_LIST_VALUES:  # sized before expanding: 1-4000000000 is 4e9 ints
+            raise UsageError(f"{option} {text!r}: more than {MAX_LIST_VALUES} values")
+        values.extend(span)
+    if not values or min(values) < minimum:
+        raise UsageError(f"{option} {text!r}: every value must be at least {minimum}")
+    return list(dict.fromkeys(values))
+
+
+def parse_parallel(text: str) -> list[int]:
+    """--parallel '1,2,4' -> [1, 2, 4]: numbers of sequences decoded at once, 1 to MAX_SEQUENCES."""
+    values = parse_int_list(text, "--parallel", minimum=1)
+    if max(values) > MAX_SEQUENCES:
+        raise UsageError(f"--parallel {text!r}: at most {MAX_SEQUENCES} sequences (llama.cpp's limit)",
+                         hint="e.g. --parallel 1,2,4")
+    return values
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'4-7' or '0,2,4' -> CPU ids (the kernel's CPU-list format, as hardware reads it)."""
+    cpus = hardware.parse_cpu_list(text)
+    if not cpus:
+        raise UsageError(f"--cores {text!r}: expected big, all, or CPU ids like 4-7 or 0,2")
+    return cpus
+
+def bench_threads(text: str | None) -> list[int] | None:
+    """bench -t: thread counts to compare. More than the CPUs is allowed (that is what one measures)
+    but said; more than llama.cpp can start is refused."""
+    if not text:
+        return None
+    counts = parse_int_list(text, "-t", minimum=1)
+    too_many = [n for n in counts if n > MAX_THREADS]
+    if too_many:
+        raise UsageError(f"-t {too_many[0]}: llama.cpp runs at most {MAX_THREADS} threads")
+    return counts
+
+
+def oversubscribed_threads(counts: list[int] | None) -> list[str]:
+    """Warnings for bench -t counts above the CPUs this process may use (allowed: it is what one measures)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return [f"-t {n} is more than the {cpus} CPUs here: the threads will share them" for n in counts or [] if n > cpus]

@@ -1,0 +1,310 @@
+"""What every model command does before generating: detect, pick a profile, resolve, plan.
+
+Kept apart from the CLI so chat, bench and serve call the same steps, and apart from the
+planner so the planner stays pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import util as importlib_util
+from pathlib import Path
+from typing import Any
+
+from edgellm.device.hardware import Device, detect
+from edgellm.device.profiles import Profile, select_profile
+from edgellm.device.workers import Endpoint, WorkerInfo, let_idle_threads_sleep, probe_all
+from edgellm.errors import (
+    ContextOverflowError,
+    DownloadError,
+    ModelNotFoundError,
+    PlanError,
+)
+from edgellm.paths import llama_build_cache_file
+from edgellm.plan.planner import Plan, auto_parallel, make_plan, refusal_hint
+from edgellm.store import models
+from edgellm.store.gguf import ModelInfo
+
+
+@dataclass
+class PlanOptions:
+    profile: str | None = None
+    ctx: int | None = None
+    mem_budget: int | None = None
+    threads: int | None = None
+    threads_batch: int | None = None
+    sysroot: str = "/"
+    parallel: int | None = 1  # sequences at once (serve); None: as many as fit, at most 4
+    rpc: list[Endpoint] = dataclasses.field(default_factory=list)  # workers to split the layers across (--rpc)
+
+
+@dataclass
+class Prepared:
+    device: Device
+    profile: Profile
+    profile_reason: str
+    model: ModelInfo
+    plan: Plan
+    workers: list[WorkerInfo] = dataclasses.field(default_factory=list)  # as probed, for replans
+
+
+def resolve_model(
+    spec: str,
+    *,
+    yes: bool = False,
+    fetch: bool = True,
+    device: Device | None = None,
+    profile: Profile | None = None,
+    ctx: int | None = None,
+    mem_budget: int | None = None,
+) -> ModelInfo:
+    """Turn `-m` into a model: a local .gguf path, a catalog name (`deepseek-r1-1.5b[:Q4_K_S]`),
+    `owner/repo[:QUANT]` or `owner/repo/file.gguf` (edgellm.store.models.parse_spec).
+
+    A hub model not downloaded yet is pulled (asking on a terminal above 1 GB unless `yes`); with
+    fetch=False it is described from the catalog's shape instead, so plans work before downloads.
+    Without a quant, the planner picks the one that fits `device` under `profile`.
+    """
+    if device is None:
+        device = detect("/")
+    if profile is None:
+        profile, _ = select_profile(device, None)
+    return models.resolve(spec, device, profile, yes=yes, fetch_missing=fetch, ctx=ctx, mem_budget=mem_budget)
+
+
+def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
+    """Detect, select the profile, resolve the model (no spec: the profile's default model) and
+    plan. `loading`: the caller loads the model next, so asking llama.cpp for its build facts
+    costs nothing extra."""
+    device = detect(options.sysroot)
+    profile, reason = select_profile(device, options.profile)
+    # Each worker's version and free memory, before llama.cpp meets it, and before a download that
+    # would be wasted on a worker that is down.
+    workers = probe_all(options.rpc)
+    if workers:
+        let_idle_threads_sleep()
+    # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
+    resolve = functools.partial(resolve_model, yes=yes, fetch=require_fit, device=device, profile=profile,
+                                ctx=options.ctx, mem_budget=options.mem_budget)
+    if spec:
+        model = resolve(spec)
+    else:
+        try:
+            model = resolve(profile.default_model)
+        except (ModelNotFoundError, DownloadError) as exc:
+            hint = (exc.hint + "; " if exc.hint else "") + "or pass a file with -m ~/models/model.gguf"
+            raise type(exc)(
+                f"no -m given, so edgellm wants the {profile.name} profile's model {profile.default_model}: {exc.message}",
+                hint=hint,
+            ) from None
+    repacks = _build_repacks(options.sysroot, loading)
+
+    def plan_for(parallel: int) -> Plan:
+        return make_plan(model, device, profile, ctx=options.ctx, mem_budget=options.mem_budget, threads=options.threads,
+                         threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel, workers=workers)
+
+    plan = plan_for(options.parallel if options.parallel is not None else auto_parallel(plan_for))
+    if require_fit and not plan.fits:
+        raise PlanError(plan.refusal or "the model does not fit", hint=refusal_hint(plan))
+    if loading:
+        from edgellm import ui  # noqa: PLC0415
+
+        for warning in plan.warnings:
+            ui.warn(warning)
+        if plan.rpc:
+            ui.info("layers: " + ", ".join(f"{'this board' if d.name == 'local' else d.name} {d.layers}" for d in plan.devices)
+                    + f" (+ the output layer on {plan.devices[-1].name})")
+    return Prepared(device, profile, reason, model, plan, workers)
+
+
+def _build_repacks(sysroot: str, loading: bool) -> bool:
+    if Path(sysroot).resolve() != Path("/"):
+        return False  # another device's build is unknown
+    if loading:
+        from edgellm.runtime.engine import system_info  # noqa: PLC0415  (llama_cpp is about to load anyway)
+
+        info: str | None = system_info()
+    else:
+        info = llama_build_info()
+    return bool(info and "REPACK = 1" in info)
+
+
+# --- llama.cpp build facts, without importing llama_cpp in this process ------------------------
+
+
+def _library_fingerprint() -> str | None:
+    spec = importlib_util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(next(iter(spec.submodule_search_locations)))
+    stamps = []
+    for lib in sorted((package / "lib").glob("*")):
+        try:
+            stat = lib.stat()
+        except OSError:
+            continue
+        stamps.append(f"{lib.name}:{stat.st_size}:{int(stat.st_mtime)}")
+    return hashlib.sha256("|".join(stamps).encode()).hexdigest()[:16] if stamps else None
+
+
+def llama_build_info() -> str | None:
+    """llama.cpp's system-info line for the installed build, cached per library file.
+
+    `detect` must stay fast and must not load the native library (shell scripts call it in
+    loops), so the first call asks a child process and later calls read the cache.
+    """
+    fingerprint = _library_fingerprint()
+    if fingerprint is None:
+        return None
+    cache = llama_build_cache_file()
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("fingerprint") == fingerprint:
+            return str(cached["system_info"])
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "from edgellm.runtime.engine import system_info; print(system_info())"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    info = result.stdout.strip()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"fingerprint": fingerprint, "system_info": info}))
+    except OSError:
+        pass
+    return info
+
+
+# Features llama.cpp needs compiled in to use what the CPU offers: device feature -> build flag.
+# detect's feature names -> the flag llama.cpp's system info prints when a build uses it
+# (ggml-cpu.cpp ggml_backend_cpu_get_features). AMX is left out: edgellm builds without it.
+BUILD_FLAGS = {
+    "dotprod": "DOTPROD", "i8mm": "MATMUL_INT8", "sve": "SVE", "fp16": "FP16_VA", "sme": "SME",
+    "sse3": "SSE3", "ssse3": "SSSE3", "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "bmi2": "BMI2",
+    "avx_vnni": "AVX_VNNI", "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI", "avx512_vnni": "AVX512_VNNI",
+    "avx512_bf16": "AVX512_BF16",
+}
+BUILD_WHY = {
+    "dotprod": "prompt processing runs about 2x slower without it",
+    "i8mm": "int8 matrix multiply speeds up prompt processing",
+    "avx2": "most x86 kernels need it",
+}
+
+
+def build_warnings(device: Device, info: str | None) -> list[str]:
+    """Where the CPU has a feature the installed llama.cpp was not compiled with, or AMX is on."""
+    if not info:
+        return []
+    warnings = []
+    for feature in device.features:
+        flag = BUILD_FLAGS.get(feature)
+        if flag and f"{flag} = 1" not in info:
+            why = BUILD_WHY.get(feature, "llama.cpp's faster kernels for it are not used")
+            warnings.append(
+                f"the CPU has {feature} but llama.cpp was built without {flag}: {why}; "
+                "rebuild with: pip install --force-reinstall --no-cache-dir llama-cpp-python"
+            )
+    if "AMX_INT8 = 1" in info:
+        warnings.append(
+            "this llama.cpp build has Intel AMX kernels, which crash on prompts (llama.cpp issue 20824); "
+            "edgellm loads models without them, but rebuild: CMAKE_ARGS=\"-DCMAKE_C_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16 "
+            "-DCMAKE_CXX_FLAGS=-mno-amx-tile\\ -mno-amx-int8\\ -mno-amx-bf16\" pip install --force-reinstall --no-cache-dir llama-cpp-python"
+        )
+    return warnings
+
+
+# A reply's room when run sizes the context to its input: the answer (when no --max-tokens) and a
+# reasoning model's reasoning (when no --think-budget).
+ANSWER_ROOM_TOKENS = 1024
+REASONING_ROOM_TOKENS = 2048
+TEMPLATE_SLACK_TOKENS = 64  # what a chat template adds around the text, at most, for the quick check
+
+
+def reply_room(model: ModelInfo, max_tokens: int | None, think_budget: int | None, no_think: bool) -> int:
+    """Tokens to leave after the prompt: the answer, plus the reasoning's budget for a reasoning model."""
+    room = max_tokens or ANSWER_ROOM_TOKENS
+    if model.thinks and not no_think:
+        room += think_budget if think_budget is not None else REASONING_ROOM_TOKENS
+    return room
+
+
+def context_for(prepared: Prepared, options: PlanOptions, messages: list[dict[str, str]], sampling: Any,
+                count: Callable[[list[dict[str, str]]], int] | None = None) -> Prepared:
+    """`prepared` with a context sized to `messages` and their reply (long piped input, a long paste
+    in chat) when the current one would not hold them. `count` gives the prompt's tokens (default:
+    counted with the model's vocabulary alone, no weights). A prompt whose bytes, plus what a
+    template adds, fit already is never counted: a token holds at least one byte."""
+    room = reply_room(prepared.model, sampling.max_tokens, sampling.think_budget, sampling.skips_reasoning)
+    size = sum(len((m.get("content") or "").encode("utf-8", "replace")) for m in messages)
+    if options.ctx is not None or size + TEMPLATE_SLACK_TOKENS + room <= prepared.plan.n_ctx:
+        return prepared
+    if count is None:
+        from edgellm.runtime.engine import Engine  # noqa: PLC0415
+
+        counter = Engine.tokenizer_only(prepared.model)
+        try:
+            tokens = len(counter.prompt_from_messages(messages, check=False, no_think=sampling.skips_reasoning).tokens)
+        finally:
+            counter.close()
+    else:
+        tokens = count(messages)
+    return fit_prompt(prepared, options, tokens, room)
+
+
+def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, room: int) -> Prepared:
+    """`prepared` with a context that holds the prompt and `room` tokens of reply, as far as the
+    memory budget and the model's trained context allow: run sizes the context to its input. Unchanged
+    when it fits already or --ctx was given; a ContextOverflowError saying what fits when memory cannot."""
+    plan, model = prepared.plan, prepared.model
+    if options.ctx is not None or prompt_tokens + room <= plan.n_ctx:
+        return prepared
+    trained = model.context_length
+    if prompt_tokens >= trained:
+        raise ContextOverflowError(
+            f"the prompt is {prompt_tokens} tokens but {model.name or 'the model'} is trained for {trained}",
+            hint="shorten the input",
+        )
+    wanted = min(prompt_tokens + room, trained)
+    repacks = _build_repacks(options.sysroot, True)
+
+    def plan_at(n_ctx: int) -> Plan:
+        return make_plan(model, prepared.device, prepared.profile, ctx=n_ctx, mem_budget=options.mem_budget,
+                         threads=options.threads, threads_batch=options.threads_batch, build_repacks=repacks,
+                         workers=prepared.workers)
+
+    larger = plan_at(wanted)
+    holds = larger.n_ctx if larger.fits else 0
+    if holds < wanted:
+        # The largest context memory holds at its best KV type (the planner shrinks the context
+        # before it tries q8_0 for a shorter one), counted down from what was wanted.
+        holds = next((c for c in range(wanted // 256 * 256, plan.n_ctx, -256)
+                      if (p := plan_at(c)).fits and p.n_ctx >= c), plan.n_ctx)
+        larger = plan_at(holds)
+    if holds <= plan.n_ctx and prompt_tokens < plan.n_ctx:
+        return prepared  # no larger context to be had (the model's training caps it); the prompt fits
+    if holds <= prompt_tokens:
+        raise ContextOverflowError(
+            f"the prompt is {prompt_tokens} tokens, but memory holds a context of at most {holds} tokens"
+            f" ({larger.reasons.get('budget', 'the memory budget')})",
+            hint=f"shorten the input to under {max(holds - room, 1)} tokens, or raise --mem-budget",
+        )
+    from edgellm import ui  # noqa: PLC0415
+
+    ui.info(f"context {plan.n_ctx} -> {larger.n_ctx} tokens, to hold the {prompt_tokens}-token prompt and its reply"
+            + (f" ({larger.reasons['n_ctx']})" if "largest" in larger.reasons.get("n_ctx", "") else ""))
+    for warning in larger.warnings:
+        ui.warn(warning)
+    return dataclasses.replace(prepared, plan=larger)

@@ -1,0 +1,256 @@
+"""The models edgellm knows by name (catalog.toml), and the choice of quant for a device.
+
+Pure apart from reading the packaged TOML file: no network, no llama_cpp. A catalog entry's
+architecture shape becomes a `ModelInfo`, so the planner can size a model before it is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgellm.device.hardware import Device
+from edgellm.device.profiles import Profile
+from edgellm.errors import EdgeLLMError
+from edgellm.plan.planner import RUNTIME_OVERHEAD_BYTES, Plan, make_plan, memory_budget
+from edgellm.store.gguf import ModelInfo, ModelShape
+from edgellm.units import format_size
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+CATALOG_FILE = Path(__file__).with_name("catalog.toml")
+
+# A quant tag as it appears in GGUF file names: Q4_K_M, q4_k_m, IQ4_XS, Q8_0, Q4_0_4_4, BF16...
+_QUANT_TOKEN = re.compile(r"(?i)^(I?Q[1-8](?:_[A-Z0-9]+)*|BF16|F16|F32)$")
+# Split GGUFs ("-00001-of-00003.gguf") need every part; edgellm handles single-file models only.
+_SPLIT_PART = re.compile(r"(?i)-\d{5}-of-\d{5}\.gguf$")
+
+
+class CatalogError(EdgeLLMError):
+    """catalog.toml is malformed (a packaging bug, reported as one line)."""
+
+
+@dataclass(frozen=True)
+class QuantFile:
+    quant: str
+    filename: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    description: str
+    repo: str
+    revision: str
+    license: str
+    shape: ModelShape
+    files: dict[str, QuantFile]
+    thinks: bool = False
+
+    def model_info(self, quant: str, size: int | None = None) -> ModelInfo:
+        """What the planner needs, from the shape: the file size stands in for the weights
+        (the header is < 1% of it), and the bytes read per token leave out the embedding table."""
+        size = size if size is not None else self.files[quant].size
+        shape = self.shape
+        bits_per_weight = size * 8 / max(shape.parameter_count(), 1)
+        embedding_bytes = int(shape.n_vocab * shape.n_embd * bits_per_weight / 8)
+        return ModelInfo(
+            arch=shape.arch,
+            n_layers=shape.n_layers,
+            n_embd=shape.n_embd,
+            n_head=shape.n_head,
+            n_head_kv=shape.n_head_kv,
+            head_dim_k=shape.head_dim,
+            head_dim_v=shape.head_dim,
+            n_ff=shape.n_ff,
+            n_vocab=shape.n_vocab,
+            context_length=shape.context_length,
+            quant=quant,
+            weights_bytes=size,
+            bytes_per_token=size if shape.tied_embeddings else size - embedding_bytes,
+            name=self.name,
+            file_size=size,
+            tied_embeddings=shape.tied_embeddings,
+            input_bytes=embedding_bytes,
+            output_bytes=embedding_bytes,
+        )
+
+    def quant_for_file(self, filename: str) -> str | None:
+        for quant, file in self.files.items():
+            if file.filename == filename:
+                return quant
+        return None
+
+
+def quant_of_filename(filename: str) -> str | None:
+    """'DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf' -> 'Q4_K_M'; None when the name carries no tag."""
+    name = filename.rsplit("/", 1)[-1]
+    if not name.lower().endswith(".gguf") or _SPLIT_PART.search(name):
+        return None
+    for token in reversed(re.split(r"[-.]", name[: -len(".gguf")])):
+        if _QUANT_TOKEN.match(token):
+            return token.upper()
+    return None
+
+
+def quants_in_files(filenames: Sequence[str]) -> dict[str, str]:
+    """Quant -> file name for the single-file GGUFs of a repo listing (first file wins per quant)."""
+    found: dict[str, str] = {}
+    for filename in sorted(filenames):
+        quant = quant_of_filename(filename)
+        if quant and quant not in found:
+            found[quant] = filename
+    return found
+
+
+def _require(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    value = table.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CatalogError(f"catalog.toml: {where}.{key} must be a {kind.__name__}")
+    return value
+
+
+def parse_catalog(text: str) -> dict[str, CatalogEntry]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"catalog.toml: not valid TOML: {exc}") from None
+    entries: dict[str, CatalogEntry] = {}
+    for name, table in data.get("models", {}).items():
+        where = f"models.{name}"
+        shape_table = _require(table, "shape", dict, where)
+        sizes = {key: _require(shape_table, key, int, f"{where}.shape")
+                 for key in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "context")}
+        shape = ModelShape(
+            n_layers=sizes["layers"], n_embd=sizes["hidden"], n_head=sizes["heads"], n_head_kv=sizes["kv_heads"],
+            n_ff=sizes["ffn"], n_vocab=sizes["vocab"], context_length=sizes["context"],
+            arch=_require(shape_table, "arch", str, f"{where}.shape"),
+            tied_embeddings=_require(shape_table, "tied_embeddings", bool, f"{where}.shape"),
+        )
+        files = {
+            quant.upper(): QuantFile(
+                quant.upper(),
+                _require(spec, "file", str, f"{where}.files.{quant}"),
+                _require(spec, "size", int, f"{where}.files.{quant}"),
+            )
+            for quant, spec in _require(table, "files", dict, where).items()
+        }
+        entries[name] = CatalogEntry(
+            name=name,
+            description=str(table.get("description", "")),
+            repo=_require(table, "repo", str, where),
+            revision=str(table.get("revision", "main")),
+            license=str(table.get("license", "")),
+            shape=shape,
+            files=files,
+            thinks=bool(table.get("thinks", False)),
+        )
+    return entries
+
+
+@functools.lru_cache(maxsize=1)
+def load_catalog() -> dict[str, CatalogEntry]:
+    return parse_catalog(CATALOG_FILE.read_text(encoding="utf-8"))
+
+
+def find_entry(name: str) -> CatalogEntry | None:
+    return load_catalog().get(name.lower())
+
+
+def entry_for_repo(repo: str) -> CatalogEntry | None:
+    """The catalog entry that points at this Hugging Face repo, so owner/repo gets its shape too."""
+    for entry in load_catalog().values():
+        if entry.repo.lower() == repo.lower():
+            return entry
+    return None
+
+
+# --- choosing a quant -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantCandidate:
+    """One file the user could get: its quant, size, whether it is on disk, and its shape if known."""
+
+    quant: str
+    filename: str
+    size: int
+    downloaded: bool = False
+    model: ModelInfo | None = None
+
+
+@dataclass
+class QuantChoice:
+    chosen: QuantCandidate | None
+    reason: str
+    fits: dict[str, bool] = field(default_factory=dict)
+    plans: dict[str, Plan] = field(default_factory=dict)
+
+
+def _size_only_fits(size: int, device: Device, profile: Profile, mem_budget: int | None) -> bool:
+    """For repos outside the catalog (shape unknown): the file plus runtime plus a 10% allowance
+    for KV cache and buffers must fit what the planner would budget."""
+    budget, _ = memory_budget(device, profile, mem_budget)
+    return budget is None or size + size // 10 + RUNTIME_OVERHEAD_BYTES <= budget
+
+
+def rank_quants(candidates: Sequence[QuantCandidate], preference: Sequence[str]) -> list[QuantCandidate]:
+    """The profile's preference order first, then every other quant from the largest (best) down."""
+    order = [q.upper() for q in preference]
+    preferred = sorted((c for c in candidates if c.quant in order), key=lambda c: order.index(c.quant))
+    others = sorted((c for c in candidates if c.quant not in order), key=lambda c: -c.size)
+    return preferred + others
+
+
+def choose_quant(
+    candidates: Sequence[QuantCandidate],
+    device: Device,
+    profile: Profile,
+    *,
+    ctx: int | None = None,
+    mem_budget: int | None = None,
+    prefer_downloaded: bool = False,
+) -> QuantChoice:
+    """The first quant in the profile's preference order whose plan fits this device.
+
+    With prefer_downloaded, a quant already on disk that fits wins over a better one that would
+    have to be downloaded (so `run -m NAME` never surprises with a download when a copy exists).
+    """
+    ranked = rank_quants(candidates, profile.quant_preference)
+    fits: dict[str, bool] = {}
+    plans: dict[str, Plan] = {}
+    for candidate in ranked:
+        if candidate.model is not None:
+            plan = make_plan(candidate.model, device, profile, ctx=ctx, mem_budget=mem_budget)
+            plans[candidate.quant] = plan
+            fits[candidate.quant] = plan.fits
+        else:
+            fits[candidate.quant] = _size_only_fits(candidate.size, device, profile, mem_budget)
+    fitting = [c for c in ranked if fits[c.quant]]
+    if prefer_downloaded:
+        on_disk = [c for c in fitting if c.downloaded]
+        if on_disk:
+            return QuantChoice(on_disk[0], f"{on_disk[0].quant} is already downloaded and fits", fits, plans)
+    if fitting:
+        best = fitting[0]
+        skipped = [c.quant for c in ranked[: ranked.index(best)]]
+        why = f"profile {profile.name} prefers {', '.join(profile.quant_preference)}"
+        if skipped:
+            why += f"; {', '.join(skipped)} would not fit"
+        return QuantChoice(best, f"{best.quant}: {why}", fits, plans)
+    if not ranked:
+        return QuantChoice(None, "no single-file GGUF quants found", fits, plans)
+    smallest = min(ranked, key=lambda c: c.size)
+    smallest_plan = plans.get(smallest.quant)
+    needs = format_size(smallest_plan.total_bytes) if smallest_plan else format_size(smallest.size)
+    budget = format_size(smallest_plan.budget_bytes) if smallest_plan else "the memory budget"
+    return QuantChoice(None, f"no quant fits this device: even {smallest.quant} needs {needs} of {budget}", fits, plans)
