@@ -128,7 +128,7 @@ def _build_repacks(sysroot: str, loading: bool) -> bool:
     if Path(sysroot).resolve() != Path("/"):
         return False  # another device's build is unknown
     if loading:
-        from edgellm.runtime.engine import system_info  # noqa: PLC0415  (llama_cpp is about to load anyway)
+        from edgellm.runtime.native import system_info  # noqa: PLC0415  (llama_cpp is about to load anyway)
 
         info: str | None = system_info()
     else:

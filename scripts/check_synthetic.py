@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from edgellm.runtime import engine as runtime  # noqa: E402
+from edgellm.runtime import native  # noqa: E402
 from edgellm.store import synthetic
 
 SHAPES = {"1.5b": synthetic.QWEN2_1_5B, "7b": synthetic.QWEN2_7B, "tiny": synthetic.TINY}
@@ -48,7 +48,7 @@ def build_reference(path: Path, shape: synthetic.ModelShape, quant: str, force: 
     f16 = path.with_name(path.stem + "-f16.gguf")
     synthetic.write_tiny_model(f16, shape=shape, dtype="F16")
     try:
-        runtime.quantize_model(f16, path, quant, threads=threads)
+        native.quantize_model(f16, path, quant, threads=threads)
     finally:
         f16.unlink(missing_ok=True)
     return time.perf_counter() - start
@@ -56,7 +56,7 @@ def build_reference(path: Path, shape: synthetic.ModelShape, quant: str, force: 
 
 def tokens_per_second(path: Path, threads: int, n_tokens: int, n_ctx: int) -> float:
     """Greedy generation speed, not counting the prompt (timed from the first generated token)."""
-    llama_cpp = runtime.load_llama_cpp()
+    llama_cpp = native.load_llama_cpp()
     llm = llama_cpp.Llama(
         str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgellm.runtime import engine as runtime
+from edgellm.runtime import native
 from edgellm.store import synthetic
 
 DATA = Path(__file__).parent / "data"
@@ -45,14 +45,14 @@ def tiny_f32(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_q4km(models_dir: Path, tiny_f32: Path) -> Path:
     out = models_dir / "tiny-Q4_K_M.gguf"
-    runtime.quantize_model(tiny_f32, out, "Q4_K_M")
+    native.quantize_model(tiny_f32, out, "Q4_K_M")
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_q4ks(models_dir: Path, tiny_f32: Path) -> Path:
     out = models_dir / "tiny-Q4_K_S.gguf"
-    runtime.quantize_model(tiny_f32, out, "Q4_K_S")
+    native.quantize_model(tiny_f32, out, "Q4_K_S")
     return out
 
 

@@ -315,7 +315,7 @@ class _HubHandler(BaseHTTPRequestHandler):
 
 def build_demo_models(directory: Path) -> dict[str, Path]:
     """Tiny real GGUFs (Q4_K_M and Q4_K_S) to serve under the real R1-1.5B file names."""
-    from edgellm.runtime import engine as runtime
+    from edgellm.runtime import native
     from edgellm.store import synthetic
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -326,7 +326,7 @@ def build_demo_models(directory: Path) -> dict[str, Path]:
     for quant in ("Q4_K_M", "Q4_K_S"):
         target = directory / f"tiny-{quant}.gguf"
         if not target.exists():
-            runtime.quantize_model(source, target, quant)
+            native.quantize_model(source, target, quant)
         out[quant] = target
     return out
 

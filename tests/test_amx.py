@@ -11,6 +11,7 @@ from edgellm.device.profiles import select_profile
 from edgellm.loader import build_warnings
 from edgellm.plan.planner import make_plan
 from edgellm.runtime import engine as runtime
+from edgellm.runtime.types import GenerationStats, SamplingParams
 from edgellm.store.gguf import read_gguf
 
 AMX_INFO = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 |"
@@ -45,8 +46,8 @@ def test_engine_on_an_amx_build_loads_without_amx_and_generates(tiny_q4km: Path,
     engine = runtime.Engine(model, plan)
     try:
         events = list(engine.generate([{"role": "user", "content": "a prompt of more than a few tokens " * 8}],
-                                      runtime.SamplingParams(max_tokens=4, seed=1)))
+                                      SamplingParams(max_tokens=4, seed=1)))
     finally:
         engine.close()
     stats = events[-1]
-    assert isinstance(stats, runtime.GenerationStats) and stats.prompt_tokens > 32 and stats.generated_tokens >= 1
+    assert isinstance(stats, GenerationStats) and stats.prompt_tokens > 32 and stats.generated_tokens >= 1

@@ -22,7 +22,7 @@ from edgellm.bench import runner as bench
 from edgellm.cli import options
 from edgellm.device import hardware
 from edgellm.errors import UsageError
-from edgellm.runtime import engine as runtime
+from edgellm.runtime import native
 from edgellm.store import synthetic
 from edgellm.ui import bench as views
 from edgellm.units import parse_duration
@@ -163,7 +163,7 @@ def test_synthetic_matches_llama_cpp_quantizer_for_a_small_shape(tmp_path: Path)
                                  n_vocab=len(synthetic.tiny_tokenizer()))
     made = synthetic.write_synthetic_model(tmp_path / "synthetic.gguf", shape, "Q4_K_M")
     f16 = synthetic.write_tiny_model(tmp_path / "f16.gguf", shape=shape, dtype="F16")
-    runtime.quantize_model(f16, tmp_path / "quantized.gguf", "Q4_K_M")
+    native.quantize_model(f16, tmp_path / "quantized.gguf", "Q4_K_M")
 
     def tensors(path: Path) -> dict[str, tuple[int, int]]:
         return {t.name: (int(t.tensor_type), int(t.n_bytes)) for t in gguf.GGUFReader(path).tensors}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgellm.errors import RuntimeUnavailableError
-from edgellm.runtime import engine as runtime
+from edgellm.runtime import native
 from edgellm.store import synthetic
 from edgellm.store.synthetic import (
     QWEN2_1_5B,
@@ -45,7 +45,7 @@ ENGLISH = "Hello, world! The quick brown fox jumps over the lazy dog at 10:45.\n
 @pytest.fixture(scope="module")
 def llama_cpp() -> ModuleType:
     try:
-        return runtime.load_llama_cpp()
+        return native.load_llama_cpp()
     except RuntimeUnavailableError as exc:  # pragma: no cover - depends on the machine
         pytest.skip(str(exc))
 
@@ -177,7 +177,7 @@ def test_tiny_model_quantizes_loads_and_generates(
 ) -> None:
     src = write_tiny_model(tmp_path / "tiny-f16.gguf", dtype="F16")
     dst = tmp_path / f"tiny-{quant}.gguf"
-    runtime.quantize_model(src, dst, quant)
+    native.quantize_model(src, dst, quant)
     types = {n: t for n, (t, _) in _types_in(dst).items()}
     assert types == quant_types(TINY, quant)
     assert sum(t in (QT.Q4_K, QT.Q5_K, QT.Q6_K) for t in types.values()) == 2 + 7 * TINY.n_layers
@@ -193,7 +193,7 @@ def test_quant_types_and_synthetic_layout_match_llama_cpp(
 ) -> None:
     src = write_tiny_model(tmp_path / "src.gguf", shape=shape, dtype=dtype)
     ref = tmp_path / "ref.gguf"
-    runtime.quantize_model(src, ref, quant)
+    native.quantize_model(src, ref, quant)
     ref_tensors = _types_in(ref)
     assert {n: t for n, (t, _) in ref_tensors.items()} == quant_types(shape, quant)
 

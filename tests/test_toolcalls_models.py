@@ -306,13 +306,11 @@ def test_a_bad_tools_file_is_one_line_naming_the_problem(models_dir: Path, tmp_p
 def test_llamas_python_tag_is_visible_to_the_call_parser(models_dir: Path) -> None:
     """<|python_tag|> is a control token: written out like other special tokens it would be
     empty text, and a Llama call that starts with it would never be seen."""
-    from edgellm.runtime.batch import LlamaBackend
-
     engine = load_engine(model_for(models_dir, "llama3.2"), 512)
     try:
         [tag] = engine.tokenize("<|python_tag|>")
         [eot] = engine.tokenize("<|eot_id|>")
-        backend = LlamaBackend(engine)
+        backend = engine.new_backend()
         assert backend.piece(tag) == b"<|python_tag|>"
         assert backend.piece(eot) == b""
         backend.close()

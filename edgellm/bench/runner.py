@@ -44,8 +44,9 @@ from edgellm.device.workers import parse_endpoint
 from edgellm.errors import EdgeLLMError, PlanError, UsageError
 from edgellm.loader import PlanOptions, prepare
 from edgellm.runtime import engine as runtime
-from edgellm.runtime.engine import SamplingParams
+from edgellm.runtime import native
 from edgellm.runtime.response import Response
+from edgellm.runtime.types import SamplingParams
 from edgellm.store.synthetic import synthetic_model_path
 
 DEFAULT_PROMPT = 512
@@ -609,7 +610,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
             bench_ctx = runtime.BenchContext(engine)
             results = _run_tests(bench_ctx, config, plan, probe, pinned, progress, say)
         ttft_s = _time_to_first_token(engine, bench_ctx, config.prompts[0] if config.prompts[0] > 0 else 32)
-        info = runtime.system_info()
+        info = native.system_info()
         return BenchReport(
             schema=SCHEMA,
             edgellm_version=__version__,
@@ -635,7 +636,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
             llama_cpp_system_info=info,
             load_s=round(engine.load_s, 3),
             ttft_s=round(ttft_s, 4) if ttft_s is not None else None,
-            peak_rss_bytes=runtime.peak_rss_bytes(),
+            peak_rss_bytes=native.peak_rss_bytes(),
             results=(
                 [r.to_json() for r in results] if soak_report is None
                 else [_soak_result_json(results[0], [s["tps"] for s in soak_report["samples"]], soak_report["duration_s"])]

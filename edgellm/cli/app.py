@@ -227,7 +227,8 @@ def run(
     prints {"name": "get_weather", "arguments": {"city": "Oslo"}}
     """
     from edgellm.loader import PlanOptions, prepare
-    from edgellm.runtime.engine import Engine, SamplingParams
+    from edgellm.runtime.engine import Engine
+    from edgellm.runtime.types import SamplingParams
     from edgellm.ui import runner
 
     if json_output and jsonl:
@@ -301,7 +302,8 @@ def chat(
     """
     from edgellm.loader import PlanOptions
     from edgellm.paths import chat_history_file
-    from edgellm.runtime.engine import Engine, SamplingParams
+    from edgellm.runtime.engine import Engine
+    from edgellm.runtime.types import SamplingParams
     from edgellm.ui import chat_session as repl
 
     interactive = sys.stdin.isatty()

@@ -38,7 +38,7 @@ def apply_thinking(sampling: Any, profile: Any, budget: int | None, no_think: bo
 def serve_thinking(profile: Any, budget: int | None, message: str | None) -> dict[str, Any]:
     """ServerConfig fields for reasoning: the default budget (--think-budget, else the profile's)
     and the budgets of reasoning_effort low / medium / high (the profile's)."""
-    from edgellm.runtime.engine import DEFAULT_THINK_MESSAGE  # noqa: PLC0415  (the runtime package loads llama_cpp lazily; its constants are cheap)
+    from edgellm.runtime.types import DEFAULT_THINK_MESSAGE  # noqa: PLC0415  (the runtime package loads llama_cpp lazily; its constants are cheap)
 
     return {
         "think_budget": budget if budget is not None else profile.think_budget,

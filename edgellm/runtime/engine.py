@@ -1,8 +1,5 @@
-"""The only package that imports llama_cpp: the Engine (a loaded model) here, the batching
-scheduler that runs several sequences in one context in `edgellm.runtime.batch`.
-
-Importing llama_cpp loads a native library (a noticeable fraction of a second on a Pi), so every
-import here is lazy: `edgellm --help`, `detect` and `profiles` never pay for it.
+"""The Engine: a model loaded with its plan (templates, tokens, grammars, checks), generating on
+its batch scheduler (edgellm.runtime.batch). llama_cpp is imported lazily (runtime/native.py).
 """
 
 from __future__ import annotations
@@ -13,229 +10,38 @@ import ctypes
 import functools
 import json
 import os
-import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from edgellm.device.workers import parse_endpoint
 from edgellm.errors import (
     ContextOverflowError,
-    EdgeLLMError,
     EmptyPromptError,
     GenerationError,
     GrammarError,
     ModelFileError,
-    RuntimeUnavailableError,
 )
 from edgellm.plan.planner import Plan
+from edgellm.runtime.native import (
+    _overriding_defaults,
+    build_has_amx,
+    load_llama_cpp,
+    pin_to_cores,
+)
 from edgellm.runtime.rpc import attach_workers, decode_watch, keep_alive_worker_sockets
+from edgellm.runtime.types import Event, GenerationInterrupted, GenerationStats, Prompt, SamplingParams, TextEvent
 from edgellm.store.gguf import ModelInfo
 from edgellm.text.grammar import check_grammar
 from edgellm.text.schema_grammar import SchemaError, SchemaGrammar
 from edgellm.text.toolcalls.formats import ToolFormat, ToolUse, detect_format
-from edgellm.text.toolcalls.parser import CallEvent
 from edgellm.text.toolcalls.spec import ToolChoice
-
-# llama.cpp's llama_ftype values for the quantizations edgellm makes (llama.h, enum llama_ftype).
-FTYPE_BY_QUANT: dict[str, int] = {
-    "F32": 0,
-    "F16": 1,
-    "Q4_0": 2,
-    "Q8_0": 7,
-    "Q4_K_S": 14,
-    "Q4_K_M": 15,
-    "Q5_K_S": 16,
-    "Q5_K_M": 17,
-    "Q6_K": 18,
-}
-
-
-@functools.lru_cache(maxsize=1)
-def load_llama_cpp() -> ModuleType:
-    """Import llama_cpp once, turning a broken install into a one-line error."""
-    try:
-        import llama_cpp  # noqa: PLC0415  (lazy on purpose)
-    except Exception as exc:  # ImportError, OSError from a missing shared library, ...
-        raise RuntimeUnavailableError(
-            f"llama-cpp-python is not usable: {exc}",
-            hint="reinstall it: pip install --force-reinstall --no-cache-dir llama-cpp-python",
-        ) from exc
-    return llama_cpp
-
-
-@functools.lru_cache(maxsize=1)
-def system_info() -> str:
-    """llama.cpp's compile-time feature line, e.g. 'CPU : NEON = 1 | ARM_FMA = 1 | ...'."""
-    raw: Any = load_llama_cpp().llama_print_system_info()
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-
-
-def quantize_model(source: Path, destination: Path, quant: str, threads: int = 0) -> None:
-    """Quantize a GGUF file with llama.cpp's own quantizer (the one `llama-quantize` uses)."""
-    quant = quant.upper()
-    if quant not in FTYPE_BY_QUANT:
-        raise EdgeLLMError(
-            f"cannot quantize to {quant}",
-            hint="choose one of: " + ", ".join(FTYPE_BY_QUANT),
-        )
-    llama_cpp = load_llama_cpp()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPE_BY_QUANT[quant]
-    params.nthread = threads
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(destination).encode(), ctypes.byref(params)
-    )
-    if status != 0:
-        raise EdgeLLMError(f"llama.cpp could not quantize {source} to {quant} (status {status})")
-
 
 # ------------------------------------------------------------------------------------------------
 # Loading and generation
-
-
-def build_has_amx(info: str | None = None) -> bool:
-    """True when the installed llama.cpp carries the AMX kernels that segfault (llama.cpp #20824)."""
-    return "AMX_INT8 = 1" in (system_info() if info is None else info)
-
-
-# The bridge line before the closing tag when the thinking budget runs out: the model reads it,
-# so the answer that follows starts from a decision rather than mid-thought.
-DEFAULT_THINK_MESSAGE = "\n\nI have thought about this long enough; time to give the answer."
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int | None = None
-    temperature: float = 0.6  # DeepSeek's recommendation for the R1 distills
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0  # OpenAI-style, over the last 64 tokens
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    grammar: str | None = None  # GBNF text
-    json_schema: str | None = None  # JSON Schema text, turned into a grammar by llama.cpp
-    ignore_eos: bool = False  # benchmarks generate a fixed number of tokens
-    # False: no reasoning split, every piece is answer text with the model's tags as written
-    # (JSON mode, where the grammar owns every token; raw completions).
-    split_reasoning: bool = True
-    # Answer text ends before the first of these (not included); the sequence stops generating.
-    stop: list[str] = field(default_factory=list)
-    # Tool calling: the tools, the choice and the model's call format (None: no tools).
-    tool_use: ToolUse | None = None
-    # Reasoning tokens after which the engine ends the reasoning itself (None: the model decides).
-    think_budget: int | None = None
-    # Skip the reasoning: the prompt ends with an empty reasoning block, the reply is all answer.
-    no_think: bool = False
-
-    # The grammar describes the answer alone (JSON modes: --schema, response_format): without a
-    # budget the reply skips its reasoning, so the JSON is the answer. A raw grammar without a budget
-    # owns every token and may spell out "reasoning</think>answer" itself.
-    grammar_is_answer: bool = False
-
-    @property
-    def skips_reasoning(self) -> bool:
-        """No reasoning in this reply: asked for, or an answer grammar with no budget to reason first.
-        (With a budget any grammar waits: the reply reasons, then the grammar holds the answer.)"""
-        return self.no_think or (self.grammar_is_answer and self.think_budget is None)
-    # Written into the reasoning before the engine closes it, as llama-server's --reasoning-budget-message.
-    think_message: str = DEFAULT_THINK_MESSAGE
-
-
-@dataclass
-class TextEvent:
-    kind: str  # "reasoning" or "answer"
-    text: str
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    prompt_tokens_evaluated: int = 0  # fewer than prompt_tokens when the KV cache was reused
-    generated_tokens: int = 0
-    reasoning_tokens: int = 0  # of generated_tokens, those the model wrote inside its reasoning
-    load_s: float = 0.0
-    ttft_s: float = 0.0
-    prompt_tps: float = 0.0
-    gen_tps: float = 0.0
-    peak_rss_bytes: int = 0
-    finish_reason: str = "stop"  # stop | length | interrupted
-    n_ctx: int = 0
-    context_used: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-Event = TextEvent | GenerationStats | CallEvent
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A prompt ready to generate from: its tokens, and whether the chat template opened <think>."""
-
-    tokens: list[int]
-    opens_think: bool = False
-    closes_think: bool = False  # the template wrote an empty reasoning block: the reply is all answer
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(usage if sys.platform == "darwin" else usage * 1024)
-
-
-def pin_to_cores(cores: list[int]) -> list[int] | None:
-    """Restrict this process to `cores` before llama.cpp starts its threads (they inherit it).
-
-    Returns the cores actually applied, or None where the OS has no affinity API (macOS) or the
-    plan's cores are not a strict subset of what we may use.
-    """
-    if not cores or not hasattr(os, "sched_setaffinity"):
-        return None
-    allowed = os.sched_getaffinity(0)
-    wanted = set(cores) & allowed
-    if not wanted or wanted == allowed:
-        return None
-    os.sched_setaffinity(0, wanted)
-    # Threads that already exist keep their old mask: llama.cpp's OpenMP pool is started when the
-    # library loads, before any plan. Linux takes thread ids here, so pin each of them too.
-    with contextlib.suppress(OSError):
-        for task in os.listdir("/proc/self/task"):
-            with contextlib.suppress(OSError, ValueError):
-                os.sched_setaffinity(int(task), wanted)
-    return sorted(wanted)
-
-
-@contextlib.contextmanager
-def _overriding_defaults(llama_cpp: ModuleType, function: str, **fields: Any) -> Iterator[None]:
-    """While Llama() loads, make llama.cpp's `function` (a default-params constructor) return
-    params with `fields` set: llama-cpp-python's Llama() has no parameter for them."""
-    if not fields:
-        yield
-        return
-    module = llama_cpp.llama_cpp
-    original = getattr(module, function)
-
-    def patched() -> Any:
-        params = original()
-        for name, value in fields.items():
-            setattr(params, name, value)
-        return params
-
-    setattr(module, function, patched)
-    try:
-        yield
-    finally:
-        setattr(module, function, original)
 
 
 GGML_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
@@ -518,7 +324,13 @@ class Engine:
     def scheduler(self) -> Any:
         from edgellm.runtime.batch import Scheduler  # noqa: PLC0415
 
-        return Scheduler(self, self.sequences)
+        return Scheduler(self, self.sequences, self.new_backend())
+
+    def new_backend(self) -> Any:
+        """A LlamaBackend over this engine's context (the scheduler's; tests make their own)."""
+        from edgellm.runtime.backend import LlamaBackend  # noqa: PLC0415
+
+        return LlamaBackend(self._llama_cpp, self.llm, self._piece, self._shown_special_tokens)
 
     def forget_cache(self) -> None:
         """Something else (bench) used the context directly: no slot's cached tokens are valid now."""
@@ -639,16 +451,6 @@ class _VocabOnly:
 
     def close(self) -> None:
         self._model.close()
-
-
-class GenerationInterrupted(Exception):
-    """Ctrl-C during generation; carries the stats of what was generated so far."""
-
-    def __init__(self, stats: GenerationStats, held: list[TextEvent] | None = None) -> None:
-        super().__init__("interrupted")
-        self.stats = stats
-        # Text the reasoning splitter was still holding (a possible tag); it belongs to the reply.
-        self.held = held or []
 
 
 @contextlib.contextmanager

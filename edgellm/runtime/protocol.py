@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from edgellm.plan.planner import Plan
     from edgellm.runtime.batch import Scheduler
-    from edgellm.runtime.engine import Event, Prompt, SamplingParams
+    from edgellm.runtime.types import Event, Prompt, SamplingParams
     from edgellm.store.gguf import ModelInfo
     from edgellm.text.toolcalls.formats import ToolFormat, ToolUse
 

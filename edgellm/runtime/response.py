@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from edgellm.runtime.engine import Event, GenerationInterrupted, GenerationStats, TextEvent
+from edgellm.runtime.types import Event, GenerationInterrupted, GenerationStats, TextEvent
 from edgellm.text.reasoning import ANSWER, REASONING
 from edgellm.text.toolcalls.parser import (
     ToolCall,

@@ -42,7 +42,7 @@ EXIT_WORKER_LOST = 1
 
 
 def _library_dir() -> Path:
-    from edgellm.runtime.engine import load_llama_cpp  # noqa: PLC0415  (edgellm.runtime.engine's modules import this one)
+    from edgellm.runtime.native import load_llama_cpp  # noqa: PLC0415  (edgellm.runtime.engine's modules import this one)
 
     return Path(load_llama_cpp().__file__ or ".").parent / "lib"
 

@@ -20,8 +20,8 @@ from starlette.requests import ClientDisconnect
 
 from edgellm import ui
 from edgellm.errors import ContextOverflowError, EdgeLLMError, GrammarError, one_line
-from edgellm.runtime.engine import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
 from edgellm.runtime.protocol import GenerationEngine
+from edgellm.runtime.types import DEFAULT_THINK_MESSAGE, Prompt, SamplingParams
 from edgellm.serve import guards
 from edgellm.serve.access_log import RequestLog
 from edgellm.serve.errors import (

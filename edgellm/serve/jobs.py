@@ -14,8 +14,8 @@ import anyio
 from fastapi import Request
 
 from edgellm.runtime.batch import Finished, SequenceRequest
-from edgellm.runtime.engine import GenerationStats, Prompt, SamplingParams, TextEvent
 from edgellm.runtime.response import Response
+from edgellm.runtime.types import GenerationStats, Prompt, SamplingParams, TextEvent
 from edgellm.serve.errors import ClientGone
 
 # How often a request that is waiting (for the slot, or for its first token) checks whether its

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from edgellm.runtime.engine import Prompt, SamplingParams, TextEvent
+from edgellm.runtime.types import Prompt, SamplingParams, TextEvent
 from edgellm.serve.errors import ClientGone, as_api_error
 from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader
 from edgellm.text.reasoning import REASONING

@@ -109,7 +109,7 @@ def read_api_key_file(path: str) -> str:
 def warm_up(engine: GenerationEngine) -> None:
     """One real decode and sample before the service says it is ready: a model that loads but
     cannot generate (a broken build, a bad file) fails here, not on the first user's request."""
-    from edgellm.runtime.engine import SamplingParams  # noqa: PLC0415
+    from edgellm.runtime.types import SamplingParams  # noqa: PLC0415
 
     for _ in engine.generate_from_prompt("Hello", SamplingParams(max_tokens=1, seed=0)):
         pass

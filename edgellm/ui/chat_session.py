@@ -27,13 +27,9 @@ from edgellm import ui
 from edgellm.device.hardware import cpu_temperature, format_cpu_list, read_regular_file
 from edgellm.errors import EdgeLLMError, UsageError
 from edgellm.loader import PlanOptions, Prepared
-from edgellm.runtime.engine import (  # llama_cpp loads lazily
-    Event,
-    GenerationStats,
-    SamplingParams,
-)
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.runtime.response import Response
+from edgellm.runtime.types import Event, GenerationStats, SamplingParams
 from edgellm.text.jsondepth import max_depth
 from edgellm.text.reasoning import ANSWER
 

@@ -22,7 +22,7 @@ from edgellm.ui.console import dim_escape, stderr
 from edgellm.units import format_size
 
 if TYPE_CHECKING:
-    from edgellm.runtime.engine import TextEvent
+    from edgellm.runtime.types import TextEvent
 
 THINK_MODES = ("hide", "show", "stderr")
 

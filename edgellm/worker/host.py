@@ -114,7 +114,7 @@ def run_worker(plan: WorkerPlan, *, say: Callable[[str], None], warn: Callable[[
     """Listen, start llama.cpp's server behind the relay, print where the worker listens, and
     serve until Ctrl-C or SIGTERM."""
     let_idle_threads_sleep()
-    from edgellm.runtime.engine import pin_to_cores  # noqa: PLC0415  (edgellm.runtime.engine is slow to import)
+    from edgellm.runtime.native import pin_to_cores  # noqa: PLC0415  (edgellm.runtime.engine is slow to import)
 
     listener = listen(plan.endpoint)
     backend = Backend(plan, warn)
@@ -290,7 +290,7 @@ def _serve_backend(arguments: dict[str, Any]) -> None:
     endpoint = Endpoint("127.0.0.1", int(arguments["port"]))
     try:
         from edgellm.runtime import rpc  # noqa: PLC0415  (loads llama_cpp)
-        from edgellm.runtime.engine import pin_to_cores  # noqa: PLC0415  (loads llama_cpp)
+        from edgellm.runtime.native import pin_to_cores  # noqa: PLC0415  (loads llama_cpp)
 
         rpc.require()
         pin_to_cores([int(core) for core in arguments["cores"]])
