@@ -29,8 +29,26 @@ from edgellm.errors import (
 )
 from edgellm.paths import llama_build_cache_file
 from edgellm.plan.planner import Plan, auto_parallel, make_plan, refusal_hint
-from edgellm.store import models
+from edgellm.plan.resolve import resolve as resolve_spec
 from edgellm.store.gguf import ModelInfo
+
+
+def _quiet(message: str) -> None:
+    """A library caller that passed no notices hears nothing."""
+
+
+@dataclass(frozen=True)
+class Notices:
+    """How the loader speaks to its user, given by the front end (the CLI passes ui.notices());
+    the loader itself never prints."""
+
+    info: Callable[[str], None] = _quiet
+    warn: Callable[[str], None] = _quiet
+    confirm: Callable[[str], bool] | None = None  # asks before a large download; None: nobody to ask
+    progress: Callable[[str, int, int], Any] | None = None  # a download's progress display
+
+
+QUIET = Notices()
 
 
 @dataclass
@@ -43,6 +61,7 @@ class PlanOptions:
     sysroot: str = "/"
     parallel: int | None = 1  # sequences at once (serve); None: as many as fit, at most 4
     rpc: list[Endpoint] = dataclasses.field(default_factory=list)  # workers to split the layers across (--rpc)
+    notices: Notices = QUIET
 
 
 @dataclass
@@ -64,9 +83,10 @@ def resolve_model(
     profile: Profile | None = None,
     ctx: int | None = None,
     mem_budget: int | None = None,
+    notices: Notices = QUIET,
 ) -> ModelInfo:
     """Turn `-m` into a model: a local .gguf path, a catalog name (`deepseek-r1-1.5b[:Q4_K_S]`),
-    `owner/repo[:QUANT]` or `owner/repo/file.gguf` (edgellm.store.models.parse_spec).
+    `owner/repo[:QUANT]` or `owner/repo/file.gguf` (edgellm.store.refs.parse_spec).
 
     A hub model not downloaded yet is pulled (asking on a terminal above 1 GB unless `yes`); with
     fetch=False it is described from the catalog's shape instead, so plans work before downloads.
@@ -76,7 +96,8 @@ def resolve_model(
         device = detect("/")
     if profile is None:
         profile, _ = select_profile(device, None)
-    return models.resolve(spec, device, profile, yes=yes, fetch_missing=fetch, ctx=ctx, mem_budget=mem_budget)
+    return resolve_spec(spec, device, profile, yes=yes, fetch_missing=fetch, ctx=ctx, mem_budget=mem_budget,
+                          say=notices.info, confirm=notices.confirm, progress_factory=notices.progress)
 
 
 def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
@@ -92,7 +113,7 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
         let_idle_threads_sleep()
     # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
     resolve = functools.partial(resolve_model, yes=yes, fetch=require_fit, device=device, profile=profile,
-                                ctx=options.ctx, mem_budget=options.mem_budget)
+                                ctx=options.ctx, mem_budget=options.mem_budget, notices=options.notices)
     if spec:
         model = resolve(spec)
     else:
@@ -114,12 +135,10 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
     if require_fit and not plan.fits:
         raise PlanError(plan.refusal or "the model does not fit", hint=refusal_hint(plan))
     if loading:
-        from edgellm import ui  # noqa: PLC0415
-
         for warning in plan.warnings:
-            ui.warn(warning)
+            options.notices.warn(warning)
         if plan.rpc:
-            ui.info("layers: " + ", ".join(f"{'this board' if d.name == 'local' else d.name} {d.layers}" for d in plan.devices)
+            options.notices.info("layers: " + ", ".join(f"{'this board' if d.name == 'local' else d.name} {d.layers}" for d in plan.devices)
                     + f" (+ the output layer on {plan.devices[-1].name})")
     return Prepared(device, profile, reason, model, plan, workers)
 
@@ -301,10 +320,8 @@ def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, roo
             f" ({larger.reasons.get('budget', 'the memory budget')})",
             hint=f"shorten the input to under {max(holds - room, 1)} tokens, or raise --mem-budget",
         )
-    from edgellm import ui  # noqa: PLC0415
-
-    ui.info(f"context {plan.n_ctx} -> {larger.n_ctx} tokens, to hold the {prompt_tokens}-token prompt and its reply"
+    options.notices.info(f"context {plan.n_ctx} -> {larger.n_ctx} tokens, to hold the {prompt_tokens}-token prompt and its reply"
             + (f" ({larger.reasons['n_ctx']})" if "largest" in larger.reasons.get("n_ctx", "") else ""))
     for warning in larger.warnings:
-        ui.warn(warning)
+        options.notices.warn(warning)
     return dataclasses.replace(prepared, plan=larger)

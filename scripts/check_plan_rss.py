@@ -54,7 +54,7 @@ def measure_run(model: Path, ctx: int, fill: float) -> tuple[int, list[int]]:
 def slot_prompts(model: Path, count: int, tokens: int) -> list[str]:
     """`count` prompts of about `tokens` tokens each (the model's own tokenizer counts), each with
     its own first words so no two share a prefix."""
-    from edgellm.runtime.engine import load_llama_cpp  # llama.cpp only for the tokenizer here
+    from edgellm.runtime.native import load_llama_cpp  # llama.cpp only for the tokenizer here
 
     llama_cpp = load_llama_cpp()
     saved = os.dup(2)  # llama.cpp logs a context warning on stderr even when not verbose

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other scripts
 
 from edgellm.loader import PlanOptions, prepare  # noqa: E402
-from edgellm.runtime.engine import Engine, GenerationStats, SamplingParams  # noqa: E402
+from edgellm.runtime.engine import Engine  # noqa: E402
+from edgellm.runtime.types import GenerationStats, SamplingParams  # noqa: E402
 from edgellm.store import synthetic  # noqa: E402
 from edgellm.ui.chat_session import Conversation  # noqa: E402
 

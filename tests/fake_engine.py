@@ -21,7 +21,7 @@ from typing import Any
 
 from edgellm.errors import ContextOverflowError, EmptyPromptError
 from edgellm.runtime.batch import Scheduler
-from edgellm.runtime.engine import Prompt, SamplingParams
+from edgellm.runtime.types import Prompt, SamplingParams
 from edgellm.text.grammar import check_grammar
 from edgellm.text.toolcalls.formats import GENERIC, ToolFormat, ToolUse
 from edgellm.text.toolcalls.spec import ToolChoice

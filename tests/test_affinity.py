@@ -15,7 +15,8 @@ PROBE = r"""
 import dataclasses, json, os, sys
 from pathlib import Path
 from edgellm.loader import PlanOptions, prepare
-from edgellm.runtime.engine import Engine, SamplingParams
+from edgellm.runtime.engine import Engine
+from edgellm.runtime.types import SamplingParams
 prepared = prepare(sys.argv[1], PlanOptions(), loading=True)
 plan = dataclasses.replace(prepared.plan, cores=json.loads(sys.argv[2]), threads=2, threads_batch=2)
 engine = Engine(prepared.model, plan)

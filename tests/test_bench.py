@@ -18,6 +18,7 @@ import gguf
 import pytest
 from conftest import run_cli
 
+from edgellm.bench import reports
 from edgellm.bench import runner as bench
 from edgellm.cli import options
 from edgellm.device import hardware
@@ -219,7 +220,7 @@ def test_parallel_reports_aggregate_throughput_per_sequence_count(parallel_repor
         assert min(row["samples_tps"]) * 0.999 <= npl * 4 / row["t_tg_s"] <= max(row["samples_tps"]) * 1.001
         assert min(row["pp_samples_tps"]) * 0.999 <= npl * 16 / row["t_pp_s"] <= max(row["pp_samples_tps"]) * 1.001
         assert row["predicted_tps"] is None
-    assert bench.report_shape_problem(data) is None  # `bench report` can merge it
+    assert reports.report_shape_problem(data) is None  # `bench report` can merge it
 
 
 def test_parallel_views_csv_markdown_and_merge(parallel_report: dict[str, Any], tmp_path: Path) -> None:
@@ -340,7 +341,7 @@ def test_list_and_duration_parsing() -> None:
     assert options.parse_int_list("1-7+2", "-t") == [1, 3, 5, 7]
     assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
     assert parse_duration("45") == 45 and parse_duration("90s") == 90
-    assert options.parse_cpu_list("4-7") == [4, 5, 6, 7] and options.parse_cpu_list("0,2") == [0, 2]
+    assert bench.parse_cpu_list("4-7") == [4, 5, 6, 7] and bench.parse_cpu_list("0,2") == [0, 2]
     for bad in ("", "a", "1,,2"):
         with pytest.raises(UsageError):
             options.parse_int_list(bad, "-t")
@@ -387,10 +388,10 @@ def test_float_options_must_be_finite_and_meaningful() -> None:
 
 def test_report_shape_problems_name_the_field() -> None:
     row = {"test": "tg8", "threads": 2, "tps_mean": 1.0, "tps_std": 0.0}
-    assert bench.report_shape_problem({"device": {}, "results": [row]}) is None
-    assert bench.report_shape_problem({"device": {}, "results": [dict(row, threads=True)]}) == "results[0].threads is true, not a whole number"
-    assert bench.report_shape_problem({"device": {}, "results": [dict(row, cores_choice=["big"])]}) == "results[0].cores_choice is a list, not a string"
-    assert bench.report_shape_problem(None) == "the top level is null, not an object"
+    assert reports.report_shape_problem({"device": {}, "results": [row]}) is None
+    assert reports.report_shape_problem({"device": {}, "results": [dict(row, threads=True)]}) == "results[0].threads is true, not a whole number"
+    assert reports.report_shape_problem({"device": {}, "results": [dict(row, cores_choice=["big"])]}) == "results[0].cores_choice is a list, not a string"
+    assert reports.report_shape_problem(None) == "the top level is null, not an object"
 
 
 def _write(root: Path, relative: str, text: str) -> Path:

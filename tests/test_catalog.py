@@ -11,9 +11,10 @@ from edgellm.device.hardware import detect
 from edgellm.device.profiles import load_profiles, select_profile
 from edgellm.errors import ModelNotFoundError
 from edgellm.plan.planner import make_plan
+from edgellm.plan.quant import QuantCandidate, choose_quant
 from edgellm.store import synthetic
-from edgellm.store.catalog import QuantCandidate, choose_quant, find_entry, load_catalog, quant_of_filename, quants_in_files
-from edgellm.store.models import ModelRef, parse_spec
+from edgellm.store.catalog import find_entry, load_catalog, quant_of_filename, quants_in_files
+from edgellm.store.refs import ModelRef, parse_spec
 
 REQUIRED = ("deepseek-r1-1.5b", "deepseek-r1-7b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "llama3.2-1b", "llama3.2-3b")
 

@@ -359,7 +359,8 @@ def test_piped_ctrl_c_mid_reply_stops_the_script_cleanly(long_context_model: Pat
 def test_ctrl_c_between_tokens_is_handed_to_the_engine(tiny_f32: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C that lands while a token is being written still stops the real engine with its stats."""
     from edgellm.loader import PlanOptions, prepare
-    from edgellm.runtime.engine import Engine, SamplingParams
+    from edgellm.runtime.engine import Engine
+    from edgellm.runtime.types import SamplingParams
 
     prepared = prepare(str(tiny_f32), PlanOptions(ctx=512))
     engine = Engine(prepared.model, prepared.plan)
@@ -408,7 +409,7 @@ def test_arrow_up_recalls_input_across_sessions_and_hidden_thinking_shows_placeh
 
 def test_status_line_fields_and_prompt_only_interruption() -> None:
     from edgellm import ui
-    from edgellm.runtime.engine import GenerationStats
+    from edgellm.runtime.types import GenerationStats
 
     stats = GenerationStats(prompt_tokens=100, prompt_tokens_evaluated=12, generated_tokens=30, ttft_s=0.25,
                             gen_tps=6.5, peak_rss_bytes=1 << 30, n_ctx=4096, context_used=130, finish_reason="length")

@@ -124,8 +124,8 @@ class QuietProgress:
 def test_transfer_that_keeps_failing_keeps_the_partial_file(online: FakeHub, tiny_q4km: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
+    from edgellm.store import cache
     from edgellm.store import hub as download
-    from edgellm.store import models
 
     monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -140,7 +140,7 @@ def test_transfer_that_keeps_failing_keeps_the_partial_file(online: FakeHub, tin
     online.cut_connections(after_bytes=0, times=0)
     path = download.download(R1_REPO, remote, commit=listing.commit, progress_factory=QuietProgress)  # type: ignore[arg-type]
     assert sha256_of(path) == sha256_of(tiny_q4km)
-    assert [d.path for d in models.list_downloaded()] == [path]
+    assert [d.path for d in cache.list_downloaded()] == [path]
 
 
 def test_sha256_mismatch_deletes_the_file(online: FakeHub) -> None:

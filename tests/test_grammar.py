@@ -95,7 +95,8 @@ def test_every_grammar_the_checker_accepts_loads_in_llama_cpp(tiny_f32: Path) ->
     from edgellm.device.hardware import detect
     from edgellm.device.profiles import select_profile
     from edgellm.plan.planner import make_plan
-    from edgellm.runtime.engine import Engine, load_llama_cpp
+    from edgellm.runtime.engine import Engine
+    from edgellm.runtime.native import load_llama_cpp
     from edgellm.store.gguf import read_gguf
 
     model = read_gguf(tiny_f32)

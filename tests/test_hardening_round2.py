@@ -23,7 +23,7 @@ from fake_engine import FakeEngine
 from test_serve import USER, ServerProcess, http
 from test_serve_inprocess import start
 
-from edgellm.runtime.engine import Prompt
+from edgellm.runtime.types import Prompt
 
 JSON = {"Content-Type": "application/json"}
 HUGE = 1_000_000_000

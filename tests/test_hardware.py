@@ -9,16 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import CAPTURES, run_cli
 
-from edgellm.device.hardware import (
-    MAX_CPUS,
-    build_clusters,
-    detect,
-    detect_macos,
-    parse_cpu_list,
-    parse_cpuinfo,
-    parse_sysctl_text,
-    read_text,
-)
+from edgellm.device.hardware import MAX_CPUS, build_clusters, detect, detect_macos, parse_cpu_list, parse_cpuinfo, parse_sysctl_text, read_text
 from edgellm.device.profiles import select_profile
 from edgellm.plan.planner import select_cores
 

@@ -8,8 +8,8 @@ import pytest
 from fake_engine import FakeEngine, collect, run_until_idle
 
 from edgellm.runtime.batch import Finished, SequenceRequest
-from edgellm.runtime.engine import GenerationInterrupted, GenerationStats, Prompt, SamplingParams, TextEvent
 from edgellm.runtime.response import Response
+from edgellm.runtime.types import GenerationInterrupted, GenerationStats, Prompt, SamplingParams, TextEvent
 from edgellm.text.reasoning import ANSWER
 
 

@@ -345,7 +345,7 @@ def engine(tiny_q4km: Path) -> Iterator[Any]:
 
 
 def test_every_value_generated_under_a_random_schema_validates(engine: Any) -> None:
-    from edgellm.runtime.engine import GenerationStats, SamplingParams, TextEvent
+    from edgellm.runtime.types import GenerationStats, SamplingParams, TextEvent
 
     refused = valid = cut = 0
     for index, schema in random_schemas(160, seed=2):
@@ -376,7 +376,7 @@ def test_every_value_generated_under_a_random_schema_validates(engine: Any) -> N
 
 
 def test_every_call_made_with_random_parameters_validates(engine: Any) -> None:
-    from edgellm.runtime.engine import GenerationStats, SamplingParams
+    from edgellm.runtime.types import GenerationStats, SamplingParams
     from edgellm.text.toolcalls import ToolCallArguments, ToolCallEnd, ToolSpecError, ToolUse, parse_tool_choice, parse_tools
     from edgellm.text.toolcalls.formats import GENERIC
 

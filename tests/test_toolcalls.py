@@ -13,7 +13,7 @@ import pytest
 from fake_engine import FakeEngine, collect, run_until_idle
 
 from edgellm.runtime.batch import SequenceRequest
-from edgellm.runtime.engine import SamplingParams
+from edgellm.runtime.types import SamplingParams
 from edgellm.text.toolcalls import (
     ToolCallParser,
     ToolChoice,

@@ -180,7 +180,7 @@ def plan(
     from edgellm.plan.planner import refusal_hint
 
     options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, sysroot=sysroot,
-                          parallel=parallel or 1, rpc=_rpc_option(rpc))
+                          parallel=parallel or 1, rpc=_rpc_option(rpc), notices=_notices())
     prepared = prepare(model, options, require_fit=False)
     result = prepared.plan
     ui.Output.choose(json=json_output).emit(result.to_json, lambda: ui.render_plan(result))
@@ -253,7 +253,8 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, rpc=_rpc_option(rpc))
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, rpc=_rpc_option(rpc),
+                               notices=_notices())
     prepared = prepare(model or None, plan_options, loading=True, yes=yes)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     if text is not None:
@@ -312,7 +313,8 @@ def chat(
     if system:
         conversation.system = system
     sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=options.stop_values(stop))
-    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, rpc=_rpc_option(rpc))
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, rpc=_rpc_option(rpc),
+                               notices=_notices())
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     engine = Engine(prepared.model, prepared.plan)
@@ -420,13 +422,13 @@ def bench(
     choices = list(dict.fromkeys(cores or []))
     for choice in choices:
         if choice not in ("big", "all"):
-            options.parse_cpu_list(choice)
+            benchmark.parse_cpu_list(choice)
     if len(choices) > 1:
         report = benchmark.run_cores_sweep(config, choices, say=ui.info)
     else:
         config.cores = choices[0] if choices else None
         with ui.BenchProgress(ui.stderr_is_terminal()) as bar:
-            report = benchmark.run(config, progress=bar.update, say=ui.info)
+            report = benchmark.run(config, progress=bar.update, say=ui.info, notices=_notices())
     data = report.to_json()  # every view reads the JSON, as `bench report` reads files
     output.emit(data, lambda: ui.render_bench_report(data), csv=lambda: ui.bench_csv(data),
                 markdown=lambda: ui.bench_markdown(data))
@@ -442,10 +444,10 @@ def bench_report(
 
     Example: edgellm bench report pi5.json rk3588.json --markdown
     """
-    from edgellm.bench import runner as benchmark
+    from edgellm.bench import reports
 
     output = ui.Output.choose(json=json_output, markdown=markdown)
-    merged = benchmark.merge_reports(benchmark.load_reports(files))
+    merged = reports.merge_reports(reports.load_reports(files))
     output.emit(merged, lambda: ui.render_table(merged["headers"], merged["rows"]), markdown=lambda: ui.merged_markdown(merged))
 
 
@@ -468,9 +470,10 @@ def pull(
     """
     from edgellm.device.hardware import detect as detect_device
     from edgellm.device.profiles import select_profile
-    from edgellm.store import models as store
+    from edgellm.plan import resolve as store
+    from edgellm.store.refs import parse_spec
 
-    parsed = store.parse_spec(model, revision)
+    parsed = parse_spec(model, revision)
     if isinstance(parsed, Path):
         raise UsageError(f"{model} is a local path; pull takes a model name or a Hugging Face repo",
                          hint="edgellm pull deepseek-r1-1.5b  (see `edgellm models`)")
@@ -480,7 +483,8 @@ def pull(
     already = located.path is not None
     if already:
         ui.info(f"{located.name} is already downloaded")
-    path = store.fetch(located, yes=yes)
+    notices = _notices()
+    path = store.fetch(located, yes=yes, say=notices.info, confirm=notices.confirm, progress_factory=notices.progress)
     data = {"name": located.name, "repo": parsed.repo, "revision": parsed.revision, "quant": located.quant,
             "file": located.filename, "size": path.stat().st_size, "path": str(path),
             "sha256": located.remote.sha256 if located.remote else None, "reason": located.reason,
@@ -502,7 +506,7 @@ def models(
     """
     from edgellm.device.hardware import detect as detect_device
     from edgellm.device.profiles import select_profile
-    from edgellm.store import models as store
+    from edgellm.plan import resolve as store
 
     device = detect_device(sysroot)
     chosen_profile, _ = select_profile(device, profile)
@@ -516,7 +520,7 @@ def list_downloaded(json_output: JsonOpt = False) -> None:
 
     Example: edgellm ls --json | jq -r '.[].path'
     """
-    from edgellm.store import models as store
+    from edgellm.store import cache as store
 
     items = store.list_downloaded()
     def show() -> None:
@@ -539,7 +543,7 @@ def remove(
     Example: edgellm rm deepseek-r1-1.5b:Q4_K_M
     """
     from edgellm.errors import ModelNotFoundError
-    from edgellm.store import models as store
+    from edgellm.store import cache as store
     from edgellm.units import format_size
 
     items = store.match_downloaded(model)
@@ -608,7 +612,7 @@ def serve(
     idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
     server.check_bind(host, api_key, insecure)
     prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads,
-                                          parallel=parallel, rpc=_rpc_option(rpc)), loading=True)
+                                          parallel=parallel, rpc=_rpc_option(rpc), notices=_notices()), loading=True)
     plan_ = prepared.plan
     parallel = plan_.parallel
     if max_tokens is not None and max_tokens > plan_.n_ctx_per_slot:
@@ -704,7 +708,7 @@ def service_install(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = 
     from edgellm.serve import service
 
     done = service.install(model, list(ctx.args), user_mode=user, key_file=Path(api_key_file) if api_key_file else None,
-                           watchdog_s=watchdog, say=ui.info)
+                           watchdog_s=watchdog, say=ui.info, notices=_notices())
     ui.info(f"{service.UNIT_NAME} is running and enabled: {done.url}")
     key_note = "a new key" if done.key_created else "the key"
     ui.info(f"{key_note} is in {done.key_file}; clients send it as 'Authorization: Bearer KEY'")
@@ -772,6 +776,14 @@ def service_uninstall(user: UserOpt = False) -> None:
         return
     kept = str(service.default_key_file(user)) + ("" if user else f" and {service.STATE_DIR} (the models)")
     ui.info(f"removed {removed}; kept {kept}: delete by hand what you no longer want")
+
+
+def _notices() -> Any:
+    """The loader's notices on this terminal: info and warnings on stderr, a confirm prompt only
+    when someone is there to answer, Rich download progress."""
+    from edgellm.loader import Notices
+
+    return Notices(info=ui.info, warn=ui.warn, confirm=ui.confirm if ui.interactive() else None, progress=ui.download_progress)
 
 
 def main() -> None:

@@ -12,14 +12,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgellm.device import hardware
-from edgellm.device.hardware import read_regular_file
 from edgellm.errors import UsageError
+from edgellm.files import read_regular_file
+from edgellm.plan.planner import MAX_SEQUENCES
 from edgellm.text.stops import check_stops, unescape
 from edgellm.text.toolcalls import ToolSpecError, parse_tool_choice, parse_tools
 
 MAX_LIST_VALUES = 4096  # -p/-n/-t/--depth lists: far more tests than anyone can wait for
-MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: a context holds at most this many sequences
 # llama.cpp's GGML_MAX_N_THREADS: more aborts inside ggml.
 MAX_THREADS = 512
 
@@ -120,13 +119,6 @@ def parse_parallel(text: str) -> list[int]:
                          hint="e.g. --parallel 1,2,4")
     return values
 
-
-def parse_cpu_list(text: str) -> list[int]:
-    """'4-7' or '0,2,4' -> CPU ids (the kernel's CPU-list format, as hardware reads it)."""
-    cpus = hardware.parse_cpu_list(text)
-    if not cpus:
-        raise UsageError(f"--cores {text!r}: expected big, all, or CPU ids like 4-7 or 0,2")
-    return cpus
 
 def bench_threads(text: str | None) -> list[int] | None:
     """bench -t: thread counts to compare. More than the CPUs is allowed (that is what one measures)

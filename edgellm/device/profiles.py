@@ -255,7 +255,7 @@ def parse_profile(text: str, source: str) -> Profile:
 
 
 def load_profile_file(path: Path) -> Profile:
-    from edgellm.device.hardware import read_regular_file  # noqa: PLC0415
+    from edgellm.files import read_regular_file  # noqa: PLC0415
 
     try:
         data = read_regular_file(path, MAX_PROFILE_BYTES + 1)  # never a FIFO or /dev/zero

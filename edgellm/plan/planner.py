@@ -483,3 +483,6 @@ def auto_parallel(plan_for: Any) -> int:
         if plan.fits and plan.n_ctx_per_slot >= alone.n_ctx_per_slot:
             return parallel
     return 1
+
+
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: a context holds at most this many sequences

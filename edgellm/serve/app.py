@@ -411,7 +411,7 @@ class Server:
 
         prompt = await self.prepare(request, fitted, params, param)
         # A raw `grammar` may spell out "...</think>answer" and is split like free text.
-        reply = Reply(request, self, "chat.completion", body.stream)
+        reply = Reply(request, self.start_job, self.config.model_id, "chat.completion", body.stream)
         if dropped and dropped[0]:
             reply.headers["X-Edgellm-Dropped-Messages"] = str(dropped[0])
             reply.log["note"] = f"history too long for a slot: dropped the oldest {dropped[0]} messages"
@@ -431,7 +431,7 @@ class Server:
         self.check_size(1, len(text), "prompt")
         engine = self.loaded_engine
         prompt = await self.prepare(request, lambda: engine.prompt_from_text(text), params, "grammar")
-        reply = Reply(request, self, "text_completion", body.stream)
+        reply = Reply(request, self.start_job, self.config.model_id, "text_completion", body.stream)
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     def thinking(self, body: ChatCompletionRequest, params: SamplingParams) -> None:

@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -18,18 +18,19 @@ from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader
 from edgellm.text.reasoning import REASONING
 from edgellm.text.toolcalls.parser import ToolCallArguments, ToolCallStart
 
-if TYPE_CHECKING:
-    from edgellm.serve.app import Server
+# Starts a generation job for (prompt, params, request id), or raises the API error that refuses it.
+StartJob = Callable[[Prompt, SamplingParams, str], GenerationJob]
 
 
 class Reply:
     """Turns one job's events into an OpenAI response (JSON or server-sent events)."""
 
     def __init__(
-        self, request: Request, server: Server, kind: str, stream: bool
+        self, request: Request, start_job: StartJob, model_id: str, kind: str, stream: bool
     ) -> None:
         self.request = request
-        self.server = server
+        self.start_job = start_job
+        self.model_id = model_id
         self.kind = kind  # "chat.completion" or "text_completion"
         self.stream = stream
         self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
@@ -39,7 +40,7 @@ class Reply:
         self.log["tokens"] = 0
 
     async def respond(self, prompt: Prompt, params: SamplingParams, *, include_usage: bool) -> Response:
-        job = self.server.start_job(prompt, params, self.id)
+        job = self.start_job(prompt, params, self.id)
         reader = ItemReader(job, self.request, streamed=self.stream)
         try:
             # Wait for the first event before answering, so that a prompt too long for the context
@@ -98,7 +99,7 @@ class Reply:
                 message["tool_calls"] = [call.to_openai() for call in calls]
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         return JSONResponse(
-            {"id": self.id, "object": self.kind, "created": self.created, "model": self.server.config.model_id,
+            {"id": self.id, "object": self.kind, "created": self.created, "model": self.model_id,
              "choices": [choice], "usage": _usage(reader.job)},
             headers=self.headers,
         )
@@ -119,7 +120,7 @@ class Reply:
             self.log["tps"] = job.stats.gen_tps
 
     def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
-        data: dict[str, Any] = {"id": self.id, "created": self.created, "model": self.server.config.model_id}
+        data: dict[str, Any] = {"id": self.id, "created": self.created, "model": self.model_id}
         if self.kind == "text_completion":
             data["object"] = "text_completion"
             data["choices"] = [] if delta is None else [

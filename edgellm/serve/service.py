@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edgellm import __version__
 from edgellm.errors import EdgeLLMError, UsageError
+from edgellm.loader import QUIET, Notices
 from edgellm.paths import user_api_key_file
 
 UNIT_NAME = "edgellm.service"
@@ -407,7 +408,7 @@ def service_url(serve_args: Sequence[str]) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
 
 
-def model_file(spec: str, *, fetch: bool, state_dir: Path | None = None) -> Path:
+def model_file(spec: str, *, fetch: bool, state_dir: Path | None = None, notices: Notices = QUIET) -> Path:
     """The absolute .gguf the unit names: a file given, or a hub model pulled (into the system
     service's own cache when `state_dir` is given, so its user reads it without a home)."""
     from edgellm.loader import resolve_model  # noqa: PLC0415
@@ -418,7 +419,7 @@ def model_file(spec: str, *, fetch: bool, state_dir: Path | None = None) -> Path
         if state_dir is not None:
             os.environ["HF_HOME"] = str(state_dir / "huggingface")
             os.environ["EDGELLM_HOME"] = str(state_dir)
-        info = resolve_model(spec, yes=True, fetch=fetch)
+        info = resolve_model(spec, yes=True, fetch=fetch, notices=notices)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -449,7 +450,7 @@ def default_key_file(user_mode: bool) -> Path:
 
 def install(model: str, serve_args: Sequence[str], *, user_mode: bool, key_file: Path | None = None,
             watchdog_s: int = DEFAULT_WATCHDOG_S, runner: Runner = run_command,
-            say: Callable[[str], None] = lambda _: None) -> Installed:
+            say: Callable[[str], None] = lambda _: None, notices: Notices = QUIET) -> Installed:
     """Write the unit and start it: a system service as the `edgellm` user, or a user service."""
     # What reaches the unit is checked before anything is done (render_unit checks it all again).
     check_watchdog(watchdog_s)
@@ -463,7 +464,7 @@ def install(model: str, serve_args: Sequence[str], *, user_mode: bool, key_file:
         ensure_service_user(runner)
         STATE_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
     say(f"model: {model}")
-    path = model_file(model, fetch=True, state_dir=None if user_mode else STATE_DIR)
+    path = model_file(model, fetch=True, state_dir=None if user_mode else STATE_DIR, notices=notices)
     spec = build_spec(path, serve_args, user_mode=user_mode, key_file=None, watchdog_s=watchdog_s)
     if not user_mode:
         _chown_tree(STATE_DIR)

@@ -11,7 +11,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from edgellm.device import hardware
+from edgellm import files
 from edgellm.errors import UsageError
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.serve import guards
@@ -84,7 +84,7 @@ def read_api_key_file(path: str) -> str:
     chmod 600 (ssh refuses a world-readable private key for the same reason).
     """
     try:
-        fd = hardware.open_regular_file(path)
+        fd = files.open_regular_file(path)
     except FileNotFoundError:
         raise UsageError(f"--api-key-file {path}: no such file") from None
     except OSError as exc:

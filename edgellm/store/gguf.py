@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgellm.device.hardware import NotARegularFileError, open_regular_file
 from edgellm.errors import ModelFileError
+from edgellm.files import NotARegularFileError, open_regular_file
 
 GGUF_MAGIC = b"GGUF"
 GGUF_MIN_BYTES = 24  # magic, version, tensor count and key count

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgellm.device.hardware import read_regular_file
 from edgellm.errors import DownloadError, ModelNotFoundError, UsageError
+from edgellm.files import read_regular_file
 from edgellm.units import format_size
 
 DEFAULT_REVISION = "main"
@@ -244,17 +244,24 @@ def list_repo(repo: str, revision: str = DEFAULT_REVISION) -> RepoListing:
 
 
 class Progress(Protocol):
-    """What a transfer reports to: ui.TransferProgress (plain lines) or ui.DownloadProgress (Rich)."""
+    """What a transfer reports to: ui.TransferProgress (plain lines) or ui.DownloadProgress (Rich),
+    made by the caller's progress factory (the CLI passes ui.download_progress)."""
 
     def update(self, n_bytes: int) -> None: ...
     def reset(self, done: int) -> None: ...
     def close(self) -> None: ...
 
 
-def _default_progress(label: str, total: int, initial: int = 0) -> Progress:
-    from edgellm.ui import download_progress  # noqa: PLC0415  (the library asks ui how to show it)
+class _Silent:
+    """No progress shown: a library caller that passed no progress factory."""
 
-    return download_progress(label, total, initial)
+    def update(self, n_bytes: int) -> None: ...
+    def reset(self, done: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _silent_progress(label: str, total: int, initial: int = 0) -> Progress:
+    return _Silent()
 
 
 # --- the transfer ----------------------------------------------------------------------------------
@@ -313,7 +320,7 @@ def download(
 
         # One pull per file at a time: two processes appending to one partial file would corrupt it.
         with WeakFileLock(str(partial) + ".lock"):
-            actual = _transfer(repo, remote, revision, partial, progress_factory or _default_progress)
+            actual = _transfer(repo, remote, revision, partial, progress_factory or _silent_progress)
             _verify(repo, remote, partial, actual)
             os.replace(partial, blob)
     pointer.parent.mkdir(parents=True, exist_ok=True)

@@ -64,3 +64,4 @@ __all__ = [
     "stderr", "stderr_is_terminal", "stdout", "think_mode", "warn", "write_reasoning",
     "bench_csv", "bench_markdown", "merged_markdown",
 ]
+

@@ -101,7 +101,7 @@ def result_rows(report: dict[str, Any]) -> list[list[str]]:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     # On use: every command imports edgellm.ui, and importing edgellm.bench.runner costs ~30 ms.
-    from edgellm.bench.runner import device_label, model_label  # noqa: PLC0415
+    from edgellm.bench.reports import device_label, model_label  # noqa: PLC0415
 
     lines = [
         f"model: {model_label(report)}, {format_size(report.get('model_size_bytes'))}"
@@ -172,7 +172,7 @@ def bench_markdown(report: dict[str, Any]) -> str:
 
 
 def merged_markdown(merged: dict[str, Any]) -> str:
-    """`bench report --markdown`: the table bench.merge_reports made."""
+    """`bench report --markdown`: the table bench.reports.merge_reports made."""
     lines = [_md_row(merged["headers"]), _md_row(["---"] * len(merged["headers"]))]
     lines += [_md_row(row) for row in merged["rows"]]
     return "\n".join(lines) + "\n"
@@ -197,7 +197,7 @@ def _blank(value: Any) -> Any:
 
 def bench_csv(report: dict[str, Any]) -> str:
     """One line per test, the report's own fields (CSV_FIELDS, or PARALLEL_CSV_FIELDS with --parallel)."""
-    from edgellm.bench.runner import device_label  # noqa: PLC0415  (on use, as in summary_lines)
+    from edgellm.bench.reports import device_label  # noqa: PLC0415  (on use, as in summary_lines)
 
     buffer = io.StringIO()
     parallel = is_parallel(report)

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from edgellm import ui
-from edgellm.device.hardware import cpu_temperature, format_cpu_list, read_regular_file
+from edgellm.device.hardware import cpu_temperature, format_cpu_list
 from edgellm.errors import EdgeLLMError, UsageError
+from edgellm.files import read_regular_file
 from edgellm.loader import PlanOptions, Prepared
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.runtime.response import Response
