@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgellm.device.hardware import Device, detect
 from edgellm.device.profiles import Profile, select_profile
@@ -31,6 +31,9 @@ from edgellm.paths import llama_build_cache_file
 from edgellm.plan.planner import Plan, auto_parallel, make_plan, refusal_hint
 from edgellm.plan.resolve import resolve as resolve_spec
 from edgellm.store.gguf import ModelInfo
+
+if TYPE_CHECKING:
+    from edgellm.runtime.engine import Engine
 
 
 def _quiet(message: str) -> None:
@@ -78,7 +81,7 @@ def resolve_model(
     spec: str,
     *,
     yes: bool = False,
-    fetch: bool = True,
+    download: bool = True,
     device: Device | None = None,
     profile: Profile | None = None,
     ctx: int | None = None,
@@ -89,18 +92,18 @@ def resolve_model(
     `owner/repo[:QUANT]` or `owner/repo/file.gguf` (edgellm.store.refs.parse_spec).
 
     A hub model not downloaded yet is pulled (asking on a terminal above 1 GB unless `yes`); with
-    fetch=False it is described from the catalog's shape instead, so plans work before downloads.
+    download=False it is described from the catalog's shape instead, so plans work before downloads.
     Without a quant, the planner picks the one that fits `device` under `profile`.
     """
     if device is None:
         device = detect("/")
     if profile is None:
         profile, _ = select_profile(device, None)
-    return resolve_spec(spec, device, profile, yes=yes, fetch_missing=fetch, ctx=ctx, mem_budget=mem_budget,
+    return resolve_spec(spec, device, profile, yes=yes, download=download, ctx=ctx, mem_budget=mem_budget,
                           say=notices.info, confirm=notices.confirm, progress_factory=notices.progress)
 
 
-def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
+def prepare(spec: str | None, options: PlanOptions, *, download: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
     """Detect, select the profile, resolve the model (no spec: the profile's default model) and
     plan. `loading`: the caller loads the model next, so asking llama.cpp for its build facts
     costs nothing extra."""
@@ -111,8 +114,9 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
     workers = probe_all(options.rpc)
     if workers:
         let_idle_threads_sleep()
-    # plan (require_fit=False) only looks: a catalog model is sized from its shape, not downloaded.
-    resolve = functools.partial(resolve_model, yes=yes, fetch=require_fit, device=device, profile=profile,
+    # download=False (plan) only looks: a catalog model is sized from its shape, and a plan that
+    # does not fit is shown rather than refused.
+    resolve = functools.partial(resolve_model, yes=yes, download=download, device=device, profile=profile,
                                 ctx=options.ctx, mem_budget=options.mem_budget, notices=options.notices)
     if spec:
         model = resolve(spec)
@@ -132,7 +136,7 @@ def prepare(spec: str | None, options: PlanOptions, *, require_fit: bool = True,
                          threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel, workers=workers)
 
     plan = plan_for(options.parallel if options.parallel is not None else auto_parallel(plan_for))
-    if require_fit and not plan.fits:
+    if download and not plan.fits:
         raise PlanError(plan.refusal or "the model does not fit", hint=refusal_hint(plan))
     if loading:
         for warning in plan.warnings:
@@ -191,7 +195,7 @@ def llama_build_info() -> str | None:
         pass
     try:
         result = subprocess.run(
-            [sys.executable, "-c", "from edgellm.runtime.engine import system_info; print(system_info())"],
+            [sys.executable, "-c", "from edgellm.runtime.native import system_info; print(system_info())"],
             capture_output=True, text=True, timeout=60, check=False,
         )
     except (OSError, subprocess.SubprocessError):
@@ -325,3 +329,52 @@ def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, roo
     for warning in larger.warnings:
         options.notices.warn(warning)
     return dataclasses.replace(prepared, plan=larger)
+
+
+# --- opening a model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A model open for generation: its plan and its Engine. The one way run, chat, serve and bench
+    open a model; `grow_to` and `reload` replace the engine in place, with the same options."""
+
+    prepared: Prepared
+    options: PlanOptions
+    engine: Engine
+    sequences: int = 1
+
+    def grow_to(self, messages: list[dict[str, str]], sampling: Any) -> bool:
+        """A larger context when `messages` and their reply do not fit this one (chat's long paste):
+        the engine is replaced and True returned; False when this context holds them already."""
+        engine = self.engine
+        bigger = context_for(self.prepared, self.options, messages, sampling,
+                             count=lambda m: len(engine.tokenize(engine.format_messages(m))))
+        if bigger is self.prepared:
+            return False
+        engine.close()
+        self.prepared, self.engine = bigger, _new_engine(bigger, self.sequences)
+        return True
+
+    def reload(self) -> Engine:
+        """The model loaded again with the same plan (serve, after --idle-unload freed it)."""
+        self.engine = _new_engine(self.prepared, self.sequences)
+        return self.engine
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def open_model(prepared: Prepared, options: PlanOptions, *, sequences: int = 1,
+               fit: tuple[list[dict[str, str]], Any] | None = None) -> Loaded:
+    """Load the prepared model. `fit` (messages, sampling): first size the context to hold them and
+    their reply (run's piped input), as far as memory allows."""
+    if fit is not None:
+        prepared = context_for(prepared, options, *fit)
+    return Loaded(prepared, options, _new_engine(prepared, sequences), sequences)
+
+
+def _new_engine(prepared: Prepared, sequences: int) -> Engine:
+    from edgellm.runtime.engine import Engine  # noqa: PLC0415  (loads llama.cpp: only when a model opens)
+
+    return Engine(prepared.model, prepared.plan, sequences=sequences)

@@ -41,7 +41,7 @@ from edgellm import __version__
 from edgellm.device import hardware
 from edgellm.device.workers import parse_endpoint
 from edgellm.errors import EdgeLLMError, PlanError, UsageError
-from edgellm.loader import QUIET, Notices, PlanOptions, prepare
+from edgellm.loader import QUIET, Notices, PlanOptions, open_model, prepare
 from edgellm.plan.planner import MAX_SEQUENCES
 from edgellm.runtime import engine as runtime
 from edgellm.runtime import native
@@ -583,7 +583,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
     plan = dataclasses.replace(
         plan, cores=cores, n_batch=max(plan.n_batch, min(biggest_batch, 2048, plan.n_ctx)),
     )
-    engine = runtime.Engine(prepared.model, plan, sequences=sequences)
+    engine = open_model(dataclasses.replace(prepared, plan=plan), options, sequences=sequences).engine
     try:
         pinned = engine.pinned_cores or (cores if cores else [])
         probe = hardware.HeatProbe(config.sysroot, pinned or None)

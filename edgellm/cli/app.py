@@ -181,7 +181,7 @@ def plan(
 
     options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads, sysroot=sysroot,
                           parallel=parallel or 1, rpc=_rpc_option(rpc), notices=_notices())
-    prepared = prepare(model, options, require_fit=False)
+    prepared = prepare(model, options, download=False)
     result = prepared.plan
     ui.Output.choose(json=json_output).emit(result.to_json, lambda: ui.render_plan(result))
     if not result.fits:
@@ -226,8 +226,7 @@ def run(
     Tools: edgellm run -m MODEL --tools tools.json --tool-choice required "Weather in Oslo?"
     prints {"name": "get_weather", "arguments": {"city": "Oslo"}}
     """
-    from edgellm.loader import PlanOptions, prepare
-    from edgellm.runtime.engine import Engine
+    from edgellm.loader import PlanOptions, open_model, prepare
     from edgellm.runtime.types import SamplingParams
     from edgellm.ui import runner
 
@@ -257,11 +256,8 @@ def run(
                                notices=_notices())
     prepared = prepare(model or None, plan_options, loading=True, yes=yes)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
-    if text is not None:
-        from edgellm import loader as session
-
-        prepared = session.context_for(prepared, plan_options, runner.messages_for(text, system), sampling)
-    engine = Engine(prepared.model, prepared.plan)
+    loaded = open_model(prepared, plan_options, fit=(runner.messages_for(text, system), sampling) if text is not None else None)
+    engine = loaded.engine
     if tool_list is not None:
         from edgellm.text.toolcalls import ToolUse
 
@@ -301,9 +297,8 @@ def chat(
 
     Example: edgellm chat -m ~/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf --system "Be brief."
     """
-    from edgellm.loader import PlanOptions
+    from edgellm.loader import PlanOptions, open_model
     from edgellm.paths import chat_history_file
-    from edgellm.runtime.engine import Engine
     from edgellm.runtime.types import SamplingParams
     from edgellm.ui import chat_session as repl
 
@@ -317,26 +312,17 @@ def chat(
                                notices=_notices())
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
-    engine = Engine(prepared.model, prepared.plan)
+    loaded = open_model(prepared, plan_options)
 
     def grow(messages: list[dict[str, str]]) -> Any:
         """A context for a message too long for this one (see ChatOptions.grow)."""
-        nonlocal prepared, engine
-        from edgellm import loader as session
-
-        bigger = session.context_for(prepared, plan_options, messages, sampling,
-                                     count=lambda m: len(engine.tokenize(engine.format_messages(m))))
-        if bigger is prepared:
-            return None
-        engine.close()
-        prepared, engine = bigger, Engine(bigger.model, bigger.plan)
-        return engine
+        return loaded.engine if loaded.grow_to(messages, sampling) else None
 
     try:
         chat_options = repl.ChatOptions(think=think, interactive=interactive, history_file=chat_history_file(), grow=grow)
-        failures = repl.run_chat(engine, conversation, sampling, chat_options)
+        failures = repl.run_chat(loaded.engine, conversation, sampling, chat_options)
     finally:
-        engine.close()
+        loaded.close()
     if failures and not interactive:
         # Every line was still processed; the script learns that some of them failed.
         raise EdgeLLMError(f"{failures} piped {'line' if failures == 1 else 'lines'} failed (see above)")
@@ -595,8 +581,7 @@ def serve(
     """
     from edgellm import serve as server
     from edgellm.device.hardware import format_cpu_list
-    from edgellm.loader import PlanOptions, prepare
-    from edgellm.runtime.engine import Engine
+    from edgellm.loader import PlanOptions, open_model, prepare
     from edgellm.serve.lifecycle import install_test_stall
     from edgellm.serve.sdnotify import Notifier
     from edgellm.units import parse_duration
@@ -611,8 +596,9 @@ def serve(
         api_key = server.read_api_key_file(api_key_file)
     idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
     server.check_bind(host, api_key, insecure)
-    prepared = prepare(model, PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads,
-                                          parallel=parallel, rpc=_rpc_option(rpc), notices=_notices()), loading=True)
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=_size_option(mem_budget), threads=threads,
+                               parallel=parallel, rpc=_rpc_option(rpc), notices=_notices())
+    prepared = prepare(model, plan_options, loading=True)
     plan_ = prepared.plan
     parallel = plan_.parallel
     if max_tokens is not None and max_tokens > plan_.n_ctx_per_slot:
@@ -625,10 +611,8 @@ def serve(
     if notifier.enabled and not notifier.status(f"loading {model_id}"):
         ui.warn(f"{notifier.failed}: systemd will not hear that the server is ready")
 
-    def load_engine() -> Engine:
-        return Engine(prepared.model, plan_, sequences=parallel)
-
-    engine = load_engine()
+    loaded = open_model(prepared, plan_options, sequences=parallel)
+    engine = loaded.engine
     install_test_stall(engine.scheduler)
     server.warm_up(engine)
     slot_ctx = plan_.n_ctx_per_slot
@@ -642,7 +626,7 @@ def serve(
         watchdog = f", watchdog every {notifier.watchdog_s:g}s" if notifier.watchdog_s else ""
         ui.info(f"systemd: telling it when ready{watchdog}")
     try:
-        server.serve(engine, config, sock, notifier=notifier, load_engine=load_engine)
+        server.serve(engine, config, sock, notifier=notifier, load_engine=loaded.reload)
     finally:
         engine.close()
         sock.close()
@@ -727,7 +711,7 @@ def service_unit(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = Fal
     from edgellm.serve import service
 
     key = service.key_file_path(api_key_file) if api_key_file else service.default_key_file(user)
-    spec = service.build_spec(service.model_file(model, fetch=False), list(ctx.args), user_mode=user, key_file=key, watchdog_s=watchdog)
+    spec = service.build_spec(service.model_file(model, download=False), list(ctx.args), user_mode=user, key_file=key, watchdog_s=watchdog)
     ui.print_text(service.render_unit(spec))
 
 

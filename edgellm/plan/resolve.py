@@ -11,7 +11,7 @@ from edgellm.device.hardware import Device
 from edgellm.device.profiles import Profile
 from edgellm.errors import DownloadError
 from edgellm.plan.quant import QuantCandidate, choose_quant, rank_quants
-from edgellm.store import hub as download
+from edgellm.store import hub
 from edgellm.store.catalog import CatalogEntry, load_catalog, quants_in_files
 from edgellm.store.gguf import ModelInfo, read_gguf
 from edgellm.store.refs import ModelRef, parse_spec
@@ -28,7 +28,7 @@ class Located:
     size: int
     path: Path | None
     reason: str
-    remote: download.RemoteFile | None = None
+    remote: hub.RemoteFile | None = None
     commit: str | None = None
     candidates: list[QuantCandidate] = field(default_factory=list)
 
@@ -40,7 +40,7 @@ class Located:
 
 def _candidates_from_catalog(entry: CatalogEntry, revision: str) -> list[QuantCandidate]:
     return [
-        QuantCandidate(q, f.filename, f.size, download.cached_file(entry.repo, f.filename, revision) is not None, entry.model_info(q))
+        QuantCandidate(q, f.filename, f.size, hub.cached_file(entry.repo, f.filename, revision) is not None, entry.model_info(q))
         for q, f in entry.files.items()
     ]
 
@@ -51,7 +51,7 @@ def _candidates_from_listing(ref: ModelRef, files: dict[str, int]) -> list[Quant
     for quant, filename in quants_in_files(list(files)).items():
         size = files[filename]
         model = ref.entry.model_info(quant, size) if ref.entry else None
-        out.append(QuantCandidate(quant, filename, size, download.cached_file(ref.repo, filename, ref.revision) is not None, model))
+        out.append(QuantCandidate(quant, filename, size, hub.cached_file(ref.repo, filename, ref.revision) is not None, model))
     return out
 
 
@@ -69,19 +69,19 @@ def locate(
     ctx: int | None = None,
     mem_budget: int | None = None,
     for_pull: bool = False,
-    lookup_remote: bool = True,
+    download: bool = True,
 ) -> Located:
     """Pick the file (planner's quant choice when none is given) and find it in the cache.
 
     Goes to the hub only when it must: a quant or file the catalog does not name, or the sha256
-    and size for a download of a file that is not here (unless lookup_remote is False).
+    and size for a download of a file that is not here (unless download is False: no network at all).
     """
-    listing: download.RepoListing | None = None
+    listing: hub.RepoListing | None = None
 
-    def fetch_listing() -> download.RepoListing:
+    def fetch_listing() -> hub.RepoListing:
         nonlocal listing
         if listing is None:
-            listing = download.list_repo(ref.repo, ref.revision)
+            listing = hub.list_repo(ref.repo, ref.revision)
         return listing
 
     if ref.filename:
@@ -91,11 +91,11 @@ def locate(
     else:
         if ref.entry and (ref.quant is None or ref.quant in ref.entry.files):
             candidates = _candidates_from_catalog(ref.entry, ref.revision)
-        elif download.offline():
-            cached = {name: path.stat().st_size for name, path in download.cached_files(ref.repo).items()}
+        elif hub.offline():
+            cached = {name: path.stat().st_size for name, path in hub.cached_files(ref.repo).items()}
             candidates = _candidates_from_listing(ref, cached)
             if not candidates:
-                raise download.offline_error(ref.spec)
+                raise hub.offline_error(ref.spec)
         else:
             candidates = _candidates_from_listing(ref, {f.filename: f.size for f in fetch_listing().files.values()})
             if not candidates:
@@ -110,7 +110,7 @@ def locate(
             reason = f"{ref.quant} asked for"
         else:
             choice = choose_quant(candidates, device, profile, ctx=ctx, mem_budget=mem_budget, prefer_downloaded=not for_pull)
-            if choice.chosen is None and not lookup_remote and candidates:
+            if choice.chosen is None and not download and candidates:
                 # Only looking (plan): show the preferred quant's plan, which says why it does not fit.
                 choice.chosen = rank_quants(candidates, profile.quant_preference)[0]
             if choice.chosen is None:
@@ -121,13 +121,13 @@ def locate(
             chosen, reason = choice.chosen, choice.reason
         quant, filename, size = chosen.quant, chosen.filename, chosen.size
 
-    path = download.cached_file(ref.repo, filename, ref.revision)
+    path = hub.cached_file(ref.repo, filename, ref.revision)
     located = Located(ref, quant, filename, size, path, reason, candidates=candidates)
     if path is not None:
         located.size = path.stat().st_size
-    if path is None and lookup_remote:
-        if download.offline():
-            raise download.offline_error(f"{ref.label}:{quant}" if quant else ref.spec)
+    if path is None and download:
+        if hub.offline():
+            raise hub.offline_error(f"{ref.label}:{quant}" if quant else ref.spec)
         remote_listing = fetch_listing()
         remote = remote_listing.files.get(filename)
         if remote is None:
@@ -155,11 +155,11 @@ def fetch(located: Located, *, yes: bool = False, say: Callable[[str], None] = _
     if located.remote is None or located.commit is None:
         raise DownloadError(f"{located.name}: no download information", hint=f"edgellm pull {located.ref.spec}")
     size = located.remote.size
-    if size > download.CONFIRM_ABOVE_BYTES and not yes and confirm is not None:
+    if size > hub.CONFIRM_ABOVE_BYTES and not yes and confirm is not None:
         if not confirm(f"Download {located.name} ({format_size(size)}) from {located.ref.repo}?"):
             raise DownloadError("download cancelled", hint=f"edgellm pull {located.ref.spec} --yes")
-    say(f"pulling {located.name} ({format_size(size)}) from {download.hub_endpoint()}/{located.ref.repo} [{located.reason}]")
-    return download.download(located.ref.repo, located.remote, revision=located.ref.revision, commit=located.commit,
+    say(f"pulling {located.name} ({format_size(size)}) from {hub.hub_endpoint()}/{located.ref.repo} [{located.reason}]")
+    return hub.download(located.ref.repo, located.remote, revision=located.ref.revision, commit=located.commit,
                              progress_factory=progress_factory)
 
 
@@ -170,20 +170,20 @@ def resolve(
     profile: Profile,
     *,
     yes: bool = False,
-    fetch_missing: bool = True,
+    download: bool = True,
     ctx: int | None = None,
     mem_budget: int | None = None,
     say: Callable[[str], None] = _quiet,
     confirm: Callable[[str], bool] | None = None,
     progress_factory: Any = None,
 ) -> ModelInfo:
-    """`-m` to a ModelInfo: read the GGUF header when the file is here, else pull it (fetch_missing),
+    """`-m` to a ModelInfo: read the GGUF header when the file is here, else pull it (download),
     else describe it from the catalog shape so the planner can size it before any download."""
     parsed = parse_spec(spec)
     if isinstance(parsed, Path):
         return read_gguf(parsed)
-    located = locate(parsed, device, profile, ctx=ctx, mem_budget=mem_budget, lookup_remote=fetch_missing)
-    if located.path is None and not fetch_missing:
+    located = locate(parsed, device, profile, ctx=ctx, mem_budget=mem_budget, download=download)
+    if located.path is None and not download:
         if parsed.entry and located.quant in parsed.entry.files:
             return parsed.entry.model_info(located.quant)
         raise DownloadError(f"{located.name} is not downloaded and edgellm does not know its shape", hint=f"edgellm pull {spec}")
@@ -203,7 +203,7 @@ def catalog_rows(device: Device, profile: Profile, *, ctx: int | None = None, me
         quants = []
         for candidate in rank_quants(candidates, profile.quant_preference):
             plan = choice.plans.get(candidate.quant)
-            path = download.cached_file(entry.repo, candidate.filename, entry.revision)
+            path = hub.cached_file(entry.repo, candidate.filename, entry.revision)
             quants.append({
                 "quant": candidate.quant, "file": candidate.filename,
                 "size": path.stat().st_size if path else candidate.size,

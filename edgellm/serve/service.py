@@ -408,7 +408,7 @@ def service_url(serve_args: Sequence[str]) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
 
 
-def model_file(spec: str, *, fetch: bool, state_dir: Path | None = None, notices: Notices = QUIET) -> Path:
+def model_file(spec: str, *, download: bool, state_dir: Path | None = None, notices: Notices = QUIET) -> Path:
     """The absolute .gguf the unit names: a file given, or a hub model pulled (into the system
     service's own cache when `state_dir` is given, so its user reads it without a home)."""
     from edgellm.loader import resolve_model  # noqa: PLC0415
@@ -419,7 +419,7 @@ def model_file(spec: str, *, fetch: bool, state_dir: Path | None = None, notices
         if state_dir is not None:
             os.environ["HF_HOME"] = str(state_dir / "huggingface")
             os.environ["EDGELLM_HOME"] = str(state_dir)
-        info = resolve_model(spec, yes=True, fetch=fetch, notices=notices)
+        info = resolve_model(spec, yes=True, download=download, notices=notices)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -464,7 +464,7 @@ def install(model: str, serve_args: Sequence[str], *, user_mode: bool, key_file:
         ensure_service_user(runner)
         STATE_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
     say(f"model: {model}")
-    path = model_file(model, fetch=True, state_dir=None if user_mode else STATE_DIR, notices=notices)
+    path = model_file(model, download=True, state_dir=None if user_mode else STATE_DIR, notices=notices)
     spec = build_spec(path, serve_args, user_mode=user_mode, key_file=None, watchdog_s=watchdog_s)
     if not user_mode:
         _chown_tree(STATE_DIR)

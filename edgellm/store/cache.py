@@ -8,7 +8,7 @@ from typing import Any
 
 from edgellm.errors import UsageError
 from edgellm.files import read_regular_file
-from edgellm.store import hub as download
+from edgellm.store import hub
 from edgellm.store.catalog import entry_for_repo, quant_of_filename
 from edgellm.store.gguf import GGUF_MAGIC, GGUF_MIN_BYTES
 from edgellm.store.refs import parse_spec
@@ -42,7 +42,7 @@ def list_downloaded(*, include_broken: bool = False) -> list[Downloaded]:
     format) are not models; include_broken lists them too (size 0 for a dangling link), for `rm`.
     """
     out: dict[tuple[str, ...], Downloaded] = {}
-    root = download.hub_cache_dir()
+    root = hub.hub_cache_dir()
     if not root.is_dir():
         return []
     for folder in sorted(root.glob("models--*")):
@@ -128,7 +128,7 @@ def remove(items: list[Downloaded]) -> int:
     for item in items:
         pointer = item.path
         blob = _target(pointer)
-        folder = download.repo_folder(item.repo)
+        folder = hub.repo_folder(item.repo)
         pointer.unlink()
         if blob is not None and blob != pointer and blob.exists():
             still_used = any(

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgellm.errors import ModelNotFoundError
-from edgellm.store import hub as download
+from edgellm.store import hub
 from edgellm.store.catalog import CatalogEntry, entry_for_repo, find_entry, quant_of_filename
 
-_HUB_FILE = re.compile(rf"^{download._REPO_PART}/{download._REPO_PART}/.+\.gguf$", re.IGNORECASE)
-_HUB_REPO = re.compile(rf"^(?P<repo>{download._REPO_PART}/{download._REPO_PART})(?::(?P<quant>[A-Za-z0-9_.-]+))?$")
+_HUB_FILE = re.compile(rf"^{hub._REPO_PART}/{hub._REPO_PART}/.+\.gguf$", re.IGNORECASE)
+_HUB_REPO = re.compile(rf"^(?P<repo>{hub._REPO_PART}/{hub._REPO_PART})(?::(?P<quant>[A-Za-z0-9_.-]+))?$")
 _CATALOG = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<quant>[A-Za-z0-9_.-]+))?$")
 
 
@@ -40,19 +40,19 @@ def parse_spec(spec: str, revision: str | None = None) -> ModelRef | Path:
     """Path for local files, else a ModelRef; ModelNotFoundError for anything else."""
     text = spec.strip()
     if revision is not None:
-        download.check_revision(revision)
+        hub.check_revision(revision)
     path = Path(text).expanduser()
     # is_symlink: a dangling link or a loop is still the user's file, and read_gguf says what is wrong.
     if path.exists() or path.is_symlink() or text.startswith(("/", "./", "../", "~", ".\\")):
         return path
     if _HUB_FILE.match(text):
         owner, name, filename = text.split("/", 2)
-        if not download.is_safe_relative_path(filename):
+        if not hub.is_safe_relative_path(filename):
             raise ModelNotFoundError(f"'{text}': {filename!r} is not a file name inside the repo",
                                      hint="name the file as the repo lists it: owner/repo/file.gguf")
         repo_id = f"{owner}/{name}"
         entry = entry_for_repo(repo_id)
-        return ModelRef(text, repo_id, revision or (entry.revision if entry else download.DEFAULT_REVISION),
+        return ModelRef(text, repo_id, revision or (entry.revision if entry else hub.DEFAULT_REVISION),
                         quant_of_filename(filename), filename, entry)
     if text.lower().endswith(".gguf"):
         return path  # a local file name that does not exist: read_gguf says so
@@ -68,9 +68,9 @@ def parse_spec(spec: str, revision: str | None = None) -> ModelRef | Path:
     match = _HUB_REPO.match(text)
     if match:
         entry = entry_for_repo(match.group("repo"))
-        return ModelRef(text, match.group("repo"), revision or (entry.revision if entry else download.DEFAULT_REVISION),
+        return ModelRef(text, match.group("repo"), revision or (entry.revision if entry else hub.DEFAULT_REVISION),
                         _quant(match.group("quant")), None, entry)
-    raise download.not_a_model(spec)
+    raise hub.not_a_model(spec)
 
 
 def _quant(tag: str | None) -> str | None:
