@@ -7,15 +7,21 @@ slots + --queue get 503 + Retry-After. Events come back to the event loop throug
 queue; a client that goes away cancels its job and the scheduler frees the slot at its next step.
 Reasoning goes to `reasoning_content`, as DeepSeek's API and llama.cpp's server do.
 
-The parts, as llama.cpp's tools/server splits them:
-  schemas     request bodies (pydantic)           errors      OpenAI-shaped errors and handlers
-  jobs        admission, queue, one job's events  replies     events -> JSON body or SSE
-  app         routes, auth, prompt preparation    access_log  one log line per request, metrics
+The parts, as llama.cpp's tools/server splits them (and mlx-lm's server keeps its generator
+apart from the HTTP handler):
+  app         routes, authorisation, prompt preparation (the HTTP side)
+  translate   request body -> SamplingParams and prompt, history fitting (no HTTP)
+  host        the engine host: load, idle unload, reload, start_job, capacity(); the only
+              serve module that touches the scheduler
+  jobs        admission, queue, one job's events     replies     events -> JSON body or SSE
+  schemas     request bodies (pydantic)              errors      OpenAI-shaped errors and handlers
+  config      ServerConfig                           access_log  one log line per request, metrics
   startup     bind, key check and key file, warm-up, uvicorn and signals
-  lifecycle   systemd watchdog and status, the idle unload
+  lifecycle   systemd watchdog and status; asks the host to unload when idle
 """
 
-from edgellm.serve.app import Server, ServerConfig, create_app
+from edgellm.serve.app import Server, create_app
+from edgellm.serve.config import ServerConfig
 from edgellm.serve.startup import (
     allowed_hosts,
     check_bind,

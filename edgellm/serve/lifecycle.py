@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from edgellm.serve.host import Capacity, EngineHost
 from edgellm.serve.sdnotify import Notifier
 
 STATUS_EVERY_SECONDS = 5.0
@@ -39,33 +40,32 @@ def heartbeat_fresh(heartbeat: float, watchdog_s: float, now: float | None = Non
     return age < watchdog_s - 2 * min(watchdog_s / 4, TICK_SECONDS)
 
 
-def status_text(server: Any) -> str:
-    served = server.metrics.generations
-    if server.engine is None:
-        return f"model unloaded after {server.config.idle_unload_s:g}s idle (loads on the next request); {served} requests served"
-    scheduler = server.scheduler
-    return f"{scheduler.busy} of {len(scheduler.slots)} slots busy, {scheduler.waiting} queued, {served} requests served"
+def status_text(host: EngineHost, room: Capacity) -> str:
+    served = host.metrics.generations
+    if not room.loaded:
+        return f"model unloaded after {host.idle_unload_s:g}s idle (loads on the next request); {served} requests served"
+    return f"{room.busy} of {room.slots} slots busy, {room.waiting} queued, {served} requests served"
 
 
-async def supervise(server: Any) -> None:
+async def supervise(host: EngineHost, notifier: Notifier) -> None:
     """Watchdog pings, STATUS= lines and the idle unload, until cancelled."""
-    notifier: Notifier = server.notifier
     tick = tick_seconds(notifier)
     last_status = ""
     last_status_at = 0.0
     while True:
         await asyncio.sleep(tick)
         now = time.monotonic()
-        if server.draining:
+        if host.draining:
             continue  # STOPPING=1 went out: systemd times the stop now, not the watchdog
-        if notifier.watchdog_s and (server.engine is None or heartbeat_fresh(server.scheduler.heartbeat, notifier.watchdog_s, now)):
+        room = host.capacity(now)
+        if notifier.watchdog_s and (room.heartbeat_age is None or heartbeat_fresh(now - room.heartbeat_age, notifier.watchdog_s, now)):
             notifier.watchdog()
-        text = status_text(server)
+        text = status_text(host, room)
         if notifier.enabled and (text != last_status or now - last_status_at > STATUS_EVERY_SECONDS * 12):
             notifier.status(text)
             last_status, last_status_at = text, now
-        if server.should_unload(now):
-            await server.unload()
+        if host.should_unload(now):
+            await host.unload()
 
 
 def install_test_stall(scheduler: Any) -> None:

@@ -15,7 +15,8 @@ from edgellm import files
 from edgellm.errors import UsageError
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.serve import guards
-from edgellm.serve.app import SHUTDOWN_GRACE_SECONDS, Server, ServerConfig
+from edgellm.serve.app import SHUTDOWN_GRACE_SECONDS, Server
+from edgellm.serve.config import ServerConfig
 from edgellm.serve.sdnotify import Notifier
 
 
