@@ -36,12 +36,13 @@ def long_model(tiny_8k: Path) -> Path:
 
 
 class ServerProcess:
-    """`python -m edgellm serve` on a free loopback port, its stderr collected line by line."""
+    """`python -m edgellm serve` on a free loopback port, its stderr collected line by line.
+    `entry` runs another front (tests/stalling_serve.py) instead of `python -m edgellm`."""
 
     def __init__(self, model: Path, *args: str, home: Path, ctx: str = "8192", env: dict[str, str] | None = None,
-                 wait: bool = True) -> None:
+                 wait: bool = True, entry: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgellm", "serve", "-m", str(model), "--port", "0", "--ctx", ctx, *args],
+            [*(entry or [sys.executable, "-m", "edgellm"]), "serve", "-m", str(model), "--port", "0", "--ctx", ctx, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_HOME=str(home), **(env or {})),
         )
         self._lines: list[str] = []

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -26,6 +27,8 @@ from edgellm.serve.lifecycle import heartbeat_fresh, tick_seconds
 from edgellm.serve.sdnotify import Notifier, status_line
 
 WATCHDOG_USEC = "2000000"  # 2 s: serve pings every 0.5 s while its loops are alive
+# `edgellm serve` with the test-only hook that hangs a decode (EDGELLM_TEST_STALL_DECODE_AFTER).
+STALLING_SERVE = [sys.executable, str(Path(__file__).with_name("stalling_serve.py"))]
 
 
 class FakeSystemd:
@@ -134,7 +137,7 @@ def test_a_stalled_decode_stops_the_watchdog_pings(tiny_q4km: Path, tmp_path: Pa
     # The first decode after the warm-up never returns (a test-only hook): the generation loop's
     # heartbeat stops, so the pings stop, and systemd would restart the service.
     env = {**systemd.env(), "EDGELLM_TEST_STALL_DECODE_AFTER": "1"}
-    server = ServerProcess(tiny_q4km, "--api-key", "k", "--ctx", "512", home=tmp_path / "home", env=env)
+    server = ServerProcess(tiny_q4km, "--api-key", "k", "--ctx", "512", home=tmp_path / "home", env=env, entry=STALLING_SERVE)
     try:
         systemd.wait_for("WATCHDOG=1", count=3)
         threading.Thread(target=lambda: _try_complete(server), daemon=True).start()
@@ -156,7 +159,7 @@ def _try_complete(server: ServerProcess) -> None:
 
 def test_no_ready_while_the_warm_up_decode_has_not_succeeded(tiny_q4km: Path, tmp_path: Path, systemd: FakeSystemd) -> None:
     env = {**systemd.env(), "EDGELLM_TEST_STALL_DECODE_AFTER": "0"}  # the warm-up itself hangs
-    server = ServerProcess(tiny_q4km, "--ctx", "512", home=tmp_path / "home", env=env, wait=False)
+    server = ServerProcess(tiny_q4km, "--ctx", "512", home=tmp_path / "home", env=env, wait=False, entry=STALLING_SERVE)
     try:
         systemd.wait_for("STATUS=loading tiny-Q4_K_M")
         time.sleep(4.0)
