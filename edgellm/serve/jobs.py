@@ -14,7 +14,7 @@ import anyio
 from fastapi import Request
 
 from edgellm.runtime.batch import Finished, SequenceRequest
-from edgellm.runtime.response import Response
+from edgellm.runtime.response import Response as GenerationResult  # not Starlette's HTTP Response
 from edgellm.runtime.types import GenerationStats, Prompt, SamplingParams, TextEvent
 from edgellm.serve.errors import ClientGone
 
@@ -74,7 +74,7 @@ class GenerationJob:
         self._loop = loop
         self.items: asyncio.Queue[Item] = asyncio.Queue()
         self.finished = asyncio.Event()
-        self.response = Response()  # everything generated, kept as it arrives (the answer, stats)
+        self.result = GenerationResult()  # everything generated, kept as it arrives (the answer, stats)
         self.cut_short = False  # cancelled by the server's shutdown: the answer is incomplete
         self.created = time.perf_counter()
         self.first_token_s: float | None = None  # from the request to its first text
@@ -85,11 +85,11 @@ class GenerationJob:
 
     @property
     def stats(self) -> GenerationStats | None:
-        return self.response.stats
+        return self.result.stats
 
     def _emit(self, event: Any) -> None:
         """Called from the scheduler's thread."""
-        if self.response.add(event) is not None and self.first_token_s is None:
+        if self.result.add(event) is not None and self.first_token_s is None:
             self.first_token_s = time.perf_counter() - self.created
         with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is gone (shutdown)
             if isinstance(event, Finished):
@@ -107,7 +107,7 @@ class GenerationJob:
 
     @property
     def generated_tokens(self) -> int:
-        return self.response.generated_tokens
+        return self.result.generated_tokens
 
     async def wait_finished(self) -> None:
         """Wait for the scheduler to let go of this request, even inside a cancelled request."""

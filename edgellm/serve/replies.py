@@ -79,19 +79,19 @@ class Reply:
 
     async def _collect(self, first: Item, reader: ItemReader) -> Response:
         item = first
-        while item is not END:  # the job's Response keeps the text; here only a failure matters
+        while item is not END:  # the job's GenerationResult keeps the text; here only a failure matters
             if isinstance(item, Failure):
                 raise as_api_error(item.error)
             item = await reader.next()
         await reader.job.wait_finished()
         self._note_finished(reader.job)
-        response = reader.job.response
-        reasoning, answer = response.reasoning, response.answer
+        result = reader.job.result
+        reasoning, answer = result.reasoning, result.answer
         finish = self._finish_reason(reader.job)
         if self.kind == "text_completion":
             choice: dict[str, Any] = {"index": 0, "text": answer, "logprobs": None, "finish_reason": finish}
         else:
-            calls = response.complete_calls
+            calls = result.complete_calls
             message: dict[str, Any] = {"role": "assistant", "content": answer or (None if calls else "")}
             if reasoning:
                 message["reasoning_content"] = reasoning
@@ -109,8 +109,8 @@ class Reply:
             self.log["note"] = "cut short by shutdown"
             return "length"
         if job.stats is not None and job.stats.finish_reason == "tool_calls":
-            self.log["note"] = f"{len(job.response.complete_calls)} tool call(s): " + ", ".join(
-                call.name for call in job.response.complete_calls)[:200]
+            self.log["note"] = f"{len(job.result.complete_calls)} tool call(s): " + ", ".join(
+                call.name for call in job.result.complete_calls)[:200]
             return "tool_calls"
         return "length" if job.stats is not None and job.stats.finish_reason == "length" else "stop"
 
