@@ -5,7 +5,8 @@ prompt tokens for sequences being admitted (chunked, so a long prompt does not s
 others), decodes it, and samples each sequence from its own logits row with its own sampler
 chain (penalties, grammar, top-k/typical/top-p/min-p, temperature, seed), the chain
 llama-cpp-python builds for one sequence. End of generation, max_tokens, the reasoning split
-and the grammar are per sequence. A request goes to the free slot whose cached tokens share
+and the grammar are per sequence (edgellm.runtime.reply's ReplyState: the scheduler hands it
+each sampled token and carries out the actions it returns). A request goes to the free slot whose cached tokens share
 the longest prefix with its prompt; only the rest is evaluated (llama_memory_seq_rm drops the
 tail), so a chat client's next turn costs its new tokens only.
 
@@ -20,7 +21,6 @@ a scripted backend (tests/fake_engine.py) in-process, without a model.
 
 from __future__ import annotations
 
-import codecs
 import threading
 import time
 from collections import deque
@@ -30,18 +30,9 @@ from typing import Any
 
 from edgellm.errors import GenerationError
 from edgellm.runtime.native import peak_rss_bytes
-from edgellm.runtime.types import GenerationStats, Prompt, SamplingParams, TextEvent
-from edgellm.text.grammar import GrammarTextDecoder
-from edgellm.text.reasoning import ANSWER, CLOSE_TAG, REASONING, ReasoningSplitter
-from edgellm.text.stops import StopFilter
-from edgellm.text.toolcalls.parser import ToolCallParser
+from edgellm.runtime.reply import Action, Emit, End, Next, ReplyState, TakeBack, UseGrammar, Write
+from edgellm.runtime.types import GenerationStats, Prompt, SamplingParams
 
-# Generated tokens remembered with their text, to take back the ones that wrote a tool call's
-# opener (the longest opener is a few dozen tokens of text in a vocabulary without it).
-RECENT_TOKENS = 64
-# With a required call, reasoning ends this many tokens before max_tokens (or the slot's end), so the call fits.
-CALL_ROOM_TOKENS = 256
-_SAME_SAMPLER = object()  # _write: keep the sequence's sampler chain
 # The idle generation loop wakes this often to show it is alive (serve's systemd watchdog).
 HEARTBEAT_SECONDS = 1.0
 
@@ -78,19 +69,10 @@ class _Slot:
         self.pending: list[int] = []  # prompt tokens still to evaluate
         self.next_token = -1  # sampled, not yet decoded
         self.sampler: Any = None
-        self.decoder: Any = None
-        self.splitter: ReasoningSplitter | None = None
-        self.stop = StopFilter()
-        self.calls: ToolCallParser | None = None  # tool calling: the parser of this reply's calls
-        self.tool_grammar: str | None = None  # the call grammar, until the call starts
-        self.reason_until = 0  # with a required call: reasoning is closed at this many tokens
-        self.think_budget: int | None = None  # reasoning tokens allowed before the engine closes it
-        self.answer_grammar: str | None = None  # with a budget, the request's grammar waits for the answer
-        self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_TOKENS)  # generated (token, text), newest last
+        self.reply: ReplyState | None = None  # the text state of the request's reply
         self.stats = GenerationStats()
-        self.generated = 0
+        self.generated = 0  # sampled tokens of the reply
         self.max_tokens = 0
-        self.stop_at_eog = True
         self.started = 0.0
         self.first_at = 0.0
 
@@ -268,36 +250,15 @@ class Scheduler:
         slot.cached = list(tokens[:keep])
         slot.pending = list(tokens[keep:])
         slot.request = request
-        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        split = params.split_reasoning
-        slot.splitter = ReasoningSplitter(opened_by_template=request.prompt.opens_think and split,
-                                          thinks=self.engine.model.thinks and split and not request.prompt.closes_think)
-        slot.stop = StopFilter(params.stop)
-        slot.recent.clear()
         use = params.tool_use
-        slot.calls = ToolCallParser(use.format, must_call=use.must_call) if use is not None and use.active else None
-        tool_grammar = self.engine.tool_grammar(use) if slot.calls is not None and use is not None else None
-        if slot.calls is not None and use is not None and use.must_call and slot.splitter.in_answer:
-            # No reasoning to wait for: the call starts with the reply, constrained from its first token.
-            forced = self.backend.tokenize(use.format.forced_start)
-            slot.pending += forced
-            grammar, tool_grammar = tool_grammar, None
-            slot.calls.start_calls()
-        slot.tool_grammar = tool_grammar  # switched on when the call starts
-        constrained = grammar is not None
-        reasons = not slot.splitter.in_answer
-        slot.think_budget = params.think_budget if reasons else None
-        slot.answer_grammar = None
-        if grammar is not None and params.think_budget is not None and reasons and slot.tool_grammar is None:
-            # With a thinking budget the reply reasons first; the grammar applies to the answer.
-            slot.answer_grammar, grammar = grammar, None
-        slot.sampler = self.backend.new_sampler(params, grammar)
-        if grammar is not None:
-            slot.decoder = GrammarTextDecoder()
+        tool_grammar = self.engine.tool_grammar(use) if use is not None and use.active else None
+        slot.reply = reply = ReplyState(request.prompt, params, thinks=self.engine.model.thinks,
+                                        grammar=grammar, tool_grammar=tool_grammar)
+        if reply.opening:  # a required call with no reasoning before it: its start follows the prompt
+            slot.pending += self.backend.tokenize(reply.opening)
+        slot.sampler = self.backend.new_sampler(params, reply.grammar)
         room = self.slot_ctx - len(slot.cached) - len(slot.pending)
         slot.max_tokens = min(params.max_tokens, room) if params.max_tokens else room
-        slot.reason_until = slot.max_tokens - min(CALL_ROOM_TOKENS, slot.max_tokens // 2)
-        slot.stop_at_eog = not params.ignore_eos or constrained
         slot.generated = 0
         slot.next_token = -1
         slot.started = slot.first_at = time.perf_counter()
@@ -332,206 +293,58 @@ class Scheduler:
         return rows
 
     def _sample(self, slot: _Slot, index: int, now: float) -> None:
-        request = slot.request
-        assert request is not None and slot.splitter is not None
+        reply = slot.reply
+        assert reply is not None
         token = self.backend.sample(slot.sampler, index)
         if slot.generated == 0:
             slot.first_at = now
-        if slot.stop_at_eog and self.backend.is_eog(token):
-            if self._call_still_owed(slot):
-                # The model would end while still reasoning, but a call is required: the reasoning
-                # ends here instead, and the call follows.
-                self._end_reasoning(slot, None)
-                return
-            self._finish(slot, "stop")
+        if reply.stops_at_eog and self.backend.is_eog(token):
+            self._carry_out(slot, reply.end_of_generation())
             return
         slot.generated += 1
-        text = slot.decoder.decode(self.backend.piece(token))
-        if slot.calls is not None or slot.answer_grammar is not None:
-            slot.recent.append((token, text))
-        if text:
-            self._emit(slot, slot.splitter.feed(text))
-            if slot.stop.stopped:  # a stop sequence: the reply ends here, without its text
-                self._finish(slot, "stop")
-                return
-        if slot.splitter.in_reasoning:
-            slot.stats.reasoning_tokens += 1
-            if slot.think_budget is not None and slot.stats.reasoning_tokens >= slot.think_budget:
-                self._end_reasoning(slot, token, bridge=True)  # the budget is spent: answer now
-                return
-        if self._call_still_owed(slot) and (slot.generated >= slot.reason_until
-                                            or len(slot.cached) + 2 + CALL_ROOM_TOKENS >= self.slot_ctx):
-            self._end_reasoning(slot, token)  # keep room for the required call
-            return
-        if slot.generated >= slot.max_tokens or len(slot.cached) + 1 >= self.slot_ctx:
-            self._finish(slot, "length")
-            return
-        if slot.calls is not None and slot.tool_grammar is not None and self._call_starts(slot):
-            self._start_call(slot)
-            return
-        if slot.answer_grammar is not None and slot.splitter.in_answer:
-            self._start_call(slot, answer_grammar=True)  # the model closed its reasoning: the grammar takes the answer
-            return
-        slot.next_token = token
+        self._carry_out(slot, reply.feed(token, self.backend.piece(token), generated=slot.generated,
+                                         max_tokens=slot.max_tokens, context_left=self.slot_ctx - len(slot.cached)))
 
-    # -- reasoning budget, tool calls, answer grammars: the engine writing into a reply --
-
-    def _call_starts(self, slot: _Slot) -> bool:
-        """The model wrote an opener (auto), or its reasoning is over and a call is required."""
-        request, calls, splitter = slot.request, slot.calls, slot.splitter
-        assert request is not None and calls is not None and splitter is not None
-        use = request.params.tool_use
-        if calls.triggered is not None:
-            return True
-        return use is not None and use.must_call and splitter.in_answer
-
-    def _call_owed(self, slot: _Slot) -> bool:
-        """A call is required and has not started (its grammar is still waiting)."""
-        if slot.tool_grammar is None:  # the common case, first: no tools, or the call is under way
-            return False
-        use = slot.request.params.tool_use if slot.request is not None else None
-        return use is not None and use.must_call
-
-    def _call_still_owed(self, slot: _Slot) -> bool:
-        """A call is owed and the model is still reasoning."""
-        return self._call_owed(slot) and slot.splitter is not None and not slot.splitter.in_answer
-
-    def _end_reasoning(self, slot: _Slot, newest: int | None, *, bridge: bool = False) -> None:
-        """Close the reasoning now: write the closing tag (after the bridge line when the budget
-        ran out), then what the answer starts with (a required call's opening), and switch on the
-        grammar the answer has. `newest`: the token just sampled (None: it was an end of
-        generation, dropped); every earlier token stays."""
-        request, splitter = slot.request, slot.splitter
-        assert request is not None and splitter is not None
-        params = request.params
-        reasoning, pieces = splitter.close_reasoning()
-        self._emit(slot, pieces)
-        text = ""
-        if reasoning:
-            message = params.think_message if bridge else ""
-            if message:
-                request.emit(TextEvent(REASONING, message))
-            text = message + "\n" + CLOSE_TAG + "\n\n"
-        grammar: str | None | object = _SAME_SAMPLER
-        if self._call_owed(slot):
-            assert params.tool_use is not None and slot.calls is not None
-            text += params.tool_use.format.forced_start
-            grammar, slot.tool_grammar = slot.tool_grammar, None
-            slot.calls.start_calls()
-        elif slot.answer_grammar is not None:
-            grammar, slot.answer_grammar = slot.answer_grammar, None
-        written = self.backend.tokenize(text) if text else []
-        self._write(slot, ([newest] if newest is not None else []) + written, len(written), grammar)
-
-    def _start_call(self, slot: _Slot, *, answer_grammar: bool = False) -> None:
-        """Take back the tokens from the opener on (or everything after </think>), write the format's
-        own opening instead and switch the call grammar on: the model continues at the first name.
-        `answer_grammar`: no call, the answer began and its grammar starts after </think>.
-
-        The opener may end inside a token, with text after it that the grammar would not allow;
-        writing the opening ourselves makes the grammar start at a known place, token-aligned."""
-        request, calls = slot.request, slot.calls
-        assert request is not None
-        recent = list(slot.recent)
-        raw = "".join(text for _, text in recent)
-        if calls is not None and calls.triggered is not None and not answer_grammar:
-            cut = raw.rfind(calls.triggered)
-            lead = ""
-            if cut < 0:  # not among the remembered tokens (cannot happen: openers are short): keep them all
-                cut = len(raw)
-        else:
-            end_think = raw.rfind(CLOSE_TAG)
-            if end_think >= 0:
-                cut, lead = end_think + len(CLOSE_TAG), "\n\n"
-            else:  # no reasoning in this reply: the call is the whole of it
-                cut, lead = (0 if len(recent) == slot.generated else len(raw)), ""
-        cut = max(cut, 0)
-        # Tokens ending at or before the cut stay; the first one past it is written again up to the cut.
-        kept, start, pre = len(recent), 0, ""
-        for index, (_, text) in enumerate(recent):
-            if start + len(text) > cut:
-                kept, pre = index, text[: cut - start]
-                break
-            start += len(text)
-        dropped = len(recent) - kept
-        # The newest token was sampled, not decoded: it is not in the cache yet.
-        in_cache = max(dropped - 1, 0)
-        if in_cache:
-            del slot.cached[len(slot.cached) - in_cache:]
-            self.backend.keep_prefix(slot.seq_id, len(slot.cached))
-        if answer_grammar:
-            grammar, slot.answer_grammar = slot.answer_grammar, None
-            text = pre + lead
-        else:
-            assert calls is not None and request.params.tool_use is not None
-            grammar, slot.tool_grammar = slot.tool_grammar, None
-            text = pre + lead + request.params.tool_use.format.forced_start
-            calls.start_calls()
-        newest = [recent[-1][0]] if dropped == 0 and recent else []
-        written = self.backend.tokenize(text) if text else []
-        slot.generated -= dropped
-        self._write(slot, newest + written, len(written), grammar)
-
-    def _write(self, slot: _Slot, tokens: list[int], written: int, grammar: str | None | object) -> None:
-        """Continue the sequence with `tokens` (evaluated, not sampled; `written` of them are the
-        engine's text) and, unless _SAME_SAMPLER, a new sampler chain with `grammar`."""
+    def _carry_out(self, slot: _Slot, actions: list[Action]) -> None:
+        """What the reply asks for, in its order (edgellm.runtime.reply lists the actions)."""
         request = slot.request
         assert request is not None
+        for action in actions:
+            match action:
+                case Emit(event):
+                    request.emit(event)
+                case Next(token):
+                    slot.next_token = token
+                case End(reason):
+                    self._finish(slot, reason)
+                case TakeBack(count):
+                    # The newest was sampled, not decoded: it is not in the cache yet.
+                    if count > 1:
+                        del slot.cached[len(slot.cached) - (count - 1):]
+                        self.backend.keep_prefix(slot.seq_id, len(slot.cached))
+                    slot.generated -= count
+                case UseGrammar(grammar):
+                    self._free_sampler(slot)
+                    slot.sampler = self.backend.new_sampler(request.params, grammar)
+                case Write(tokens, text):
+                    self._write(slot, [*tokens, *(self.backend.tokenize(text) if text else [])])
+
+    def _write(self, slot: _Slot, tokens: list[int]) -> None:
+        """Continue the sequence with `tokens`, evaluated, not sampled: the engine's text takes
+        context, not the reply's max_tokens (which counts sampled tokens)."""
         slot.pending = tokens
-        slot.next_token = -1  # the engine's text takes context, not the reply's max_tokens (which counts sampled tokens)
-        slot.recent.clear()
-        if grammar is not _SAME_SAMPLER:
-            assert grammar is None or isinstance(grammar, str)
-            self._free_sampler(slot)
-            slot.sampler = self.backend.new_sampler(request.params, grammar)
-            if grammar is not None:
-                slot.decoder = GrammarTextDecoder()  # text under a grammar, read as the grammar reads it
+        slot.next_token = -1
         if not tokens:
             self._finish(slot, "stop")
         elif len(slot.cached) + len(tokens) + 1 >= self.slot_ctx or slot.generated >= slot.max_tokens:
             self._finish(slot, "length")
 
-    def _emit(self, slot: _Slot, pieces: list[tuple[str, str]]) -> None:
-        """Send split pieces; answer text goes through the stop filter, nothing after a stop."""
-        request = slot.request
-        assert request is not None
-        for kind, chunk in pieces:
-            if slot.stop.stopped:
-                return
-            if kind == ANSWER and slot.calls is not None:
-                self._emit_answer(slot, slot.calls.feed(chunk))
-                continue
-            if kind == ANSWER:
-                chunk = slot.stop.feed(chunk)
-            if chunk:
-                request.emit(TextEvent(kind, chunk))
-
-    def _emit_answer(self, slot: _Slot, events: list[Any]) -> None:
-        """Answer text through the tool call parser: content through the stop filter, calls as they are."""
-        request = slot.request
-        assert request is not None
-        for event in events:
-            if slot.stop.stopped:
-                return
-            if isinstance(event, str):
-                event = slot.stop.feed(event)
-                if event:
-                    request.emit(TextEvent(ANSWER, event))
-            else:
-                request.emit(event)
-
     def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
-        request = slot.request
-        if request is not None and error is None and not slot.stop.stopped:
-            # What the decoder and the splitter still hold is the reply's end; then what the stop
-            # filter held as a possible stop sequence (it was not one, unless this text completed it).
-            assert slot.splitter is not None and slot.decoder is not None
-            self._emit(slot, slot.splitter.feed(slot.decoder.decode(b"", final=True)) + slot.splitter.finish())
-            if slot.calls is not None:
-                self._emit_answer(slot, slot.calls.finish())
-            rest = slot.stop.flush()
-            if rest and not slot.stop.stopped:
-                request.emit(TextEvent(ANSWER, rest))
+        request, reply = slot.request, slot.reply
+        if request is not None and error is None:
+            assert reply is not None
+            for event in reply.finish():  # what the reply still held is its end
+                request.emit(event)
         slot.request = None
         slot.pending = []
         self._free_sampler(slot)
@@ -549,9 +362,9 @@ class Scheduler:
         stats.prompt_tps = stats.prompt_tokens_evaluated / stats.ttft_s if stats.ttft_s > 0 else 0.0
         stats.gen_tps = (slot.generated - 1) / (ended - slot.first_at) if slot.generated > 1 and ended > slot.first_at else 0.0
         stats.peak_rss_bytes = peak_rss_bytes()
-        stats.finish_reason = "stop" if slot.stop.stopped else reason
-        if slot.calls is not None and slot.calls.all_complete and not slot.stop.stopped:
-            stats.finish_reason = "tool_calls"
+        assert reply is not None
+        stats.reasoning_tokens = reply.reasoning_tokens
+        stats.finish_reason = reply.finish_reason(reason)
         stats.context_used = len(slot.cached)
         request.emit(stats)
         request.emit(Finished())
