@@ -6,13 +6,22 @@ UsageError naming the option, before any model loads; none of them uses Typer, s
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
+
+from edgellm import ui
 from edgellm.errors import UsageError
+from edgellm.units import parse_size
+
+if TYPE_CHECKING:
+    from edgellm.device.workers import Endpoint
+
+import json
+import re
+
 from edgellm.files import read_regular_file
 from edgellm.plan.planner import MAX_SEQUENCES
 from edgellm.text.stops import check_stops, unescape
@@ -136,3 +145,68 @@ def oversubscribed_threads(counts: list[int] | None) -> list[str]:
     """Warnings for bench -t counts above the CPUs this process may use (allowed: it is what one measures)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return [f"-t {n} is more than the {cpus} CPUs here: the threads will share them" for n in counts or [] if n > cpus]
+
+
+# Shared Typer options and their converters -----------------------------------------------------
+
+
+def rpc_endpoints(value: str | None) -> list[Endpoint]:
+    from edgellm.device.workers import parse_endpoints
+
+    return parse_endpoints(value)
+
+
+def size_option(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile name or .toml file (default: the one matching this device).")]
+
+
+MemBudgetOpt = Annotated[str | None, typer.Option("--mem-budget", help="Cap the memory budget, e.g. 1.5GiB or 900MB.")]
+
+
+CtxOpt = Annotated[int | None, typer.Option("--ctx", min=64, help="Context size in tokens (default: the profile's, shrunk to fit memory).")]
+
+
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Generation threads (default: from the profile).")]
+
+
+ThinkBudgetOpt = Annotated[int | None, typer.Option("--think-budget", min=0, help="End the reasoning after this many tokens and answer (0: no reasoning). Default: the profile's (none: the model decides).")]
+
+
+NoThinkOpt = Annotated[bool, typer.Option("--no-think", help="Skip the reasoning: the answer starts at once.")]
+
+
+ThinkMessageOpt = Annotated[str | None, typer.Option("--think-message", help="The line written into the reasoning when --think-budget runs out, before it closes.")]
+
+
+StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="End the reply before this text (repeatable, up to 4; \\n and \\t are understood), e.g. --stop '\\n\\n'.")]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+RpcOpt = Annotated[str | None, typer.Option("--rpc", help="Split the model's layers across this board and `edgellm worker`s: HOST:PORT[,HOST:PORT...], e.g. --rpc 192.168.1.21:50052.")]
+
+
+def sysroot_option(value: str) -> str:
+    if not Path(value).is_dir():
+        raise typer.BadParameter(f"{value} is not a directory (a capture with proc/ and sys/ inside)")
+    return value
+
+
+SysrootOpt = Annotated[str, typer.Option("--sysroot", callback=sysroot_option, help="Read /proc and /sys below this directory (a capture of another device).")]
+
+
+def terminal_notices() -> Any:
+    """The loader's notices on this terminal: info and warnings on stderr, a confirm prompt only
+    when someone is there to answer, Rich download progress."""
+    from edgellm.loader import Notices
+
+    return Notices(info=ui.info, warn=ui.warn, confirm=ui.confirm if ui.interactive() else None, progress=ui.download_progress)

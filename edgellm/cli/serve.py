@@ -1,0 +1,222 @@
+"""`edgellm` commands: serve (the OpenAI-compatible server) and the service group (a systemd unit for it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edgellm import ui
+from edgellm.cli import options
+from edgellm.errors import UsageError
+from edgellm.serve.service import DEFAULT_WATCHDOG_S, MAX_WATCHDOG_S, MIN_WATCHDOG_S
+
+if TYPE_CHECKING:
+    pass
+from edgellm.cli.options import (
+    CtxOpt,
+    MemBudgetOpt,
+    ProfileOpt,
+    RpcOpt,
+    ThinkBudgetOpt,
+    ThinkMessageOpt,
+    ThreadsOpt,
+    rpc_endpoints,
+    size_option,
+    terminal_notices,
+)
+
+
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT. Default: the profile's default model.")] = "",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key or --insecure.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8080,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
+    api_key_file: Annotated[str | None, typer.Option("--api-key-file", help="Read the API key from the first line of FILE (mode 600), so it is not on the command line.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")] = False,
+    alias: Annotated[str | None, typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
+    cors: Annotated[list[str] | None, typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", "-np", min=1, max=64, help="Requests generated at once (continuous batching), each with --ctx tokens of context. Default: as many as fit memory, at most 4.")] = None,
+    queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait while all slots generate; more get 503.")] = 8,
+    truncate: Annotated[str, typer.Option("--truncate", help="A chat history longer than a slot: drop the oldest turns (oldest; the system prompt stays) or answer 400 (error).")] = "oldest",
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Largest max_tokens a request may ask for (default: the context size).")] = None,
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    profile: ProfileOpt = None,
+    mem_budget: MemBudgetOpt = None,
+    think_budget: ThinkBudgetOpt = None,
+    think_message: ThinkMessageOpt = None,
+    idle_unload: Annotated[str | None, typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
+    rpc: RpcOpt = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
+
+    Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,
+    GET /metrics, GET /slots. Reasoning goes to `reasoning_content`. Several requests generate at
+    once (--parallel slots, continuous batching); more wait in the queue.
+
+    Example: edgellm serve -m model.gguf --port 8080
+    """
+    from edgellm import serve as server
+    from edgellm.device.hardware import format_cpu_list
+    from edgellm.loader import PlanOptions, open_model, prepare
+    from edgellm.serve.lifecycle import install_test_stall
+    from edgellm.serve.sdnotify import Notifier
+    from edgellm.units import parse_duration
+
+    if not model:
+        raise UsageError("no model: pass -m FILE.gguf", hint="edgellm serve -m ~/models/model.gguf")
+    if truncate not in ("oldest", "error"):
+        raise UsageError(f"--truncate must be oldest or error, not '{truncate}'")
+    if api_key_file is not None:
+        if api_key:
+            raise UsageError("use either --api-key (or EDGELLM_API_KEY) or --api-key-file, not both")
+        api_key = server.read_api_key_file(api_key_file)
+    idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
+    server.check_bind(host, api_key, insecure)
+    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=size_option(mem_budget), threads=threads,
+                               parallel=parallel, rpc=rpc_endpoints(rpc), notices=terminal_notices())
+    prepared = prepare(model, plan_options, loading=True)
+    plan_ = prepared.plan
+    parallel = plan_.parallel
+    if max_tokens is not None and max_tokens > plan_.n_ctx_per_slot:
+        raise UsageError(f"--max-tokens {max_tokens} is larger than a slot's context ({plan_.n_ctx_per_slot} tokens)", hint="raise --ctx, or lower --max-tokens")
+    sock = server.listen(host, port)
+    model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
+    slots = f", {parallel} slots of {plan_.n_ctx_per_slot} tokens" if parallel > 1 else ""
+    ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {format_cpu_list(plan_.cores)} ({prepared.profile.name})")
+    notifier = Notifier()
+    if notifier.enabled and not notifier.status(f"loading {model_id}"):
+        ui.warn(f"{notifier.failed}: systemd will not hear that the server is ready")
+
+    loaded = open_model(prepared, plan_options, sequences=parallel)
+    engine = loaded.engine
+    install_test_stall(engine.scheduler)
+    server.warm_up(engine)
+    slot_ctx = plan_.n_ctx_per_slot
+    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
+                                 allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
+                                 truncate=truncate, idle_unload_s=idle_unload_s,
+                                 **options.serve_thinking(prepared.profile, think_budget, think_message))
+    url = server.url_of(sock)
+    ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
+    if notifier.enabled:
+        watchdog = f", watchdog every {notifier.watchdog_s:g}s" if notifier.watchdog_s else ""
+        ui.info(f"systemd: telling it when ready{watchdog}")
+    try:
+        server.serve(engine, config, sock, notifier=notifier, load_engine=loaded.reload)
+    finally:
+        engine.close()
+        sock.close()
+        notifier.close()
+    ui.info("stopped")
+
+
+service_app = typer.Typer(
+    help="Run `edgellm serve` as a systemd service: started at boot, restarted when it hangs or dies.\n\n"
+    "Example: sudo edgellm service install -m deepseek-r1-1.5b --host 0.0.0.0",
+    no_args_is_help=True,
+)
+
+
+# install and unit pass the options they do not know to `edgellm serve` in the unit.
+SERVE_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+ServiceModelOpt = Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name or owner/repo:QUANT (pulled if needed).")]
+
+
+UserOpt = Annotated[bool, typer.Option("--user", help="A user service (systemctl --user) run as you, instead of a system service run by the edgellm user.")]
+
+
+WatchdogOpt = Annotated[int, typer.Option("--watchdog", help=f"Seconds without a sign of life before systemd restarts serve (WatchdogSec=; {MIN_WATCHDOG_S} to {MAX_WATCHDOG_S}).")]
+
+
+KeyFileOpt = Annotated[str | None, typer.Option("--api-key-file", help="The API key's file (mode 600). Default: a new random key in /etc/edgellm/api-key (or ~/.config/edgellm/api-key with --user).")]
+
+
+@service_app.command("install", context_settings=SERVE_PASSTHROUGH)
+def service_install(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = False,
+                    watchdog: WatchdogOpt = DEFAULT_WATCHDOG_S, api_key_file: KeyFileOpt = None) -> None:
+    """Write a systemd unit for `edgellm serve` (other options go to serve), enable it and start it.
+
+    Without --user it is a system service, run by a dedicated edgellm user with its models in
+    /var/lib/edgellm (needs root). Start returns once the model is loaded and answers.
+
+    Example: sudo edgellm service install -m deepseek-r1-1.5b --host 0.0.0.0 --port 8080
+    """
+    from edgellm.serve import service
+
+    done = service.install(model, list(ctx.args), user_mode=user, key_file=Path(api_key_file) if api_key_file else None,
+                           watchdog_s=watchdog, say=ui.info, notices=terminal_notices())
+    ui.info(f"{service.UNIT_NAME} is running and enabled: {done.url}")
+    key_note = "a new key" if done.key_created else "the key"
+    ui.info(f"{key_note} is in {done.key_file}; clients send it as 'Authorization: Bearer KEY'")
+    if user:
+        ui.info(f"to start it at boot without logging in: sudo loginctl enable-linger {os.environ.get('USER', '$USER')}")
+    ui.info(f"see it with: edgellm service status{' --user' if user else ''}")
+
+
+@service_app.command("unit", context_settings=SERVE_PASSTHROUGH)
+def service_unit(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = False,
+                 watchdog: WatchdogOpt = DEFAULT_WATCHDOG_S, api_key_file: KeyFileOpt = None) -> None:
+    """Print the unit `install` would write, without installing anything (the model must be here).
+
+    Example: edgellm service unit -m ~/models/model.gguf --port 8081 > edgellm.service
+    """
+    from edgellm.serve import service
+
+    key = service.key_file_path(api_key_file) if api_key_file else service.default_key_file(user)
+    spec = service.build_spec(service.model_file(model, download=False), list(ctx.args), user_mode=user, key_file=key, watchdog_s=watchdog)
+    ui.print_text(service.render_unit(spec))
+
+
+@service_app.command("status")
+def service_status(user: UserOpt = False) -> None:
+    """Show whether the service runs, its last log lines and serve's own status line.
+
+    Example: edgellm service status
+    """
+    from edgellm.serve import service
+
+    shown = service.status(user)
+    ui.print_text(shown.stdout)
+    if shown.returncode != 0:
+        raise typer.Exit(shown.returncode)
+
+
+@service_app.command("logs")
+def service_logs(user: UserOpt = False, lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 50,
+                 follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False) -> None:
+    """The service's log (the journal).
+
+    Example: edgellm service logs -f
+    """
+    from edgellm.serve import service
+
+    command = service.logs_command(user, lines, follow)
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except FileNotFoundError:
+        raise UsageError("journalctl is not installed: edgellm service needs systemd") from None
+
+
+@service_app.command("uninstall")
+def service_uninstall(user: UserOpt = False) -> None:
+    """Stop and disable the service and remove its unit; models and the key file stay.
+
+    Example: sudo edgellm service uninstall
+    """
+    from edgellm.serve import service
+
+    service.require_root(user)
+    removed = service.stop_and_remove(user)
+    if removed is None:
+        ui.info(f"{service.UNIT_NAME} was not installed{' for this user' if user else ''}")
+        return
+    kept = str(service.default_key_file(user)) + ("" if user else f" and {service.STATE_DIR} (the models)")
+    ui.info(f"removed {removed}; kept {kept}: delete by hand what you no longer want")
