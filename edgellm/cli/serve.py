@@ -64,7 +64,6 @@ def serve(
     from edgellm import serve as server
     from edgellm.device.hardware import format_cpu_list
     from edgellm.loader import PlanOptions, open_model, prepare
-    from edgellm.serve.lifecycle import install_test_stall
     from edgellm.serve.sdnotify import Notifier
     from edgellm.units import parse_duration
 
@@ -95,7 +94,6 @@ def serve(
 
     loaded = open_model(prepared, plan_options, sequences=parallel)
     engine = loaded.engine
-    install_test_stall(engine.scheduler)
     server.warm_up(engine)
     slot_ctx = plan_.n_ctx_per_slot
     config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,

@@ -59,8 +59,13 @@ class WorkerInfo:
     rtt_s: float  # the fastest round trip of the probe: the network's share of every hop
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(host: str, *, localhost_names: bool = False) -> bool:
+    """Whether `host` (an address, [v6] or not, or a name) is this machine only. Other names may
+    resolve to anything, so they are not. `localhost_names`: *.localhost too (RFC 6761), for the
+    Host header a browser sends (it never resolves those through DNS); the one rule for workers,
+    serve's bind address and its Host check."""
+    host = host.strip("[]")
+    if host == "localhost" or (localhost_names and host.endswith(".localhost")):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

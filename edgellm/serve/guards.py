@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import re
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from edgellm.device.workers import is_loopback
 from edgellm.text.jsondepth import max_depth
 
 HEAD_TIMEOUT_S = 5.0  # as long as uvicorn's keep-alive timeout: a real client sends its head at once
@@ -110,16 +110,6 @@ def host_name(header: str) -> str:
     return name.rstrip(".")
 
 
-def is_loopback_name(name: str) -> bool:
-    # *.localhost is loopback by RFC 6761, and browsers never resolve it through DNS.
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 class HostCheck:
     """ASGI middleware: answer 403 to requests whose Host is neither loopback nor allowed."""
 
@@ -131,7 +121,7 @@ class HostCheck:
         if header is None:
             return True  # HTTP/1.0 without Host: not a browser, so not a rebinding page
         name = host_name(header)
-        return is_loopback_name(name) or name in self.allowed
+        return is_loopback(name, localhost_names=True) or name in self.allowed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from edgellm.serve.host import Capacity, EngineHost
 from edgellm.serve.sdnotify import Notifier
@@ -62,9 +61,3 @@ async def supervise(host: EngineHost, notifier: Notifier) -> None:
             last_status, last_status_at = text, now
         if host.should_unload(now):
             await host.unload()
-
-
-def install_test_stall(scheduler: Any) -> None:
-    """Patches nothing: kept so that callers from before the stall hook moved out of the
-    production path still run. The watchdog tests start serve through tests/stalling_serve.py."""
-    del scheduler

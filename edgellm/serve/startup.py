@@ -3,7 +3,6 @@ uvicorn until a signal."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import socket
@@ -12,21 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 from edgellm import files
+from edgellm.device.workers import is_loopback
 from edgellm.errors import UsageError
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.serve import guards
 from edgellm.serve.app import SHUTDOWN_GRACE_SECONDS, Server
 from edgellm.serve.config import ServerConfig
 from edgellm.serve.sdnotify import Notifier
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
 
 
 def allowed_hosts(bind_host: str, extra: list[str]) -> list[str] | None:

@@ -18,6 +18,7 @@ from edgellm.runtime.types import Prompt, SamplingParams
 from edgellm.serve.config import ServerConfig
 from edgellm.serve.errors import APIError
 from edgellm.serve.schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat, SamplingFields
+from edgellm.text.history import fewest_to_drop, history_room, turn_starts
 from edgellm.text.stops import check_stops
 from edgellm.text.toolcalls import ToolSpecError, ToolUse, parse_tool_choice, parse_tools
 
@@ -177,7 +178,7 @@ def fit_history(engine: GenerationEngine, messages: list[dict[str, Any]], *, slo
     """The prompt for `messages`, dropping the oldest turns (the system prompt stays) until it
     leaves a slot room for the reply, as `edgellm chat` does; returns it and how many messages
     went. A last turn too long on its own is still refused (400)."""
-    room = min(max_tokens or slot_ctx // 4, slot_ctx // 2)
+    room = history_room(slot_ctx, max_tokens)
     head = 0
     while head < len(messages) and messages[head]["role"] == "system":
         head += 1
@@ -194,20 +195,8 @@ def fit_history(engine: GenerationEngine, messages: list[dict[str, Any]], *, slo
                                                     no_think=params.skips_reasoning if params else False)
         return made[cut]
 
-    # Turns are dropped whole: the history restarts at a user message. Dropping more never
-    # makes the prompt longer, so a binary search over those starts finds the fewest to drop
-    # in a handful of template runs, not one per turn (a 4,000-turn body made 4,000).
-    starts = [0] + [i for i in range(1, len(rest)) if rest[i]["role"] == "user"]
-    low = 0
-    if len(prompt_from(0).tokens) > limit and drop_oldest:
-        low, high = 1, len(starts) - 1  # if nothing fits, the last turn alone (then refused below)
-        while low < high:
-            middle = (low + high) // 2
-            if len(prompt_from(starts[middle]).tokens) <= limit:
-                high = middle
-            else:
-                low = middle + 1
-        low = min(low, len(starts) - 1)
+    starts = turn_starts(rest)
+    low = fewest_to_drop(starts, lambda cut: len(prompt_from(cut).tokens) <= limit) if drop_oldest else 0
     prompt, dropped = prompt_from(starts[low]), starts[low]
     use = params.tool_use if params is not None else None
     if len(prompt.tokens) >= slot_ctx and use is not None and use.active:

@@ -31,6 +31,7 @@ from edgellm.loader import PlanOptions, Prepared
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.runtime.response import Response
 from edgellm.runtime.types import Event, GenerationStats, SamplingParams
+from edgellm.text.history import fewest_to_drop, history_room, turn_starts
 from edgellm.text.jsondepth import max_depth
 from edgellm.text.reasoning import ANSWER
 
@@ -87,16 +88,6 @@ class Conversation:
     @property
     def turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "user")
-
-    def drop_oldest_turn(self) -> bool:
-        """Remove the first user message and everything up to the next one."""
-        if not self.messages:
-            return False
-        end = 1
-        while end < len(self.messages) and self.messages[end]["role"] != "user":
-            end += 1
-        del self.messages[:end]
-        return True
 
     def to_json(self, model_name: str = "") -> dict[str, Any]:
         return {
@@ -171,28 +162,25 @@ def fit_to_context(
     Returns (turns dropped, prompt tokens). Leaves `conversation` untouched and raises when even
     the system prompt plus the new message alone are too long.
     """
-    trial = Conversation(conversation.system, list(conversation.messages))
-    dropped = 0
-    while True:
-        tokens = count_tokens(trial.for_model(user_text))
-        if tokens <= limit:
-            break
-        if not trial.drop_oldest_turn():
-            raise UsageError(
-                f"this message is too long: with the system prompt it takes {tokens} tokens, and the context "
-                f"leaves {limit} after room for the reply",
-                hint="send a shorter message, or restart with a larger --ctx (or /set max_tokens lower)",
-            )
-        dropped += 1
-    conversation.messages[:] = trial.messages
+    messages = conversation.messages
+    starts = turn_starts(messages) + [len(messages)] if messages else [0]  # the last: no history at all
+    counted: dict[int, int] = {}
+
+    def tokens_from(cut: int) -> int:
+        if cut not in counted:
+            counted[cut] = count_tokens(Conversation(conversation.system, messages[cut:]).for_model(user_text))
+        return counted[cut]
+
+    dropped = fewest_to_drop(starts, lambda cut: tokens_from(cut) <= limit)
+    tokens = tokens_from(starts[dropped])
+    if tokens > limit:
+        raise UsageError(
+            f"this message is too long: with the system prompt it takes {tokens} tokens, and the context "
+            f"leaves {limit} after room for the reply",
+            hint="send a shorter message, or restart with a larger --ctx (or /set max_tokens lower)",
+        )
+    conversation.messages[:] = messages[starts[dropped]:]
     return dropped, tokens
-
-
-def reply_room(n_ctx: int, max_tokens: int | None) -> int:
-    """Tokens kept free for the reply when deciding whether history must be dropped."""
-    if max_tokens:
-        return min(max_tokens, n_ctx // 2)
-    return n_ctx // 4
 
 
 # --- input ---------------------------------------------------------------------------------------
@@ -580,7 +568,7 @@ class ChatSession:
         try:
             self._make_room_for(user_text)
             engine = self.engine
-            limit = engine.n_ctx - reply_room(engine.n_ctx, self.sampling.max_tokens)
+            limit = engine.n_ctx - history_room(engine.n_ctx, self.sampling.max_tokens)
             before = self.conversation.turns
             dropped, _ = fit_to_context(self.conversation, user_text, self._count_tokens, limit)
             if dropped:
