@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_cli
@@ -191,3 +192,135 @@ def test_auto_parallel_takes_as_many_slots_as_fit_at_most_four() -> None:
     device = device_with_ram("rk3588", int(1.6 * GiB))
     two = make_plan(r1_15b_q4km(), device, profile, ctx=4096, parallel=2)
     assert two.fits and two.n_ctx_per_slot == 4096
+
+
+# --- make_plan's stages, one table each ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("asked", "made"), [(1, 256), (255, 256), (256, 256), (257, 512), (1000, 1024), (4096, 4096)])
+def test_pad_context_rounds_up_to_llama_cpps_step(asked: int, made: int) -> None:
+    from edgellm.plan.planner import CTX_STEP, pad_context
+
+    assert pad_context(asked) == made and made % CTX_STEP == 0
+
+
+@pytest.mark.parametrize(("ctx", "trained", "default_ctx", "max_ctx", "wanted", "why"), [
+    (None, 131072, 4096, 8192, 4096, "profile default 4096"),
+    (None, 131072, 16384, 8192, 8192, "profile default 16384"),  # the profile's max bounds its own default
+    (16384, 131072, 4096, 8192, 16384, "--ctx 16384"),  # ... not what was asked
+    (8192, 2048, 4096, 8192, 2048, "--ctx 8192, capped at the model's trained context 2048"),
+    (None, 1000, 4096, 8192, 1024, "profile default 4096, capped at the model's trained context 1000"),
+    (700, 131072, 4096, 8192, 768, "--ctx 700"),
+])
+def test_choose_context(ctx: int | None, trained: int, default_ctx: int, max_ctx: int, wanted: int, why: str) -> None:
+    from edgellm.plan.planner import choose_context
+
+    profile = replace(find_profile("generic", load_profiles()), default_ctx=default_ctx, max_ctx=max_ctx)
+    assert choose_context(replace(r1_15b_q4km(), context_length=trained), profile, ctx) == (wanted, why)
+
+
+@pytest.mark.parametrize(("kv_type", "allow_q8", "options"), [
+    ("f16", True, ["f16", "q8_0"]), ("f16", False, ["f16"]), ("q8_0", True, ["q8_0"]),
+])
+def test_kv_types_tries_q8_0_after_f16_when_allowed(kv_type: str, allow_q8: bool, options: list[str]) -> None:
+    from edgellm.plan.planner import kv_types
+
+    assert kv_types(replace(find_profile("generic", load_profiles()), kv_type=kv_type, allow_kv_q8=allow_q8)) == options
+
+
+@pytest.mark.parametrize(("mmap", "repacks", "use_mmap", "why"), [
+    (True, False, True, "profile sets mmap=on"),
+    (True, True, False, "off: this llama.cpp repacks"),
+    (False, False, False, "profile sets mmap=off"),
+    (False, True, False, "profile sets mmap=off"),
+])
+def test_mmap_choice(mmap: bool, repacks: bool, use_mmap: bool, why: str) -> None:
+    from edgellm.plan.planner import mmap_choice
+
+    chosen, reason = mmap_choice(replace(find_profile("generic", load_profiles()), mmap=mmap), repacks)
+    assert chosen is use_mmap and reason.startswith(why)
+
+
+@pytest.mark.parametrize(("threads", "threads_batch", "expected", "warned"), [
+    (None, None, (4, 4), []),  # the rk3588 profile's 4 and 4
+    (2, None, (2, 4), []),
+    (8, 1, (4, 1), ["--threads"]),
+    (8, 16, (4, 4), ["--threads", "--threads-batch"]),
+])
+def test_threads_for(threads: int | None, threads_batch: int | None, expected: tuple[int, int], warned: list[str]) -> None:
+    from edgellm.plan.planner import select_cores, threads_for
+
+    device = device_with_ram("rk3588", 8 * GiB)
+    profile = find_profile("rk3588", load_profiles())
+    n_threads, n_batch, reasons, warnings = threads_for(device, profile, select_cores(device, profile), threads, threads_batch)
+    assert (n_threads, n_batch) == expected and list(reasons) == ["threads", "threads_batch"]
+    assert [w.split()[0] for w in warnings] == warned
+
+
+@pytest.mark.parametrize(("chat_template", "think_budget", "bandwidth", "expected"), [
+    (None, 512, 6.5, (None, None, False)),  # not a reasoning model
+    ("<think></think>", 512, 0.0, (512, None, False)),  # no speed: no time to tell
+    ("<think></think>", 512, 9.86, (512, 76.8, True)),  # (512 + 256 tokens) at 10 tokens/s
+    ("<think></think>", None, 9.86, (None, None, True)),  # unbounded: says how long 4000 tokens take
+])
+def test_thinking_time(chat_template: str | None, think_budget: int | None, bandwidth: float, expected: tuple[Any, ...]) -> None:
+    from edgellm.plan.planner import predicted_speed, thinking_time
+
+    model = replace(r1_15b_q4km(), chat_template=chat_template)
+    profile = replace(find_profile("generic", load_profiles()), think_budget=think_budget, mem_bandwidth_gbps=bandwidth)
+    predicted, _ = predicted_speed(model, profile, [])
+    budget, worst, reason = thinking_time(model, profile, predicted)
+    assert (budget, worst, reason is not None) == expected
+
+
+@pytest.mark.parametrize("budget_gib", [0.9, 1.2, 1.25, 1.4, 2.0, 8.0])
+@pytest.mark.parametrize("allow_q8", [True, False])
+def test_largest_context_is_the_largest_ctx_make_plan_fits_in_full(budget_gib: float, allow_q8: bool) -> None:
+    from edgellm.plan.planner import CTX_STEP, largest_context
+
+    device = device_with_ram("raspberry-pi-5", 8 * GiB)
+    profile = replace(find_profile("raspberry-pi-5", load_profiles()), allow_kv_q8=allow_q8)
+    model, budget = replace(r1_15b_q4km(), context_length=20000), int(budget_gib * GiB)
+    largest = largest_context(model, device, profile, 16000, mem_budget=budget)
+
+    def fits_in_full(ctx: int) -> bool:
+        plan = make_plan(model, device, profile, ctx=ctx, mem_budget=budget)
+        return plan.fits and plan.n_ctx_per_slot == ctx
+
+    if largest:
+        assert largest % CTX_STEP == 0 and largest <= 16000 and fits_in_full(largest)
+    assert not any(fits_in_full(c) for c in range(max(largest, 256) + CTX_STEP, 16000, CTX_STEP))
+    # Never more than the model was trained for; `least` bounds the search from below.
+    assert largest_context(model, device, profile, 99999, mem_budget=budget) == largest_context(model, device, profile, 20000, mem_budget=budget)
+    assert largest_context(model, device, profile, 16000, mem_budget=budget, least=largest + 1) == 0
+
+
+def test_largest_context_matches_the_loaders_count_down() -> None:
+    """What loader.fit_prompt computes with make_plan in a loop, largest_context computes directly."""
+    from edgellm.plan.planner import largest_context
+
+    device = device_with_ram("rk3588", 8 * GiB)
+    profile = find_profile("rk3588", load_profiles())
+    model = r1_15b_q4km()
+    for budget in (int(1.2 * GiB), int(1.3 * GiB), int(1.6 * GiB), 3 * GiB):
+        plan = make_plan(model, device, profile, mem_budget=budget)
+        for wanted in (5000, 9000, 30000):
+            loop = next((c for c in range(wanted // 256 * 256, plan.n_ctx, -256)
+                         if (p := make_plan(model, device, profile, ctx=c, mem_budget=budget)).fits and p.n_ctx >= c), plan.n_ctx)
+            direct = largest_context(model, device, profile, wanted, mem_budget=budget, least=plan.n_ctx + 1) or plan.n_ctx
+            assert direct == loop, (budget, wanted)
+
+
+def test_refusal_names_what_the_plan_needs_and_nothing_when_it_fits() -> None:
+    from edgellm.plan.planner import refusal
+
+    device = device_with_ram("raspberry-pi-5", 8 * GiB)
+    profile, _ = select_profile(device)
+    model = r1_15b_q4km()
+    fits = make_plan(model, device, profile)
+    assert fits.refusal is None and refusal(fits, model) is None
+    refused = make_plan(model, device, profile, mem_budget=900 * 1000**2, parallel=2)
+    assert refusal(refused, model) == refused.refusal
+    assert refused.refusal is not None and refused.refusal.startswith("r1-1.5b Q4_K_M needs ") and " in 2 slots " in refused.refusal
+    unbounded = replace(refused, budget_bytes=None)  # memory size unknown: nothing to refuse against
+    assert refusal(unbounded, model) is None

@@ -12,6 +12,7 @@ Memory model (what `edgellm run` then really reaches in peak RSS):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from edgellm.units import format_size
 
 MIN_CTX = 512
 MAX_AUTO_PARALLEL = 4  # serve's default slots at most: beyond, each user waits longer for little gain
-CTX_STEP = 256
+CTX_STEP = 256  # llama.cpp pads the context (its KV cache's cells) to a multiple of this
 # Python + numpy + llama.cpp's code and small buffers, measured as the RSS of `edgellm run`
 # before the model loads plus llama.cpp's fixed allocations (see scripts/check_plan_rss.py):
 # 80 MiB on an Intel Xeon host, ~40 MB more on another CI host; a plan may err high, not low.
@@ -103,7 +104,7 @@ def _earliest_starts(prefix: list[int], rooms: list[float], min_layers: list[int
     return earliest if earliest[0] == 0 else None
 
 
-def network_seconds_per_token(model: ModelInfo, workers: list[WorkerInfo]) -> float:
+def network_seconds_per_token(model: ModelInfo, workers: Sequence[WorkerInfo]) -> float:
     """Per token, each worker's part ends in a round trip (llama.cpp reads its output back before
     the next device goes on), its hidden state crosses the link in and out, the last worker
     returns the logits (n_vocab floats), and llama.cpp spends RPC_HOP_OVERHEAD_S on each hop."""
@@ -219,64 +220,66 @@ def memory_budget(device: Device, profile: Profile, mem_budget: int | None = Non
     return budget, reason
 
 
-def make_plan(
-    model: ModelInfo,
-    device: Device,
-    profile: Profile,
-    *,
-    ctx: int | None = None,
-    mem_budget: int | None = None,
-    threads: int | None = None,
-    threads_batch: int | None = None,
-    build_repacks: bool = False,
-    parallel: int = 1,
-    workers: list[WorkerInfo] | None = None,
-) -> Plan:
-    """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
+def pad_context(n_ctx: int) -> int:
+    """The context llama.cpp makes when asked for `n_ctx`: rounded up to a multiple of CTX_STEP."""
+    return -(-n_ctx // CTX_STEP) * CTX_STEP
 
-    `build_repacks`: the installed llama.cpp repacks weights at load (system info `REPACK = 1`).
-    `parallel`: sequences served at once; each gets the context chosen here in its own KV stream
-    (the KV cache holds all of them: n_ctx is the total), and attends over its own stream only.
-    `workers`: RPC workers (probed) to split the layers across, after this board's, in order.
-    """
-    parallel = max(parallel, 1)
-    workers = workers or []
-    reasons: dict[str, str] = {}
 
-    budget, reasons["budget"] = memory_budget(device, profile, mem_budget)
+def micro_batch(profile: Profile) -> int:
+    """n_ubatch: the tokens of one forward pass, the profile's batch up to llama.cpp's default 512."""
+    return min(profile.n_batch, 512)
 
-    # Context: what was asked (or the profile default), no more than the model was trained for.
+
+def kv_types(profile: Profile) -> list[str]:
+    """The KV cache types to try, in order: the profile's, then q8_0 (about half of f16) if it allows."""
+    options = [profile.kv_type]
+    if profile.allow_kv_q8 and profile.kv_type == "f16":
+        options.append("q8_0")
+    return options
+
+
+def choose_context(model: ModelInfo, profile: Profile, ctx: int | None) -> tuple[int, str]:
+    """The context per slot to aim for, and why: what was asked (or the profile default, within its
+    max), no more than the model was trained for, padded as llama.cpp pads it."""
     wanted = ctx or profile.default_ctx
-    reasons["n_ctx"] = f"--ctx {ctx}" if ctx else f"profile default {profile.default_ctx}"
+    reason = f"--ctx {ctx}" if ctx else f"profile default {profile.default_ctx}"
     if not ctx and wanted > profile.max_ctx:
         wanted = profile.max_ctx
     if wanted > model.context_length:
         wanted = model.context_length
-        reasons["n_ctx"] += f", capped at the model's trained context {model.context_length}"
-    if wanted % CTX_STEP:
-        wanted = -(-wanted // CTX_STEP) * CTX_STEP  # llama.cpp pads the context to a multiple of 256
+        reason += f", capped at the model's trained context {model.context_length}"
+    return pad_context(wanted), reason
 
-    n_ubatch = min(profile.n_batch, 512)
-    fixed = model.weights_bytes + RUNTIME_OVERHEAD_BYTES
 
-    def total_for(n_ctx: int, kv_type: str) -> tuple[int, int, int]:
-        flash = kv_type != "f16"
-        cells = n_ctx * parallel  # every slot's stream
-        kv = int(model.kv_bytes_per_token(kv_type) * cells)
+@dataclass(frozen=True)
+class MemoryFit:
+    """What decides whether a context fits: the model, its slots (one KV stream each), the tokens
+    of one forward pass, this board's budget (None: unknown) and the workers the layers may go to."""
+
+    model: ModelInfo
+    budget: int | None
+    parallel: int = 1
+    n_ubatch: int = 512
+    workers: tuple[WorkerInfo, ...] = ()
+
+    def needs(self, n_ctx: int, kv_type: str) -> tuple[int, int, int]:
+        """(total, KV, compute) bytes of the whole model on one board at `n_ctx` tokens per slot."""
+        cells = n_ctx * self.parallel  # every slot's stream
+        kv = int(self.model.kv_bytes_per_token(kv_type) * cells)
         # One ubatch holds tokens of several slots, each attending over its own stream's n_ctx
         # cells (the runtime's kv_unified=False): the scores are n_ctx x n_ubatch x heads in all.
-        compute = compute_buffer_bytes(model, n_ctx, min(n_ubatch, cells), flash)
-        return fixed + kv + compute, kv, compute
+        compute = compute_buffer_bytes(self.model, n_ctx, min(self.n_ubatch, cells), kv_type != "f16")
+        return self.model.weights_bytes + RUNTIME_OVERHEAD_BYTES + kv + compute, kv, compute
 
-    input_bytes, layer_bytes, output_bytes = model.layer_layout()
-    other_bytes = max(model.weights_bytes - input_bytes - sum(layer_bytes) - output_bytes, 0)  # rope tables and the like
-
-    def shares_for(n_ctx: int, kv_type: str) -> tuple[list[DeviceShare], bool]:
+    def device_shares(self, n_ctx: int, kv_type: str) -> tuple[list[DeviceShare], bool]:
         """Each device's part at this context, and whether every part fits its device."""
-        total, kv, compute = total_for(n_ctx, kv_type)
+        model, budget, workers = self.model, self.budget, self.workers
+        total, kv, compute = self.needs(n_ctx, kv_type)
         if not workers:
             local = DeviceShare("local", model.n_layers, model.weights_bytes, kv, compute, total, budget)
             return [local], budget is None or total <= budget
+        input_bytes, layer_bytes, output_bytes = model.layer_layout()
+        other_bytes = max(model.weights_bytes - input_bytes - sum(layer_bytes) - output_bytes, 0)  # rope tables and the like
         kv_per_layer = kv / max(model.n_layers, 1)
         fixed = [input_bytes + other_bytes + compute + RUNTIME_OVERHEAD_BYTES] + [compute] * len(workers)
         fixed[-1] += output_bytes
@@ -301,135 +304,217 @@ def make_plan(
             first += count
         return shares, ok
 
-    def fits(n_ctx: int, kv_type: str) -> bool:
-        return shares_for(n_ctx, kv_type)[1]
+    def fits(self, n_ctx: int, kv_type: str) -> bool:
+        return self.device_shares(n_ctx, kv_type)[1]
 
-    # Prefer the full context with a smaller KV cache over a shorter context; shrink the
-    # context only when no KV type makes the wanted one fit.
-    kv_options = [profile.kv_type]
-    if profile.allow_kv_q8 and profile.kv_type == "f16":
-        kv_options.append("q8_0")
-    kv_type, n_ctx = profile.kv_type, wanted
-    reasons["kv_type"] = f"profile default {kv_type}"
-    chosen = next((kv for kv in kv_options if fits(wanted, kv)), None)
-    if chosen is not None and chosen != profile.kv_type:
-        kv_type = chosen
-        reasons["kv_type"] = f"q8_0 halves the KV cache so {wanted} tokens of context fit"
-    elif chosen is None:
-        for kv in kv_options:
-            largest = max(
-                (c for c in range(wanted // CTX_STEP * CTX_STEP, MIN_CTX - 1, -CTX_STEP) if fits(c, kv)),
-                default=None,
-            )
-            if largest is not None:
-                kv_type, n_ctx = kv, largest
-                reasons["n_ctx"] = f"{largest}: the largest context that fits (wanted {wanted})"
-                if kv != profile.kv_type:
-                    reasons["kv_type"] = "q8_0 to fit more context"
-                break
-        else:
-            n_ctx = min(wanted, MIN_CTX)
+    def largest(self, wanted: int, kv_options: list[str], least: int = MIN_CTX) -> int:
+        """The largest multiple of CTX_STEP from `wanted` down to `least` (>= 1) that fits at one of
+        `kv_options`; 0 when none does."""
+        steps = range(wanted // CTX_STEP * CTX_STEP, least - 1, -CTX_STEP)
+        return next((c for c in steps if any(self.fits(c, kv) for kv in kv_options)), 0)
 
-    total, kv_bytes, compute = total_for(n_ctx, kv_type)
-    devices, fits_budget = shares_for(n_ctx, kv_type)
-    if workers:
-        total = devices[0].total_bytes  # this board's part: what its budget must hold
-        reasons["devices"] = ("layers split by what each device can hold (this board: its budget; each worker: "
-                              "the memory it offers): " + ", ".join(f"{d.name} {d.layers}" for d in devices)
-                              + f"; the output layer on {devices[-1].name}")
-        alone = total_for(n_ctx, kv_type)[0]
-        if budget is not None and alone <= budget:
-            # Layers on different boards take turns on each token: a split is never faster.
-            reasons["devices"] += (f"; the model would fit this board alone ({format_size(alone)}), where it "
-                                   "runs without the network's time per token")
 
-    cores = select_cores(device, profile)
+def largest_context(model: ModelInfo, device: Device, profile: Profile, wanted: int, *, mem_budget: int | None = None,
+                    parallel: int = 1, workers: Sequence[WorkerInfo] | None = None, least: int = MIN_CTX) -> int:
+    """The largest context per slot, a multiple of CTX_STEP from `wanted` (no more than the model was
+    trained for) down to `least`, that memory holds at one of the profile's KV types: the largest
+    `ctx` for which make_plan(ctx=ctx, ...) fits with n_ctx_per_slot == ctx. 0 when none does."""
+    budget, _ = memory_budget(device, profile, mem_budget)
+    fit = MemoryFit(model, budget, max(parallel, 1), micro_batch(profile), tuple(workers or ()))
+    return fit.largest(min(wanted, model.context_length), kv_types(profile), least)
+
+
+def choose_kv_and_context(fit: MemoryFit, profile: Profile, wanted: int) -> tuple[str, int, str, str | None]:
+    """(KV type, context per slot, why that KV type, why a shorter context or None: `wanted` stands).
+
+    Prefers the full context with a smaller KV cache over a shorter context; shrinks the context
+    only when no KV type makes the wanted one fit. Nothing fits: MIN_CTX at most, to refuse with."""
+    options = kv_types(profile)
+    chosen = next((kv for kv in options if fit.fits(wanted, kv)), None)
+    if chosen == profile.kv_type:
+        return chosen, wanted, f"profile default {chosen}", None
+    if chosen is not None:
+        return chosen, wanted, f"q8_0 halves the KV cache so {wanted} tokens of context fit", None
+    for kv in options:
+        largest = fit.largest(wanted, [kv])
+        if largest:
+            why_kv = f"profile default {kv}" if kv == profile.kv_type else "q8_0 to fit more context"
+            return kv, largest, why_kv, f"{largest}: the largest context that fits (wanted {wanted})"
+    return profile.kv_type, min(wanted, MIN_CTX), f"profile default {profile.kv_type}", None
+
+
+def split_reason(fit: MemoryFit, devices: list[DeviceShare], n_ctx: int, kv_type: str) -> str:
+    """Where the layers went, and whether this board could have held the model alone."""
+    reason = ("layers split by what each device can hold (this board: its budget; each worker: "
+              "the memory it offers): " + ", ".join(f"{d.name} {d.layers}" for d in devices)
+              + f"; the output layer on {devices[-1].name}")
+    alone = fit.needs(n_ctx, kv_type)[0]
+    if fit.budget is not None and alone <= fit.budget:
+        # Layers on different boards take turns on each token: a split is never faster.
+        reason += (f"; the model would fit this board alone ({format_size(alone)}), where it "
+                   "runs without the network's time per token")
+    return reason
+
+
+def cores_reason(device: Device, profile: Profile, cores: list[int]) -> str:
+    cluster_names = ", ".join(f"{c.name} {format_cpu_list(c.cpus)}" for c in device.clusters if set(c.cpus) & set(cores))
+    return f"profile cores={profile.cores}: {cluster_names or cores}"
+
+
+def threads_for(device: Device, profile: Profile, cores: list[int], threads: int | None,
+                threads_batch: int | None) -> tuple[int, int, dict[str, str], list[str]]:
+    """(threads, batch threads, their reasons, warnings): a warning for each count asked beyond the CPUs."""
     physical = device.physical_core_count(cores) or len(cores) or 1
-    n_threads = thread_count(device, cores, threads, profile.threads)
-    n_threads_batch = thread_count(device, cores, threads_batch, profile.threads_batch)
     usable = max(len(cores), 1)
     warnings: list[str] = []
     for option, asked in (("--threads", threads), ("--threads-batch", threads_batch)):
         if asked and asked > usable:
             # More threads than CPUs only makes llama.cpp's threads wait for each other.
             warnings.append(f"{option} {asked} is more than the {usable} CPUs this plan runs on: using {usable}")
-    cluster_names = ", ".join(f"{c.name} {format_cpu_list(c.cpus)}" for c in device.clusters if set(c.cpus) & set(cores))
-    reasons["cores"] = f"profile cores={profile.cores}: {cluster_names or cores}"
-    reasons["threads"] = (
-        f"--threads {threads}, capped at the {usable} CPUs" if threads and threads > usable else
-        f"--threads {threads}" if threads else
-        f"profile sets {profile.threads}" if profile.threads else
-        f"one per physical core of the chosen cores ({physical})"
+    reasons = {
+        "threads": (
+            f"--threads {threads}, capped at the {usable} CPUs" if threads and threads > usable else
+            f"--threads {threads}" if threads else
+            f"profile sets {profile.threads}" if profile.threads else
+            f"one per physical core of the chosen cores ({physical})"
+        ),
+        "threads_batch": (
+            f"--threads-batch {threads_batch}" if threads_batch else
+            f"profile sets {profile.threads_batch}" if profile.threads_batch else
+            f"one per physical core ({physical})"
+        ),
+    }
+    n_threads = thread_count(device, cores, threads, profile.threads)
+    return n_threads, thread_count(device, cores, threads_batch, profile.threads_batch), reasons, warnings
+
+
+def mmap_choice(profile: Profile, build_repacks: bool) -> tuple[bool, str]:
+    """Whether to map the file, and why."""
+    if profile.mmap and build_repacks:
+        # A mapped file keeps its pages resident next to the repacked copy of the same tensors.
+        return False, "off: this llama.cpp repacks weights at load, and a mapped file would hold them twice"
+    return profile.mmap and not build_repacks, f"profile sets mmap={'on' if profile.mmap else 'off'}"
+
+
+def predicted_speed(model: ModelInfo, profile: Profile, workers: Sequence[WorkerInfo]) -> tuple[float | None, str | None]:
+    """Tokens per second generated, and how that was worked out; (None, None): the profile has no bandwidth."""
+    if not profile.mem_bandwidth_gbps:
+        return None, None
+    # At depth 0 the KV cache adds nothing to the bytes read per token.
+    unrounded = profile.mem_bandwidth_gbps * 1e9 / max(model.bytes_per_token, 1)
+    reason = f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
+    if not workers:
+        return round(unrounded, 1), reason
+    # The devices take their turns on each token, so the weights' time adds up as on one
+    # board (workers assumed as fast as this one); the network's time comes on top.
+    network = network_seconds_per_token(model, workers)
+    links = ", ".join(f"{w.endpoint} {w.rtt_s * 1e3:.2f} ms" for w in workers)
+    reason += (
+        f", workers assumed as fast as this board; plus {network * 1e3:.1f} ms of network per token: "
+        f"a round trip to each worker (measured {links}) and ~{RPC_HOP_OVERHEAD_S * 1e3:g} ms of llama.cpp's handling, "
+        f"its hidden state in and out and the logits back "
+        f"({format_size(model.n_vocab * 4)}) over "
+        + ("loopback" if all(w.endpoint.loopback for w in workers) else "an assumed 1 Gb/s link"))
+    return round(1 / (1 / unrounded + network), 1), reason
+
+
+def thinking_time(model: ModelInfo, profile: Profile, predicted: float | None) -> tuple[int | None, float | None, str | None]:
+    """A reasoning model's thinking budget, worst-case seconds to a whole answer, and why (None: no
+    reasoning model, or no speed to tell)."""
+    if not model.thinks:
+        return None, None, None
+    think_budget = profile.think_budget
+    if not predicted:
+        return think_budget, None, None
+    if think_budget is not None:
+        reason = (f"at most {think_budget} reasoning tokens (profile think_budget) + a "
+                  f"{ANSWER_TOKENS}-token answer at ~{predicted:g} tokens/s")
+        return think_budget, round((think_budget + ANSWER_TOKENS) / predicted, 1), reason
+    example = UNBOUNDED_EXAMPLE_TOKENS / predicted
+    took = f"{example / 60:.0f} min" if example >= 120 else f"{example:.0f} s"
+    reason = (f"no thinking budget: this model may reason for thousands of tokens "
+              f"({UNBOUNDED_EXAMPLE_TOKENS} take {took} at ~{predicted:g} tokens/s); "
+              "cap it with --think-budget")
+    return think_budget, None, reason
+
+
+def refusal(plan: Plan, model: ModelInfo) -> str | None:
+    """What a plan that does not fit needs against what there is; None when it fits or nothing bounds it."""
+    if plan.fits:
+        return None
+    name = model.name or "model"
+    if plan.rpc:
+        need = sum(d.total_bytes for d in plan.devices)
+        workers = len(plan.rpc)
+        return (
+            f"{name} {model.quant} needs {format_size(need)} across the devices (weights "
+            f"{format_size(model.weights_bytes)} + KV {format_size(plan.kv_bytes)} at {plan.n_ctx} tokens + runtime) but this board "
+            f"and {workers} worker{'s' if workers > 1 else ''} cannot hold it: "
+            + ", ".join(f"{d.name} offers {format_size(d.budget_bytes)}" for d in plan.devices))
+    if plan.budget_bytes is None:
+        return None
+    return (
+        f"{name} {model.quant} needs {format_size(plan.total_bytes)} "
+        f"(weights {format_size(model.weights_bytes)} + KV {format_size(plan.kv_bytes)} at {plan.n_ctx} tokens"
+        + (f" in {plan.parallel} slots" if plan.parallel > 1 else "")
+        + f" + {format_size(plan.overhead_bytes)} runtime) but the budget is {format_size(plan.budget_bytes)}"
     )
-    reasons["threads_batch"] = (
-        f"--threads-batch {threads_batch}" if threads_batch else
-        f"profile sets {profile.threads_batch}" if profile.threads_batch else
-        f"one per physical core ({physical})"
-    )
+
+
+def make_plan(
+    model: ModelInfo,
+    device: Device,
+    profile: Profile,
+    *,
+    ctx: int | None = None,
+    mem_budget: int | None = None,
+    threads: int | None = None,
+    threads_batch: int | None = None,
+    build_repacks: bool = False,
+    parallel: int = 1,
+    workers: list[WorkerInfo] | None = None,
+) -> Plan:
+    """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
+
+    `build_repacks`: the installed llama.cpp repacks weights at load (system info `REPACK = 1`).
+    `parallel`: sequences served at once; each gets the context chosen here in its own KV stream
+    (the KV cache holds all of them: n_ctx is the total), and attends over its own stream only.
+    `workers`: RPC workers (probed) to split the layers across, after this board's, in order.
+    """
+    parallel = max(parallel, 1)
+    reasons: dict[str, str] = {}  # in the order `edgellm plan` shows them
+    budget, reasons["budget"] = memory_budget(device, profile, mem_budget)
+    wanted, reasons["n_ctx"] = choose_context(model, profile, ctx)
+    n_ubatch = micro_batch(profile)
+    fit = MemoryFit(model, budget, parallel, n_ubatch, tuple(workers or ()))
+    kv_type, n_ctx, reasons["kv_type"], shorter = choose_kv_and_context(fit, profile, wanted)
+    if shorter:
+        reasons["n_ctx"] = shorter
+
+    total, kv_bytes, compute = fit.needs(n_ctx, kv_type)
+    devices, fits_budget = fit.device_shares(n_ctx, kv_type)
+    if fit.workers:
+        total = devices[0].total_bytes  # this board's part: what its budget must hold
+        reasons["devices"] = split_reason(fit, devices, n_ctx, kv_type)
+
+    cores = select_cores(device, profile)
+    reasons["cores"] = cores_reason(device, profile, cores)
+    n_threads, n_threads_batch, thread_reasons, warnings = threads_for(device, profile, cores, threads, threads_batch)
+    reasons.update(thread_reasons)
 
     if parallel > 1:
         reasons["parallel"] = f"{parallel} slots of {n_ctx} tokens: {parallel} KV streams, {n_ctx * parallel} cells in all"
     n_ctx_per_slot, n_ctx = n_ctx, n_ctx * parallel
     n_batch = min(profile.n_batch, n_ctx)
-    use_mlock = profile.mlock and fits_budget
-    use_mmap = profile.mmap and not build_repacks
-    if profile.mmap and build_repacks:
-        # A mapped file keeps its pages resident next to the repacked copy of the same tensors.
-        reasons["mmap"] = "off: this llama.cpp repacks weights at load, and a mapped file would hold them twice"
-    else:
-        reasons["mmap"] = f"profile sets mmap={'on' if profile.mmap else 'off'}"
-    predicted = None
-    if profile.mem_bandwidth_gbps:
-        # At depth 0 the KV cache adds nothing to the bytes read per token.
-        unrounded = profile.mem_bandwidth_gbps * 1e9 / max(model.bytes_per_token, 1)
-        predicted = round(unrounded, 1)
-        reasons["predicted_tg_tps"] = (
-            f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
-        )
-        if workers:
-            # The devices take their turns on each token, so the weights' time adds up as on one
-            # board (workers assumed as fast as this one); the network's time comes on top.
-            network = network_seconds_per_token(model, workers)
-            predicted = round(1 / (1 / unrounded + network), 1)
-            links = ", ".join(f"{w.endpoint} {w.rtt_s * 1e3:.2f} ms" for w in workers)
-            reasons["predicted_tg_tps"] += (
-                f", workers assumed as fast as this board; plus {network * 1e3:.1f} ms of network per token: "
-                f"a round trip to each worker (measured {links}) and ~{RPC_HOP_OVERHEAD_S * 1e3:g} ms of llama.cpp's handling, "
-                f"its hidden state in and out and the logits back "
-                f"({format_size(model.n_vocab * 4)}) over "
-                + ("loopback" if all(w.endpoint.loopback for w in workers) else "an assumed 1 Gb/s link"))
+    use_mmap, reasons["mmap"] = mmap_choice(profile, build_repacks)
+    predicted, speed_reason = predicted_speed(model, profile, fit.workers)
+    if speed_reason:
+        reasons["predicted_tg_tps"] = speed_reason
+    think_budget, worst_answer_s, think_reason = thinking_time(model, profile, predicted)
+    if think_reason:
+        reasons["worst_answer_s"] = think_reason
 
-    think_budget, worst_answer_s = None, None
-    if model.thinks:
-        think_budget = profile.think_budget
-        if think_budget is not None and predicted:
-            worst_answer_s = round((think_budget + ANSWER_TOKENS) / predicted, 1)
-            reasons["worst_answer_s"] = (f"at most {think_budget} reasoning tokens (profile think_budget) + a "
-                                         f"{ANSWER_TOKENS}-token answer at ~{predicted:g} tokens/s")
-        elif predicted:
-            example = UNBOUNDED_EXAMPLE_TOKENS / predicted
-            took = f"{example / 60:.0f} min" if example >= 120 else f"{example:.0f} s"
-            reasons["worst_answer_s"] = (f"no thinking budget: this model may reason for thousands of tokens "
-                                         f"({UNBOUNDED_EXAMPLE_TOKENS} take {took} at ~{predicted:g} tokens/s); "
-                                         "cap it with --think-budget")
-
-    refusal = None
-    if not fits_budget and workers:
-        offered = [budget] + [w.free_bytes for w in workers]
-        need = sum(d.total_bytes for d in devices)
-        refusal = (
-            f"{model.name or 'model'} {model.quant} needs {format_size(need)} across the devices (weights "
-            f"{format_size(model.weights_bytes)} + KV {format_size(kv_bytes)} at {n_ctx} tokens + runtime) but this board "
-            f"and {len(workers)} worker{'s' if len(workers) > 1 else ''} cannot hold it: "
-            + ", ".join(f"{d.name} offers {format_size(o)}" for d, o in zip(devices, offered, strict=True)))
-    elif not fits_budget and budget is not None:
-        refusal = (
-            f"{model.name or 'model'} {model.quant} needs {format_size(total)} "
-            f"(weights {format_size(model.weights_bytes)} + KV {format_size(kv_bytes)} at {n_ctx} tokens"
-            + (f" in {parallel} slots" if parallel > 1 else "")
-            + f" + {format_size(compute + RUNTIME_OVERHEAD_BYTES)} runtime) but the budget is {format_size(budget)}"
-        )
-    return Plan(
+    plan = Plan(
         profile=profile.name,
         model=str(model.path) if model.path else model.name,
         quant=model.quant,
@@ -443,7 +528,7 @@ def make_plan(
         n_batch=n_batch,
         n_ubatch=min(n_ubatch, n_batch),
         use_mmap=use_mmap,
-        use_mlock=use_mlock,
+        use_mlock=profile.mlock and fits_budget,
         weights_bytes=model.weights_bytes,
         kv_bytes=kv_bytes,
         compute_bytes=compute,
@@ -454,13 +539,13 @@ def make_plan(
         parallel=parallel,
         n_ctx_per_slot=n_ctx_per_slot,
         reasons=reasons,
-        refusal=refusal,
         warnings=warnings,
         think_budget=think_budget,
         worst_answer_s=worst_answer_s,
         devices=devices,
     )
-
+    plan.refusal = refusal(plan, model)
+    return plan
 
 ANSWER_TOKENS = 256  # the answer after the reasoning, for the worst-case time to an answer
 UNBOUNDED_EXAMPLE_TOKENS = 4000  # a long R1 reasoning, to show what "no budget" can mean
