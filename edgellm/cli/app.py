@@ -9,16 +9,13 @@ so `edgellm --help`, `detect` and `profiles` stay fast.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from edgellm import __version__, ui
 from edgellm.cli import bench, device, generate, models, serve, worker
 from edgellm.cli.funnel import FunnelledGroup
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer(
     name="edgellm",

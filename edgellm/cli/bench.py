@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from edgellm import ui
 from edgellm.cli import options
-from edgellm.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 from edgellm.cli.options import JsonOpt, MemBudgetOpt, ProfileOpt, RpcOpt, rpc_endpoints, size_option, terminal_notices
+from edgellm.errors import UsageError
 
 bench_app = typer.Typer(
     help="Measure prompt and generation speed, memory and heat, as llama.cpp's llama-bench does.\n\n"

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from edgellm import ui
+from edgellm.cli import options
+from edgellm.cli.options import CtxOpt, JsonOpt, MemBudgetOpt, ProfileOpt, RpcOpt, SysrootOpt, ThreadsOpt
 from edgellm.errors import PlanError
-
-if TYPE_CHECKING:
-    pass
-from edgellm.cli.options import CtxOpt, JsonOpt, MemBudgetOpt, ProfileOpt, RpcOpt, SysrootOpt, ThreadsOpt, rpc_endpoints, size_option, terminal_notices
 
 profiles_app = typer.Typer(
     help="List device profiles, or show one.\n\nExample: edgellm profiles show rk3588",
@@ -97,12 +95,11 @@ def plan(
 
     Example: edgellm plan deepseek-r1-7b --rpc 192.168.1.21:50052
     """
-    from edgellm.loader import PlanOptions, prepare
+    from edgellm.loader import prepare
     from edgellm.plan.planner import refusal_hint
 
-    options = PlanOptions(profile=profile, ctx=ctx, mem_budget=size_option(mem_budget), threads=threads, sysroot=sysroot,
-                          parallel=parallel or 1, rpc=rpc_endpoints(rpc), notices=terminal_notices())
-    prepared = prepare(model, options, download=False)
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, sysroot=sysroot, parallel=parallel or 1)
+    prepared = prepare(model, plan_options, download=False)
     result = prepared.plan
     ui.Output.choose(json=json_output).emit(result.to_json, lambda: ui.render_plan(result))
     if not result.fits:

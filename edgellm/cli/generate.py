@@ -4,40 +4,38 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from edgellm import ui
 from edgellm.cli import options
-from edgellm.errors import EdgeLLMError, UsageError
-
-if TYPE_CHECKING:
-    pass
 from edgellm.cli.options import (
     CtxOpt,
+    MaxTokensOpt,
     MemBudgetOpt,
     NoThinkOpt,
     ProfileOpt,
     RpcOpt,
+    SeedOpt,
     StopOpt,
+    TempOpt,
     ThinkBudgetOpt,
     ThinkMessageOpt,
     ThreadsOpt,
-    rpc_endpoints,
-    size_option,
-    terminal_notices,
+    TopPOpt,
 )
+from edgellm.errors import EdgeLLMError, UsageError
 
 
 def run(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; piped stdin is appended after it.")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT. Default: the profile's default model.")] = "",
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")] = None,
-    temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")] = 0.6,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable output.")] = None,
+    max_tokens: MaxTokensOpt = None,
+    temp: TempOpt = 0.6,
+    top_p: TopPOpt = 0.95,
+    seed: SeedOpt = None,
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
@@ -64,7 +62,7 @@ def run(
     Tools: edgellm run -m MODEL --tools tools.json --tool-choice required "Weather in Oslo?"
     prints {"name": "get_weather", "arguments": {"city": "Oslo"}}
     """
-    from edgellm.loader import PlanOptions, open_model, prepare
+    from edgellm.loader import open_model, prepare
     from edgellm.runtime.types import SamplingParams
     from edgellm.ui import runner
 
@@ -90,8 +88,7 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=size_option(mem_budget), threads=threads, rpc=rpc_endpoints(rpc),
-                               notices=terminal_notices())
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc)
     prepared = prepare(model or None, plan_options, loading=True, yes=yes)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     loaded = open_model(prepared, plan_options, fit=(runner.messages_for(text, system), sampling) if text is not None else None)
@@ -114,10 +111,10 @@ def chat(
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt (change it later with /system).")] = None,
     load: Annotated[Path | None, typer.Option("--load", help="Continue a conversation saved with /save.")] = None,
     think: Annotated[str | None, typer.Option("--think", help="Reasoning: hide, show (inline on stdout, in <think> tags) or stderr (dimmed). Default: stderr on a terminal, else hide.")] = None,
-    temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")] = 0.6,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Longest reply, in tokens.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable replies.")] = None,
+    temp: TempOpt = 0.6,
+    top_p: TopPOpt = 0.95,
+    max_tokens: MaxTokensOpt = None,
+    seed: SeedOpt = None,
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
     profile: ProfileOpt = None,
@@ -134,7 +131,7 @@ def chat(
 
     Example: edgellm chat -m ~/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf --system "Be brief."
     """
-    from edgellm.loader import PlanOptions, open_model
+    from edgellm.loader import open_model
     from edgellm.paths import chat_history_file
     from edgellm.runtime.types import SamplingParams
     from edgellm.ui import chat_session as repl
@@ -145,8 +142,7 @@ def chat(
     if system:
         conversation.system = system
     sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=options.stop_values(stop))
-    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=size_option(mem_budget), threads=threads, rpc=rpc_endpoints(rpc),
-                               notices=terminal_notices())
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc)
     prepared = repl.prepare_model(model, plan_options, announce=interactive)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     loaded = open_model(prepared, plan_options)

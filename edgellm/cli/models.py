@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from edgellm import ui
-from edgellm.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 from edgellm.cli.options import CtxOpt, JsonOpt, MemBudgetOpt, ProfileOpt, SysrootOpt, size_option, terminal_notices
+from edgellm.errors import UsageError
 
 
 def pull(

@@ -189,6 +189,10 @@ ThinkMessageOpt = Annotated[str | None, typer.Option("--think-message", help="Th
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="End the reply before this text (repeatable, up to 4; \\n and \\t are understood), e.g. --stop '\\n\\n'.")]
 
 
+TempOpt = Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0 = greedy).")]
+TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")]
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Longest reply, in tokens.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable replies.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 
 
@@ -210,3 +214,13 @@ def terminal_notices() -> Any:
     from edgellm.loader import Notices
 
     return Notices(info=ui.info, warn=ui.warn, confirm=ui.confirm if ui.interactive() else None, progress=ui.download_progress)
+
+
+def plan_options(profile: str | None, ctx: int | None, mem_budget: str | None, threads: int | None, rpc: str | None,
+                 **more: Any) -> Any:
+    """The loader's PlanOptions from the options every model command shares (--profile, --ctx,
+    --mem-budget, --threads, --rpc), with this terminal's notices; `more`: the rest (parallel, sysroot)."""
+    from edgellm.loader import PlanOptions
+
+    return PlanOptions(profile=profile, ctx=ctx, mem_budget=size_option(mem_budget), threads=threads, rpc=rpc_endpoints(rpc),
+                       notices=terminal_notices(), **more)

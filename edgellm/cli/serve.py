@@ -5,17 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from edgellm import ui
 from edgellm.cli import options
-from edgellm.errors import UsageError
-from edgellm.serve.service import DEFAULT_WATCHDOG_S, MAX_WATCHDOG_S, MIN_WATCHDOG_S
-
-if TYPE_CHECKING:
-    pass
 from edgellm.cli.options import (
     CtxOpt,
     MemBudgetOpt,
@@ -24,10 +19,10 @@ from edgellm.cli.options import (
     ThinkBudgetOpt,
     ThinkMessageOpt,
     ThreadsOpt,
-    rpc_endpoints,
-    size_option,
     terminal_notices,
 )
+from edgellm.errors import UsageError
+from edgellm.serve.service import DEFAULT_WATCHDOG_S, MAX_WATCHDOG_S, MIN_WATCHDOG_S
 
 
 def serve(
@@ -63,7 +58,7 @@ def serve(
     """
     from edgellm import serve as server
     from edgellm.device.hardware import format_cpu_list
-    from edgellm.loader import PlanOptions, open_model, prepare
+    from edgellm.loader import open_model, prepare
     from edgellm.serve.sdnotify import Notifier
     from edgellm.units import parse_duration
 
@@ -77,8 +72,7 @@ def serve(
         api_key = server.read_api_key_file(api_key_file)
     idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
     server.check_bind(host, api_key, insecure)
-    plan_options = PlanOptions(profile=profile, ctx=ctx, mem_budget=size_option(mem_budget), threads=threads,
-                               parallel=parallel, rpc=rpc_endpoints(rpc), notices=terminal_notices())
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, parallel=parallel)
     prepared = prepare(model, plan_options, loading=True)
     plan_ = prepared.plan
     parallel = plan_.parallel

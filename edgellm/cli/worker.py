@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from edgellm import ui
-
-if TYPE_CHECKING:
-    pass
 from edgellm.cli.options import ProfileOpt, SysrootOpt, ThreadsOpt, size_option
 
 
