@@ -28,7 +28,7 @@ from edgellm.errors import (
     PlanError,
 )
 from edgellm.paths import llama_build_cache_file
-from edgellm.plan.planner import Plan, auto_parallel, make_plan, refusal_hint
+from edgellm.plan.planner import Plan, auto_parallel, largest_context, make_plan, refusal_hint
 from edgellm.plan.resolve import resolve as resolve_spec
 from edgellm.store.gguf import ModelInfo
 
@@ -313,8 +313,8 @@ def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, roo
     if holds < wanted:
         # The largest context memory holds at its best KV type (the planner shrinks the context
         # before it tries q8_0 for a shorter one), counted down from what was wanted.
-        holds = next((c for c in range(wanted // 256 * 256, plan.n_ctx, -256)
-                      if (p := plan_at(c)).fits and p.n_ctx >= c), plan.n_ctx)
+        holds = largest_context(model, prepared.device, prepared.profile, wanted, mem_budget=options.mem_budget,
+                                workers=prepared.workers, least=plan.n_ctx + 1) or plan.n_ctx
         larger = plan_at(holds)
     if holds <= plan.n_ctx and prompt_tokens < plan.n_ctx:
         return prepared  # no larger context to be had (the model's training caps it); the prompt fits

@@ -42,7 +42,7 @@ from edgellm.device import hardware
 from edgellm.device.workers import parse_endpoint
 from edgellm.errors import EdgeLLMError, PlanError, UsageError
 from edgellm.loader import QUIET, Notices, PlanOptions, open_model, prepare
-from edgellm.plan.planner import MAX_SEQUENCES
+from edgellm.plan.planner import MAX_SEQUENCES, pad_context
 from edgellm.runtime import engine as runtime
 from edgellm.runtime import native
 from edgellm.runtime.response import Response
@@ -570,7 +570,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
         needed = slot_ctx = max([t.context_needed for t in provisional] + [soak_ctx, 64])
         biggest_batch = max([t.n_prompt for t in provisional] + [t.depth for t in provisional] + [1])
         too_small_hint = "use smaller -p/-n/--depth values or a larger --mem-budget"
-    n_ctx = -(-slot_ctx // 256) * 256  # llama.cpp pads the KV cache to 256 cells anyway
+    n_ctx = pad_context(slot_ctx)  # llama.cpp pads the KV cache anyway
     options = PlanOptions(profile=config.profile, ctx=n_ctx, mem_budget=config.mem_budget,
                           threads=None, sysroot=config.sysroot, parallel=sequences,
                           rpc=[parse_endpoint(e) for e in config.rpc], notices=notices)
