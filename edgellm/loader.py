@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgellm.device.hardware import Device, detect
-from edgellm.device.profiles import Profile, select_profile
+from edgellm.device.profiles import Profile, select_profile, this_device
 from edgellm.device.workers import Endpoint, WorkerInfo, let_idle_threads_sleep, probe_all
 from edgellm.errors import (
     ContextOverflowError,
@@ -107,8 +107,7 @@ def prepare(spec: str | None, options: PlanOptions, *, download: bool = True, lo
     """Detect, select the profile, resolve the model (no spec: the profile's default model) and
     plan. `loading`: the caller loads the model next, so asking llama.cpp for its build facts
     costs nothing extra."""
-    device = detect(options.sysroot)
-    profile, reason = select_profile(device, options.profile)
+    device, profile, reason = this_device(options.sysroot, options.profile)
     # Each worker's version and free memory, before llama.cpp meets it, and before a download that
     # would be wasted on a worker that is down.
     workers = probe_all(options.rpc)

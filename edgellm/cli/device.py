@@ -28,12 +28,10 @@ def detect(
 
     Example: edgellm detect --json | jq .big_cores
     """
-    from edgellm.device.hardware import detect as detect_device
-    from edgellm.device.profiles import select_profile
+    from edgellm.device.profiles import this_device
     from edgellm.loader import build_warnings, llama_build_info
 
-    device = detect_device(sysroot)
-    chosen, reason = select_profile(device, profile)
+    device, chosen, reason = this_device(sysroot, profile)
     live = Path(sysroot).resolve() == Path("/")
     build = llama_build_info() if live else None
     warnings = build_warnings(device, build) if live else []

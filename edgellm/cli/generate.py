@@ -131,7 +131,7 @@ def chat(
 
     Example: edgellm chat -m ~/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf --system "Be brief."
     """
-    from edgellm.loader import open_model
+    from edgellm.loader import open_model, prepare
     from edgellm.paths import chat_history_file
     from edgellm.runtime.types import SamplingParams
     from edgellm.ui import chat_session as repl
@@ -143,7 +143,9 @@ def chat(
         conversation.system = system
     sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=options.stop_values(stop))
     plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc)
-    prepared = repl.prepare_model(model, plan_options, announce=interactive)
+    if interactive:
+        ui.info(f"loading {model}" if model else "no -m given: loading the device profile's default model")
+    prepared = prepare(model, plan_options, loading=True)
     options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
     loaded = open_model(prepared, plan_options)
 

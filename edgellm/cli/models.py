@@ -28,8 +28,7 @@ def pull(
 
     Example: edgellm pull deepseek-r1-1.5b
     """
-    from edgellm.device.hardware import detect as detect_device
-    from edgellm.device.profiles import select_profile
+    from edgellm.device.profiles import this_device
     from edgellm.plan import resolve as store
     from edgellm.store.refs import parse_spec
 
@@ -37,8 +36,7 @@ def pull(
     if isinstance(parsed, Path):
         raise UsageError(f"{model} is a local path; pull takes a model name or a Hugging Face repo",
                          hint="edgellm pull deepseek-r1-1.5b  (see `edgellm models`)")
-    device = detect_device(sysroot)
-    chosen_profile, _ = select_profile(device, profile)
+    device, chosen_profile, _ = this_device(sysroot, profile)
     located = store.locate(parsed, device, chosen_profile, ctx=ctx, mem_budget=size_option(mem_budget), for_pull=True)
     already = located.path is not None
     if already:
@@ -63,12 +61,10 @@ def models(
 
     Example: edgellm models --json
     """
-    from edgellm.device.hardware import detect as detect_device
-    from edgellm.device.profiles import select_profile
+    from edgellm.device.profiles import this_device
     from edgellm.plan import resolve as store
 
-    device = detect_device(sysroot)
-    chosen_profile, _ = select_profile(device, profile)
+    device, chosen_profile, _ = this_device(sysroot, profile)
     rows = store.catalog_rows(device, chosen_profile, ctx=ctx, mem_budget=size_option(mem_budget))
     ui.Output.choose(json=json_output).emit(rows, lambda: ui.print_text(ui.catalog_text(rows, chosen_profile)))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgellm.device.hardware import Device
+from edgellm.device.hardware import Device, detect
 from edgellm.errors import ProfileError
 from edgellm.paths import user_profiles_dir
 from edgellm.units import parse_size
@@ -327,3 +327,11 @@ def select_profile(device: Device, requested: str | None = None, profiles: list[
         if reason:
             return profile, reason
     return find_profile(FALLBACK_PROFILE, profiles), "no profile's rules match this device"
+
+
+def this_device(sysroot: str = "/", requested: str | None = None) -> tuple[Device, Profile, str]:
+    """The device under `sysroot` and its profile (`--profile`, else the matching one), with the
+    reason the profile was chosen: what every command that plans asks first."""
+    device = detect(sysroot)
+    profile, reason = select_profile(device, requested)
+    return device, profile, reason

@@ -175,11 +175,6 @@ class BatchedBench:
                     raise _decode_error(status, f"generation step {i} of {sequences} sequences")
                 synchronize(ctx)
 
-    def cells_used(self, sequence: int) -> int:
-        """Positions the KV cache holds for `sequence` (a check that every sequence was decoded)."""
-        llama_cpp = self._llama_cpp
-        return int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self.ctx), sequence)) + 1
-
 
 def _decode_error(status: int, what: str) -> GenerationError:
     reason = {1: "no room in the KV cache", 2: "aborted"}.get(status, "llama.cpp refused the batch")

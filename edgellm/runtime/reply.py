@@ -6,12 +6,12 @@ call), the grammar an answer waits for while the reply reasons, stop sequences a
 of token bytes. Hand it each sampled token with its bytes (`feed`, or `end_of_generation` for an
 end-of-generation token); it returns actions for the scheduler to carry out, in this order:
 
-  Emit(event)        send the request a TextEvent or a call event
-  TakeBack(n)        the newest n generated tokens leave the reply (the newest was sampled only)
-  UseGrammar(g)      a new sampler chain with grammar g
-  Write(tokens, text) evaluate these sampled tokens, then the engine's text, without sampling
-  Next(token)        decode the sampled token and sample the next
-  End(reason)        the reply is over ("stop", "length")
+  Emit(event)          send the request a TextEvent or a call event
+  TakeBack(n)          the newest n generated tokens leave the reply (the newest was sampled only)
+  UseGrammar(g)        a new sampler chain with grammar g
+  Write(tokens, text)  evaluate these sampled tokens, then the engine's text, without sampling
+  Next(token)          decode the sampled token and sample the next
+  End(reason)          the reply is over ("stop", "length")
 
 Write, Next or End comes last. The scheduler does every llama.cpp call an action asks for, so this
 runs in unit tests without a model (tests/test_reply.py).

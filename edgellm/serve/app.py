@@ -189,7 +189,7 @@ class Server:
             dropped.append(count)
             return prompt
 
-        prompt = await prepare(self.preparer, engine, request, fitted, chat.params, chat.param)
+        prompt = await prompt_off_the_loop(self.preparer, engine, request, fitted, chat.params, chat.param)
         # A raw `grammar` may spell out "...</think>answer" and is split like free text.
         reply = Reply(request, self.host.start_job, self.config.model_id, "chat.completion", body.stream)
         if dropped and dropped[0]:
@@ -200,13 +200,13 @@ class Server:
     async def complete(self, request: Request, body: CompletionRequest) -> Response:
         engine = self.host.loaded_engine
         text, params = self.translate.completion(body, self.host.capacity().slot_ctx, self.host.max_piece_bytes)
-        prompt = await prepare(self.preparer, engine, request, lambda: engine.prompt_from_text(text), params, "grammar")
+        prompt = await prompt_off_the_loop(self.preparer, engine, request, lambda: engine.prompt_from_text(text), params, "grammar")
         reply = Reply(request, self.host.start_job, self.config.model_id, "text_completion", body.stream)
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
 
-async def prepare(preparer: ThreadPoolExecutor, engine: GenerationEngine, request: Request,
-                  make_prompt: Callable[[], Prompt], params: SamplingParams, param: str) -> Prompt:
+async def prompt_off_the_loop(preparer: ThreadPoolExecutor, engine: GenerationEngine, request: Request,
+                             make_prompt: Callable[[], Prompt], params: SamplingParams, param: str) -> Prompt:
     """Template, tokenizer and grammar work in the preparation thread, before the generation
     slot is taken: a huge or hostile request costs its own time, not everyone's."""
     gone = threading.Event()

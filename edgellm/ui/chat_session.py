@@ -27,7 +27,6 @@ from edgellm import ui
 from edgellm.device.hardware import cpu_temperature, format_cpu_list
 from edgellm.errors import EdgeLLMError, UsageError
 from edgellm.files import read_regular_file
-from edgellm.loader import PlanOptions, Prepared
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.runtime.response import Response
 from edgellm.runtime.types import Event, GenerationStats, SamplingParams
@@ -672,12 +671,3 @@ def run_chat(engine: GenerationEngine, conversation: Conversation, sampling: Sam
                        format_cpu_list(engine.plan.cores), engine.plan.profile, conversation.turns)
     session.run(reader)
     return session.failures
-
-
-def prepare_model(spec: str | None, options: PlanOptions, *, announce: bool) -> Prepared:
-    """session.prepare for `-m`, or (no -m) for the matched profile's default model."""
-    from edgellm.loader import prepare  # noqa: PLC0415
-
-    if announce:
-        ui.info(f"loading {spec}" if spec else "no -m given: loading the device profile's default model")
-    return prepare(spec, options, loading=True)

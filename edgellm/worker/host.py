@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgellm.device.hardware import detect, format_cpu_list
-from edgellm.device.profiles import select_profile
+from edgellm.device.hardware import format_cpu_list
+from edgellm.device.profiles import this_device
 from edgellm.device.workers import PROTOCOL_VERSION, Endpoint, is_loopback, let_idle_threads_sleep
 from edgellm.errors import EdgeLLMError, UsageError, WorkerError
 from edgellm.plan.planner import RUNTIME_OVERHEAD_BYTES, memory_budget, select_cores, thread_count
@@ -73,8 +73,7 @@ def plan_worker(host: str, port: int, *, mem: int | None, threads: int | None, a
             raise UsageError(f"--host {host} would let other machines use this worker, which has no authentication",
                              hint=f"add --allow-lan to serve the LAN (a trusted one only): edgellm worker --host {host} --allow-lan")
         warnings.append(LAN_WARNING.format(endpoint=f"{host}:{port}"))
-    device = detect(sysroot)
-    chosen, _ = select_profile(device, profile)
+    device, chosen, _ = this_device(sysroot, profile)
     budget, reason = memory_budget(device, chosen)
     room = max(budget - RUNTIME_OVERHEAD_BYTES, 0) if budget is not None else None
     if mem is not None and mem <= 0:

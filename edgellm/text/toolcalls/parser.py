@@ -111,10 +111,6 @@ class ToolCallParser:
     _buffer: str = ""
     _scanner: _ArgumentScanner = field(default_factory=_ArgumentScanner)
 
-    @property
-    def in_calls(self) -> bool:
-        return self._state != "content"
-
     def feed(self, text: str) -> list[ParserEvent]:
         self._buffer += text
         out: list[ParserEvent] = []
