@@ -1,6 +1,7 @@
 """The batching scheduler's logic on a scripted backend (tests/fake_engine.py): slots, batches,
 prefix reuse, chunked prompts, the queue, cancellation, stop sequences and the reasoning split.
-The real-model layer of the same behaviour is tests/test_serve_batching.py."""
+The real-model layer of the same behaviour is tests/test_serve_batching.py; the reply's own
+state machine (edgellm.runtime.reply) alone is tests/test_reply.py."""
 
 from __future__ import annotations
 
