@@ -18,8 +18,9 @@ from importlib import util as importlib_util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgellm.device.hardware import Device, detect
+from edgellm.device.hardware import detect
 from edgellm.device.profiles import Profile, select_profile, this_device
+from edgellm.device.types import Device
 from edgellm.device.workers import Endpoint, WorkerInfo, let_idle_threads_sleep, probe_all
 from edgellm.errors import (
     ContextOverflowError,

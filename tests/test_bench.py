@@ -21,7 +21,7 @@ from conftest import run_cli
 from edgellm.bench import reports
 from edgellm.bench import runner as bench
 from edgellm.cli import options
-from edgellm.device import hardware
+from edgellm.device import heat
 from edgellm.errors import UsageError
 from edgellm.runtime import native
 from edgellm.store import synthetic
@@ -407,10 +407,10 @@ def test_heat_probe_reads_zones_frequency_and_pi_throttling(tmp_path: Path) -> N
     freq0 = _write(tmp_path, "sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq", "2400000\n")
     _write(tmp_path, "sys/devices/system/cpu/cpu1/cpufreq/scaling_cur_freq", "1000000\n")
     _write(tmp_path, "sys/devices/platform/soc/soc:firmware/get_throttled", "0x50005\n")
-    probe = hardware.HeatProbe(tmp_path, cpus=[0])
+    probe = heat.HeatProbe(tmp_path, cpus=[0])
     assert probe.celsius() == 55.0
     assert probe.mean_freq_khz() == 2_400_000  # only the benchmarked CPU
-    assert hardware.decode_throttled(probe.throttled() or 0) == [
+    assert heat.decode_throttled(probe.throttled() or 0) == [
         "under-voltage", "throttled", "under-voltage has occurred", "throttling has occurred"]
     sampler = bench.HeatSampler(probe, interval_s=60)
     with sampler:
@@ -428,16 +428,16 @@ def test_one_thermal_reader_for_detect_chat_and_bench(tmp_path: Path) -> None:
     for zone, temp in (("thermal_zone10", "40000"), ("thermal_zone2", "-274000"), ("thermal_zone0", "hot")):
         _write(tmp_path, f"sys/class/thermal/{zone}/temp", temp + "\n")
     _write(tmp_path, "sys/class/thermal/cooling_device0/type", "fan\n")
-    assert [(z.zone, z.celsius) for z in hardware.read_thermal(tmp_path)] == [
+    assert [(z.zone, z.celsius) for z in heat.read_thermal(tmp_path)] == [
         ("thermal_zone0", None), ("thermal_zone2", -274.0), ("thermal_zone10", 40.0)]
-    assert hardware.cpu_temperature(tmp_path) == 40.0 == hardware.HeatProbe(tmp_path).celsius()
+    assert heat.cpu_temperature(tmp_path) == 40.0 == heat.HeatProbe(tmp_path).celsius()
     (tmp_path / "sys/class/thermal/thermal_zone10/temp").write_text("-273150\n")
-    assert hardware.cpu_temperature(tmp_path) is None and hardware.HeatProbe(tmp_path).celsius() is None
-    assert hardware.HeatProbe(tmp_path).has_temperature
+    assert heat.cpu_temperature(tmp_path) is None and heat.HeatProbe(tmp_path).celsius() is None
+    assert heat.HeatProbe(tmp_path).has_temperature
 
 
 def test_heat_probe_without_sensors(tmp_path: Path) -> None:
-    probe = hardware.HeatProbe(tmp_path)
+    probe = heat.HeatProbe(tmp_path)
     assert probe.celsius() is None and probe.mean_freq_khz() is None and probe.throttled() is None
     with bench.HeatSampler(probe) as sampler:
         pass

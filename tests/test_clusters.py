@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from conftest import write_tree
 
-from edgellm.device.hardware import X86_FEATURES, build_clusters, detect, format_cpu_list
+from edgellm.device.hardware import X86_FEATURES, build_clusters, detect
 from edgellm.device.profiles import load_profiles, select_profile
+from edgellm.device.sysfs import format_cpu_list
 from edgellm.plan.planner import select_cores
 
 ARM = "0x41"

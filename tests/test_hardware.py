@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import CAPTURES, run_cli
 
-from edgellm.device.hardware import MAX_CPUS, build_clusters, detect, detect_macos, parse_cpu_list, parse_cpuinfo, parse_sysctl_text, read_text
+from edgellm.device.hardware import build_clusters, detect
+from edgellm.device.macos import detect_macos, parse_sysctl_text
 from edgellm.device.profiles import select_profile
+from edgellm.device.sysfs import MAX_CPUS, parse_cpu_list, parse_cpuinfo, read_text
 from edgellm.plan.planner import select_cores
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgellm import files
-from edgellm.device import hardware
+from edgellm.device.sysfs import format_cpu_list
 from edgellm.errors import UsageError
 
 MAX_REPORT_BYTES = 16 * 1024**2  # a report with hundreds of tests is ~1 MiB
@@ -144,7 +144,7 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for row in report["results"]:
             if row["test"] not in tests:
                 tests.append(row["test"])
-            key = (device, model, str(row["threads"]), row.get("cores_choice") or hardware.format_cpu_list(row.get("cores") or []))
+            key = (device, model, str(row["threads"]), row.get("cores_choice") or format_cpu_list(row.get("cores") or []))
             rows.setdefault(key, {})[row["test"]] = f"{row['tps_mean']:.2f} ± {row['tps_std']:.2f}"
             temp = (row.get("thermal") or {}).get("temp_max_c")
             if temp is not None:

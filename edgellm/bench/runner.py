@@ -7,7 +7,7 @@ Measurement (as llama-bench): per test one warm-up, then `reps` repetitions, eac
 cache (after `depth` untimed tokens when asked), timing pp (a batch of random tokens) and tg (random
 tokens decoded one at a time, end-of-sequence ignored). t/s per repetition, then mean and sample
 standard deviation. The decoding itself is edgellm.runtime.engine.BenchContext; this module plans the tests,
-samples heat (hardware.HeatProbe) while they run, and makes the report, a BenchReport: its JSON is
+samples heat (heat.HeatProbe) while they run, and makes the report, a BenchReport: its JSON is
 the source, and edgellm.ui.bench's table, CSV and markdown are views of it. `bench report` merges
 the JSON of several devices (load_reports, merge_reports: files from elsewhere are checked first).
 
@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from edgellm import __version__
-from edgellm.device import hardware
+from edgellm.device import heat, sysfs
+from edgellm.device.types import Device
 from edgellm.device.workers import parse_endpoint
 from edgellm.errors import EdgeLLMError, PlanError, UsageError
 from edgellm.loader import QUIET, Notices, PlanOptions, open_model, prepare
@@ -60,7 +61,7 @@ COOL_TO_RANGE_C = (1.0, 150.0)  # below, no CPU gets there under load; above, ev
 SCHEMA = "edgellm-bench/1"
 
 # --------------------------------------------------------------------------------------------------
-# Heat over one test (hardware.HeatProbe reads it)
+# Heat over one test (heat.HeatProbe reads it)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -84,7 +85,7 @@ class HeatSampler:
     """Samples the probe on a background thread while a test runs (a file read every half second;
     llama.cpp releases the GIL while it decodes, so this costs the benchmark nothing measurable)."""
 
-    def __init__(self, probe: hardware.HeatProbe, interval_s: float = HEAT_INTERVAL_S) -> None:
+    def __init__(self, probe: heat.HeatProbe, interval_s: float = HEAT_INTERVAL_S) -> None:
         self.probe = probe
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -125,7 +126,7 @@ class HeatSampler:
             record.freq_min_mhz = round(min(self._freqs), 1)
             record.freq_drop_pct = round(100.0 * (1 - min(self._freqs) / self._freqs[0]), 1) if self._freqs[0] else None
         throttled = self.probe.throttled()
-        record.throttled = hardware.decode_throttled(throttled) if throttled else []
+        record.throttled = heat.decode_throttled(throttled) if throttled else []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,7 +370,7 @@ def measure_parallel(batched: Any, spec: ParallelSpec, reps: int) -> tuple[list[
     return prompt_ns, gen_ns
 
 
-def cool_down(probe: hardware.HeatProbe, seconds: float, target_c: float | None, say: Callable[[str], None]) -> None:
+def cool_down(probe: heat.HeatProbe, seconds: float, target_c: float | None, say: Callable[[str], None]) -> None:
     """Sleep `seconds`, then (if asked) until the hottest zone is below `target_c` (at most 10 min)."""
     if seconds > 0:
         time.sleep(seconds)
@@ -389,7 +390,7 @@ def cool_down(probe: hardware.HeatProbe, seconds: float, target_c: float | None,
         now = probe.celsius()
 
 
-def soak(bench_ctx: Any, threads: int, duration_s: float, probe: hardware.HeatProbe,
+def soak(bench_ctx: Any, threads: int, duration_s: float, probe: heat.HeatProbe,
          progress: ProgressFn | None = None) -> dict[str, Any]:
     """Generate continuously for `duration_s`; a t/s, temperature and frequency sample per window.
 
@@ -465,7 +466,7 @@ DEVICE_KEYS = ("board", "soc", "arch", "cpu_model", "cpu_count", "big_cores", "m
 CLUSTER_KEYS = ("name", "cpus", "max_freq_khz")
 
 
-def device_json(device: hardware.Device) -> dict[str, Any]:
+def device_json(device: Device) -> dict[str, Any]:
     data = device.to_json()
     data["clusters"] = [{key: cluster[key] for key in CLUSTER_KEYS} for cluster in data["clusters"]]
     return {key: data[key] for key in DEVICE_KEYS}
@@ -524,7 +525,7 @@ class BenchReport:
 
 def parse_cpu_list(text: str) -> list[int]:
     """'4-7' or '0,2,4' -> CPU ids (the kernel's CPU-list format, as hardware reads it)."""
-    cpus = hardware.parse_cpu_list(text)
+    cpus = sysfs.parse_cpu_list(text)
     if not cpus:
         raise UsageError(f"--cores {text!r}: expected big, all, or CPU ids like 4-7 or 0,2")
     return cpus
@@ -586,7 +587,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
     engine = open_model(dataclasses.replace(prepared, plan=plan), options, sequences=sequences).engine
     try:
         pinned = engine.pinned_cores or (cores if cores else [])
-        probe = hardware.HeatProbe(config.sysroot, pinned or None)
+        probe = heat.HeatProbe(config.sysroot, pinned or None)
         results: list[Any] = []  # TestResult, or ParallelResult with --parallel
         soak_report = None
         parallel_info = None
@@ -658,7 +659,7 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
         engine.close()
 
 
-def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: hardware.HeatProbe, pinned: list[int],
+def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: heat.HeatProbe, pinned: list[int],
                progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """The llama-bench tests, in order, heat sampled per test."""
     def one(spec: TestSpec, heat: HeatRecord) -> TestResult:
@@ -670,7 +671,7 @@ def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: hardware.H
                       config, probe, progress, say)
 
 
-def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchConfig, probe: hardware.HeatProbe,
+def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchConfig, probe: heat.HeatProbe,
                         pinned: list[int], progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """The --parallel tests (llama-batched-bench's), in order, heat sampled per test."""
     def one(spec: ParallelSpec, heat: HeatRecord) -> ParallelResult:
@@ -681,7 +682,7 @@ def _run_parallel_tests(batched: Any, specs: list[ParallelSpec], config: BenchCo
 
 
 def _each_test(specs: list[Any], threads_of: Callable[[Any], int], run_one: Callable[[Any, HeatRecord], Any],
-               config: BenchConfig, probe: hardware.HeatProbe, progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
+               config: BenchConfig, probe: heat.HeatProbe, progress: ProgressFn | None, say: Callable[[str], None]) -> list[Any]:
     """Run `run_one` for each test in order: cool-down between tests, progress, heat sampled
     while it runs (`run_one` gets the sampler's record, which the sampler completes as it exits)."""
     results: list[Any] = []
@@ -736,7 +737,7 @@ def _time_to_first_token(engine: Any, bench_ctx: Any, n_prompt: int) -> float | 
     return stats.ttft_s if stats else None
 
 
-def _thermal_summary(probe: hardware.HeatProbe, start_c: float | None, throttled_start: int | None, results: list[TestResult]) -> dict[str, Any]:
+def _thermal_summary(probe: heat.HeatProbe, start_c: float | None, throttled_start: int | None, results: list[TestResult]) -> dict[str, Any]:
     maxima = [r.heat.temp_max_c for r in results if r.heat.temp_max_c is not None]
     drops = [r.heat.freq_drop_pct for r in results if r.heat.freq_drop_pct is not None]
     throttled_end = probe.throttled()
@@ -746,8 +747,8 @@ def _thermal_summary(probe: hardware.HeatProbe, start_c: float | None, throttled
         "temp_end_c": probe.celsius(),
         "temp_max_c": max(maxima) if maxima else None,
         "freq_drop_max_pct": max(drops) if drops else None,
-        "throttled_start": hardware.decode_throttled(throttled_start) if throttled_start is not None else None,
-        "throttled_end": hardware.decode_throttled(throttled_end) if throttled_end is not None else None,
+        "throttled_start": heat.decode_throttled(throttled_start) if throttled_start is not None else None,
+        "throttled_end": heat.decode_throttled(throttled_end) if throttled_end is not None else None,
     }
 
 

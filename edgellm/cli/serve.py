@@ -57,7 +57,7 @@ def serve(
     Example: edgellm serve -m model.gguf --port 8080
     """
     from edgellm import serve as server
-    from edgellm.device.hardware import format_cpu_list
+    from edgellm.device.sysfs import format_cpu_list
     from edgellm.loader import open_model, prepare
     from edgellm.serve.sdnotify import Notifier
     from edgellm.units import parse_duration

@@ -2,9 +2,8 @@
 
 Everything is read from files below `sysroot` (normally "/"), so tests and bug reports can feed
 captures of real devices. A missing or unreadable file degrades to "unknown"; nothing here raises
-for bad or absent data. macOS has no /proc: `detect_macos` reads `sysctl` output instead.
-The heat readers (thermal zones, CPU frequency, Pi throttling) are here too: detect lists the zones,
-chat shows the hottest, and bench samples them all with a `HeatProbe` while it measures.
+for bad or absent data. The small readers are in device/sysfs.py, the heat readers in
+device/heat.py; macOS has no /proc: device/macos.py reads `sysctl` output instead.
 """
 
 from __future__ import annotations
@@ -12,17 +11,15 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
-import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgellm.files import read_regular_file
-
-UNKNOWN = "unknown"
+from edgellm.device.heat import read_thermal
+from edgellm.device.macos import detect_macos, parse_sysctl_text, run_sysctl
+from edgellm.device.sysfs import MAX_CPUS, format_cpu_list, parse_cpu_list, parse_cpuinfo, parse_meminfo, read_int, read_text, split_nul
+from edgellm.device.types import UNKNOWN, Cluster, Device, assign_big_little
 
 # ARM "CPU part" ids (implementer 0x41 = Arm) for the cores found on edge boards and phones,
 # ranked by single-core performance. The rank only orders clusters that no measured fact
@@ -127,167 +124,8 @@ KNOWN_SOCS: tuple[tuple[str, str], ...] = (
 )
 
 
-@dataclass
-class Cluster:
-    """CPUs of one micro-architecture (or one capacity/frequency class when the part is unknown)."""
-
-    cpus: list[int]
-    name: str
-    max_freq_khz: int | None = None
-    capacity: int | None = None
-    part: str | None = None
-    fastest: bool = False
-    efficiency: bool = False  # in-order little cores (A5xx) or x86 E-cores: `little_cores`
-    signal: str = ""  # what set this cluster apart from the others, as `detect` explains it
-
-
-@dataclass
-class ThermalZone:
-    zone: str
-    type: str
-    celsius: float | None
-
-
-@dataclass
-class Device:
-    """What edgellm knows about the machine. `to_json()` is the `detect --json` schema."""
-
-    board: str = UNKNOWN
-    soc: str = UNKNOWN
-    arch: str = UNKNOWN
-    cpu_model: str = UNKNOWN
-    cpu_count: int = 0
-    cpus_possible: int = 0
-    clusters: list[Cluster] = field(default_factory=list)
-    big_cores: list[int] = field(default_factory=list)
-    little_cores: list[int] = field(default_factory=list)
-    features: list[str] = field(default_factory=list)
-    mem_total_bytes: int | None = None
-    mem_available_bytes: int | None = None
-    swap_total_bytes: int | None = None
-    swap_free_bytes: int | None = None
-    page_size_bytes: int | None = None
-    thermal: list[ThermalZone] = field(default_factory=list)
-    dt_compatible: list[str] = field(default_factory=list)
-    cpu_parts: dict[int, str] = field(default_factory=dict)
-    core_of_cpu: dict[int, str] = field(default_factory=dict)
-    system: str = "linux"
-    sysroot: str = "/"
-    kernel: str = UNKNOWN  # the kernel release, from /proc/version
-    android: str | None = None  # what shows the device runs Android (None: it does not)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["cpu_parts"] = {str(cpu): part for cpu, part in self.cpu_parts.items()}
-        data["core_of_cpu"] = {str(cpu): core for cpu, core in self.core_of_cpu.items()}
-        return data
-
-    def physical_core_count(self, cpus: Iterable[int]) -> int:
-        """How many physical cores the CPU ids cover (SMT siblings count once)."""
-        ids = list(cpus)
-        return len({self.core_of_cpu.get(cpu, f"cpu{cpu}") for cpu in ids})
-
-
 # ---------------------------------------------------------------------------------------------
 # small readers
-
-
-# The kernel's largest NR_CPUS (arm64 and x86 Kconfig): a CPU id at or beyond it is junk, and
-# expanding a range like 0-4000000000 would exhaust memory.
-MAX_CPUS = 8192
-# /proc/cpuinfo of a 256-core server is ~400 KiB; sysfs attributes are at most a page.
-READ_LIMIT_BYTES = 4 * 1024**2
-_CPU_ID = re.compile(r"\d{1,4}", re.ASCII)
-_CPU_RANGE = re.compile(r"(\d{1,6})(?:-(\d{1,6}))?", re.ASCII)
-
-
-def read_text(root: Path, relative: str, limit: int = READ_LIMIT_BYTES) -> str | None:
-    """Text of root/relative (its first `limit` bytes), or None when it is missing, unreadable or
-    not a regular file (never raises, never blocks)."""
-    try:
-        data = read_regular_file(root / relative.lstrip("/"), limit)
-    except (OSError, ValueError):
-        return None
-    return data.decode("utf-8", errors="replace")
-
-
-def read_int(root: Path, relative: str) -> int | None:
-    text = read_text(root, relative)
-    if text is None:
-        return None
-    try:
-        return int(text.strip().strip("\x00").split()[0])
-    except (ValueError, IndexError):
-        return None
-
-
-def parse_cpu_list(text: str | None) -> list[int]:
-    """Parse the kernel's CPU lists ('0-3,6,8-9', or related_cpus' '0 1 2 3') into sorted ids.
-
-    Junk yields []: anything not a number or range, a reversed range, or an id of MAX_CPUS or more.
-    """
-    cpus: set[int] = set()
-    for part in (text or "").strip().strip("\x00").replace(",", " ").split():
-        match = _CPU_RANGE.fullmatch(part)
-        if match is None:
-            return []
-        low = int(match.group(1))
-        high = int(match.group(2) or low)
-        if not low <= high < MAX_CPUS:
-            return []
-        cpus.update(range(low, high + 1))
-    return sorted(cpus)
-
-
-def format_cpu_list(cpus: Iterable[int]) -> str:
-    """CPU ids the way the kernel writes them: '0-3,6,8-9'. No ids (no pinning) is 'all'."""
-    ids = sorted(set(cpus))
-    if not ids:
-        return "all"
-    runs: list[str] = []
-    start = 0
-    for index in range(1, len(ids) + 1):
-        if index == len(ids) or ids[index] != ids[index - 1] + 1:
-            low, high = ids[start], ids[index - 1]
-            runs.append(f"{low}-{high}" if high - low >= 2 else ",".join(map(str, range(low, high + 1))))
-            start = index
-    return ",".join(runs)
-
-
-def parse_cpuinfo(text: str | None) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """Split /proc/cpuinfo into global fields (Hardware, Model, ...) and per-processor blocks."""
-    header: dict[str, str] = {}
-    processors: list[dict[str, str]] = []
-    current: dict[str, str] | None = None
-    for line in (text or "").splitlines():
-        if ":" not in line:
-            continue
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key == "processor" and _CPU_ID.fullmatch(value):
-            current = {"processor": value}
-            processors.append(current)
-        elif current is not None and key not in ("Hardware", "Revision", "Serial", "Model"):
-            current[key] = value
-        else:
-            header[key] = value
-    return header, processors
-
-
-def parse_meminfo(text: str | None) -> dict[str, int]:
-    """/proc/meminfo values in bytes."""
-    values: dict[str, int] = {}
-    for line in (text or "").splitlines():
-        # At most 20 digits: int() refuses longer numbers, and no machine has that many bytes.
-        match = re.match(r"^(\w+(?:\(\w+\))?):\s+(\d{1,20})(?!\d)(?:\s+kB)?", line, re.ASCII)
-        if match:
-            factor = 1024 if line.rstrip().endswith("kB") else 1
-            values[match.group(1)] = int(match.group(2)) * factor
-    return values
-
-
-def split_nul(text: str | None) -> list[str]:
-    return [item.strip() for item in (text or "").split("\x00") if item.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,7 +566,7 @@ def detect(sysroot: Path | str = "/") -> Device:
     """Detect the device whose /proc and /sys are below `sysroot` ("/" is this machine)."""
     root = Path(sysroot)
     if str(root) == "/" and platform.system() == "Darwin":
-        return detect_macos(_run_sysctl)
+        return detect_macos(run_sysctl)
     sysctl_capture = read_text(root, "sysctl.txt")
     if sysctl_capture is not None and read_text(root, "proc/cpuinfo") is None:
         # A captured `sysctl -a` from a Mac (bug reports, tests).
@@ -792,216 +630,13 @@ def detect(sysroot: Path | str = "/") -> Device:
         kernel=kernel_version.split()[2] if kernel_version.startswith("Linux version ") and len(kernel_version.split()) > 2 else UNKNOWN,
         android=_android(root, kernel_version),
     )
-    _assign_big_little(device)
+    assign_big_little(device)
     return device
-
-
-def _assign_big_little(device: Device) -> None:
-    if not device.clusters:
-        return
-    device.big_cores = list(device.clusters[0].cpus)
-    device.little_cores = sorted(cpu for c in device.clusters if c.efficiency for cpu in c.cpus)
 
 
 # --- heat: thermal zones, CPU frequency, Raspberry Pi throttling ------------------------------------
 
-_THERMAL_ZONE = re.compile(r"thermal_zone(\d{1,9})", re.ASCII)
-# Below this a reading is a sensor's error value (an unconnected one reads about -274 °C), not heat:
-# Device.thermal lists it as read (detect shows the broken sensor), the hottest-zone readings skip it.
-IMPLAUSIBLE_BELOW_C = -50.0
-
-
-def thermal_zones(root: Path) -> list[Path]:
-    """The thermal zones (thermal_zoneN) below root/sys/class/thermal, in the kernel's order."""
-    try:
-        found = [(int(m.group(1)), entry) for entry in (root / "sys/class/thermal").iterdir()
-                 if (m := _THERMAL_ZONE.fullmatch(entry.name))]
-    except OSError:
-        return []
-    return [entry for _, entry in sorted(found)]
-
-
-def zone_celsius(zone: Path) -> float | None:
-    """A zone's temperature (sysfs writes millidegrees), None when unreadable."""
-    millideg = read_int(zone, "temp")
-    return round(millideg / 1000.0, 1) if millideg is not None else None
-
-
-def hottest_celsius(readings: Iterable[float | None]) -> float | None:
-    """The hottest plausible reading: a CPU under load is the hottest thing on these boards."""
-    temps = [celsius for celsius in readings if celsius is not None and celsius > IMPLAUSIBLE_BELOW_C]
-    return max(temps) if temps else None
-
-
-def read_thermal(root: Path) -> list[ThermalZone]:
-    """Every thermal zone with its type and its temperature as read (None: unreadable)."""
-    return [ThermalZone(zone=zone.name, type=(read_text(zone, "type") or UNKNOWN).strip(), celsius=zone_celsius(zone))
-            for zone in thermal_zones(root)]
-
-
-def cpu_temperature(sysroot: Path | str = "/") -> float | None:
-    """The hottest thermal zone now, reading only the zones' temperatures (cheap: no full detection)."""
-    return hottest_celsius(zone_celsius(zone) for zone in thermal_zones(Path(sysroot)))
-
-
-# Bits of the Raspberry Pi firmware's get_throttled word (vcgencmd get_throttled).
-THROTTLE_BITS = {
-    0: "under-voltage",
-    1: "arm frequency capped",
-    2: "throttled",
-    3: "soft temperature limit",
-    16: "under-voltage has occurred",
-    17: "arm frequency capping has occurred",
-    18: "throttling has occurred",
-    19: "soft temperature limit has occurred",
-}
-
-
-def decode_throttled(value: int) -> list[str]:
-    return [text for bit, text in THROTTLE_BITS.items() if value & (1 << bit)]
-
-
-class HeatProbe:
-    """Temperatures, CPU frequencies and Pi throttling below `sysroot`, read again at every sample
-    (bench samples while it measures); the files are found once, when the probe is made."""
-
-    def __init__(self, sysroot: str | Path = "/", cpus: Sequence[int] | None = None) -> None:
-        root = Path(sysroot)
-        self.sysroot = root
-        self._zones = [zone for zone in thermal_zones(root) if (zone / "temp").exists()]
-        wanted = set(cpus) if cpus else None
-        self._cpufreq_dirs = [
-            path.parent for path in sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))
-            if wanted is None or int(path.parent.parent.name[3:]) in wanted
-        ]
-        self._vcgencmd = shutil.which("vcgencmd") if root.resolve() == Path("/") else None
-
-    @property
-    def has_temperature(self) -> bool:
-        return bool(self._zones)
-
-    def celsius(self) -> float | None:
-        """The hottest zone now."""
-        return hottest_celsius(zone_celsius(zone) for zone in self._zones)
-
-    def mean_freq_khz(self) -> float | None:
-        values = [v for v in (read_int(path, "scaling_cur_freq") for path in self._cpufreq_dirs) if v]
-        return sum(values) / len(values) if values else None
-
-    def throttled(self) -> int | None:
-        """The firmware's throttle word, from sysfs (newer Pi kernels) or `vcgencmd get_throttled`."""
-        value = read_text(self.sysroot, "sys/devices/platform/soc/soc:firmware/get_throttled")
-        if value is None and self._vcgencmd:
-            try:
-                out = subprocess.run([self._vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=5, check=False).stdout
-            except (OSError, subprocess.SubprocessError):
-                out = ""
-            value = out.partition("=")[2] or None
-        try:
-            return int(value.strip(), 16) if value else None
-        except ValueError:
-            return None
-
 
 # --- macOS --------------------------------------------------------------------------------------
 
-SysctlReader = Callable[[Iterable[str]], dict[str, str]]
 
-MACOS_KEYS = (
-    "hw.perflevel0.physicalcpu", "hw.perflevel1.physicalcpu", "hw.perflevel0.name",
-    "hw.perflevel1.name", "hw.perflevel0.cpusperl2", "hw.ncpu", "hw.logicalcpu", "hw.memsize",
-    "hw.pagesize", "machdep.cpu.brand_string", "hw.model", "hw.optional.arm.FEAT_DotProd",
-    "hw.optional.arm.FEAT_I8MM", "hw.optional.arm.FEAT_BF16", "hw.optional.arm.FEAT_FP16",
-    "hw.optional.neon", "hw.optional.AdvSIMD", "hw.optional.avx2_0", "hw.optional.avx512f",
-    "hw.optional.fma", "hw.cpufrequency_max", "hw.perflevel0.cpufrequency_max",
-)
-
-
-def _run_sysctl(keys: Iterable[str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for key in keys:
-        try:
-            out = subprocess.run(
-                ["sysctl", "-n", key], capture_output=True, text=True, timeout=2, check=False
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.returncode == 0 and out.stdout.strip():
-            values[key] = out.stdout.strip()
-    return values
-
-
-def parse_sysctl_text(text: str) -> dict[str, str]:
-    """Parse `sysctl -a` output ('name: value' lines) into a dict (for captures)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            values[key.strip()] = value.strip()
-    return values
-
-
-def detect_macos(read: SysctlReader, *, live: bool = True) -> Device:
-    """Detect an Apple machine from sysctl values (perflevel0 = performance cores, listed first)."""
-    values = read(MACOS_KEYS)
-
-    def number(key: str) -> int | None:
-        try:
-            return int(values[key])
-        except (KeyError, ValueError):
-            return None
-
-    perf = number("hw.perflevel0.physicalcpu")
-    eff = number("hw.perflevel1.physicalcpu") or 0
-    total = number("hw.ncpu") or number("hw.logicalcpu") or ((perf or 0) + eff)
-    clusters: list[Cluster] = []
-    if perf:
-        # macOS numbers efficiency cores first on Apple Silicon; the ids are only labels here
-        # because macOS offers no CPU affinity.
-        clusters.append(Cluster(cpus=list(range(eff, eff + perf)), name="performance", fastest=True))
-        if eff:
-            clusters.append(Cluster(cpus=list(range(eff)), name="efficiency", efficiency=True))
-    elif total:
-        clusters.append(Cluster(cpus=list(range(total)), name="cpu", fastest=True))
-    is_arm = values.get("hw.optional.arm.FEAT_DotProd") is not None or "Apple" in values.get(
-        "machdep.cpu.brand_string", ""
-    )
-    features: list[str] = []
-    if is_arm:
-        features.append("neon")
-        for key, name in (
-            ("hw.optional.arm.FEAT_DotProd", "dotprod"),
-            ("hw.optional.arm.FEAT_FP16", "fp16"),
-            ("hw.optional.arm.FEAT_I8MM", "i8mm"),
-            ("hw.optional.arm.FEAT_BF16", "bf16"),
-        ):
-            if values.get(key) == "1":
-                features.append(name)
-    else:
-        for key, name in (("hw.optional.fma", "fma"), ("hw.optional.avx2_0", "avx2"), ("hw.optional.avx512f", "avx512f")):
-            if values.get(key) == "1":
-                features.append(name)
-    available_bytes: int | None = None
-    if live:
-        try:
-            import psutil  # noqa: PLC0415  (only needed on a live Mac)
-
-            available_bytes = int(psutil.virtual_memory().available)
-        except Exception:  # noqa: BLE001  (psutil on an unknown platform: the size is simply unknown)
-            available_bytes = None
-    device = Device(
-        board=values.get("hw.model", UNKNOWN),
-        soc=values.get("machdep.cpu.brand_string", UNKNOWN),
-        arch="arm64" if is_arm else "x86_64",
-        cpu_model=values.get("machdep.cpu.brand_string", UNKNOWN),
-        cpu_count=total,
-        cpus_possible=total,
-        clusters=clusters,
-        features=features,
-        mem_total_bytes=number("hw.memsize"),
-        mem_available_bytes=available_bytes,
-        page_size_bytes=number("hw.pagesize"),
-        system="darwin",
-    )
-    _assign_big_little(device)
-    return device

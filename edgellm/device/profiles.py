@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgellm.device.hardware import Device, detect
+from edgellm.device.hardware import detect
+from edgellm.device.types import Device
 from edgellm.errors import ProfileError
 from edgellm.paths import user_profiles_dir
 from edgellm.units import parse_size

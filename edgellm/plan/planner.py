@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgellm.device.hardware import Device, format_cpu_list
 from edgellm.device.profiles import Profile
+from edgellm.device.sysfs import format_cpu_list
+from edgellm.device.types import Device
 from edgellm.device.workers import WorkerInfo
 from edgellm.store.gguf import ModelInfo
 from edgellm.units import format_size

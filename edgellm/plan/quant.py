@@ -1,12 +1,13 @@
-"""TODO docstring."""
+"""Which quant of a model to use here: rank the candidates by the profile's preference and pick
+the best that fits the device (sized by the planner). Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edgellm.device.hardware import Device
 from edgellm.device.profiles import Profile
+from edgellm.device.types import Device
 from edgellm.plan.planner import RUNTIME_OVERHEAD_BYTES, Plan, make_plan, memory_budget
 from edgellm.store.gguf import ModelInfo
 from edgellm.units import format_size

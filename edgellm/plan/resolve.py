@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""`-m` to a file: a model reference located in the catalog, the hub listing or the local cache,
+its quant chosen for this device, pulled when asked (say/confirm/progress come from the caller)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgellm.device.hardware import Device
 from edgellm.device.profiles import Profile
+from edgellm.device.types import Device
 from edgellm.errors import DownloadError
 from edgellm.plan.quant import QuantCandidate, choose_quant, rank_quants
 from edgellm.store import hub

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The downloaded models (`edgellm ls`, `edgellm rm`): GGUF files in the Hugging Face cache."""
 
 from __future__ import annotations
 

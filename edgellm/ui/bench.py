@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from edgellm.device.hardware import format_cpu_list
+from edgellm.device.sysfs import format_cpu_list
 from edgellm.ui.console import stderr, stdout
 from edgellm.units import format_size
 

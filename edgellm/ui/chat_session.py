@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from edgellm import ui
-from edgellm.device.hardware import cpu_temperature, format_cpu_list
+from edgellm.device.heat import cpu_temperature
+from edgellm.device.sysfs import format_cpu_list
 from edgellm.errors import EdgeLLMError, UsageError
 from edgellm.files import read_regular_file
 from edgellm.runtime.protocol import GenerationEngine

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edgellm.device import hardware
+from edgellm.device.sysfs import format_cpu_list
 from edgellm.ui.console import stdout, warn
 from edgellm.units import format_size
 
@@ -41,7 +41,7 @@ def render_device(device: Any, profile_name: str, reason: str, build: str | None
         kind = ", efficiency cores" if cluster.efficiency and not named else ""
         why = f" · {cluster.signal}" if cluster.signal else ""
         clock = f", {_freq(cluster.max_freq_khz)}" if cluster.max_freq_khz else ""
-        table.add_row("cluster", f"{cluster.name}: cpus {hardware.format_cpu_list(cluster.cpus)}{threads}{clock}{cap}{kind}{mark}{why}")
+        table.add_row("cluster", f"{cluster.name}: cpus {format_cpu_list(cluster.cpus)}{threads}{clock}{cap}{kind}{mark}{why}")
     table.add_row("features", " ".join(device.features) or "-")
     table.add_row("RAM", f"{format_size(device.mem_total_bytes)} total, {format_size(device.mem_available_bytes)} available")
     if device.swap_total_bytes is not None:
@@ -104,7 +104,7 @@ def render_plan(plan: Any, console: Console | None = None) -> None:
     else:
         table.add_row("context", str(plan.n_ctx), r.get("n_ctx", ""))
     table.add_row("KV cache", plan.kv_type, r.get("kv_type", ""))
-    table.add_row("cores", hardware.format_cpu_list(plan.cores), r.get("cores", ""))
+    table.add_row("cores", format_cpu_list(plan.cores), r.get("cores", ""))
     table.add_row("threads", f"{plan.threads} generation, {plan.threads_batch} prompt", r.get("threads", ""))
     table.add_row("batch", str(plan.n_batch), "")
     table.add_row("mmap", "on" if plan.use_mmap else "off", r.get("mmap", ""))

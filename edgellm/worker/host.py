@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgellm.device.hardware import format_cpu_list
 from edgellm.device.profiles import this_device
+from edgellm.device.sysfs import format_cpu_list
 from edgellm.device.workers import PROTOCOL_VERSION, Endpoint, is_loopback, let_idle_threads_sleep
 from edgellm.errors import EdgeLLMError, UsageError, WorkerError
 from edgellm.plan.planner import RUNTIME_OVERHEAD_BYTES, memory_budget, select_cores, thread_count
