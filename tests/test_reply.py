@@ -238,6 +238,26 @@ def test_with_a_budget_the_grammar_waits_for_the_answer(pieces: list[str], done:
     assert reply.reply.answer_grammar is None
 
 
+@pytest.mark.parametrize(("opens_think", "pieces", "done", "reasoning"), [
+    # </think> and the answer's first word in one token: the token is taken back, the word with it.
+    (True, ["hm", "</think>\n\nThe"], [TakeBack(1), UseGrammar("G"), Write((), "</think>\n\n")], "hm"),
+    (True, ["hm", " so.</think>The"], [TakeBack(1), UseGrammar("G"), Write((), " so.</think>\n\n")], "hm so."),
+    (True, ["hm", "</th", "ink>\n\nThe"], [TakeBack(1), UseGrammar("G"), Write((), "ink>\n\n")], "hm"),
+    (False, ["<think>", "hm", "</think>\nThe"], [TakeBack(1), UseGrammar("G"), Write((), "</think>\n\n")], "hm"),
+])
+def test_answer_text_in_the_token_that_closes_the_reasoning_is_not_sent(
+        opens_think: bool, pieces: list[str], done: list[Action], reasoning: str) -> None:
+    """The grammar takes the answer from </think> on: text after the tag in the same token was
+    sampled without it and is taken back, so the client must not see it (it saw 'The{"city": ...}')."""
+    reply = Driver(opens_think=opens_think, grammar="G", think_budget=100)
+    assert reply.feed(pieces) == done
+    assert reply.text(ANSWER) == ""  # nothing of the answer before the grammar's
+    assert reply.feed(['{"city": ', '"Oslo"}']) == []
+    assert reply.end_of_generation() == [End("stop")]
+    assert reply.finish("stop") == "stop"
+    assert (reply.text(REASONING), reply.text(ANSWER)) == (reasoning, '{"city": "Oslo"}')
+
+
 def test_the_budget_switches_the_answer_grammar_on_with_its_bridge() -> None:
     reply = Driver(opens_think=True, grammar="G", think_budget=2, think_message="")
     assert reply.feed(["a", "b", "c"]) == [UseGrammar("G"), Write((1002,), "\n</think>\n\n")]

@@ -162,6 +162,27 @@ def test_serve_default_budget_comes_from_the_server() -> None:
         assert answer.usage.completion_tokens_details.reasoning_tokens == 9  # type: ignore[union-attr]
 
 
+def test_serve_sends_no_answer_text_from_the_token_that_closes_the_reasoning() -> None:
+    """With a budget the JSON grammar waits for </think>. A token holding the tag and the
+    answer's first word was sampled without the grammar: it is taken back, and its word is not sent
+    ahead of the grammar's JSON (the reply was 'The{"city": "Oslo"}'). The tiny GGUF models have
+    </think> as a token of its own, so the scripted engine writes the piece, through the real Scheduler."""
+    from test_serve_inprocess import start
+
+    def model(prompt: str) -> list[str]:
+        # After the take-back the engine wrote the tag and blank line itself; the grammar's answer follows.
+        return ['{"city": ', '"Oslo"}'] if prompt.endswith("</think>\n\n") else ["Oslo", " it is.", "</think>\n\nThe", " city"]
+
+    with start(FakeEngine(model, thinks=True, template_opens_think=True)) as running:
+        ask = {"model": "fake", "messages": [{"role": "user", "content": "Where?"}], "response_format": {"type": "json_object"},
+               "extra_body": {"thinking_budget_tokens": 50}}
+        reply = running.client.chat.completions.create(**ask)  # type: ignore[call-overload]
+        assert reply.choices[0].message.content == '{"city": "Oslo"}'
+        assert reply.choices[0].message.reasoning_content == "Oslo it is."  # type: ignore[attr-defined]
+        stream = running.client.chat.completions.create(**ask, stream=True)  # type: ignore[call-overload]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == '{"city": "Oslo"}'
+
+
 # -- long input --
 
 def long_text(tokens: int) -> bytes:

@@ -260,10 +260,16 @@ class ReplyState:
         return out
 
     def _emit(self, out: list[Action], pieces: list[tuple[str, str]]) -> None:
-        """Split pieces as events; answer text goes through the stop filter, nothing after a stop."""
+        """Split pieces as events; answer text goes through the stop filter, nothing after a stop.
+        While the answer grammar waits, answer text is not sent: it came with the token that ended
+        the reasoning (`</think>` and more in one piece), sampled without the grammar, and `feed`
+        takes it back with that token (`_start_call`); the call parser drops text before a required
+        call the same way."""
         for kind, chunk in pieces:
             if self.stop.stopped:
                 return
+            if kind == ANSWER and self.answer_grammar is not None:
+                continue
             if kind == ANSWER and self.calls is not None:
                 self._emit_answer(out, self.calls.feed(chunk))
                 continue
