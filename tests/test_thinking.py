@@ -183,6 +183,23 @@ def test_serve_sends_no_answer_text_from_the_token_that_closes_the_reasoning() -
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == '{"city": "Oslo"}'
 
 
+
+def test_an_answer_grammar_holds_a_reply_that_skips_its_reasoning() -> None:
+    """With a budget and a JSON grammar, a model whose template does not open <think> may answer at
+    once: its first token, sampled without the grammar, is taken back, and the grammar draws the
+    first token anew from the same point (the reply was empty: the scheduler ended it with nothing
+    to write). Scripted engine, through the real Scheduler."""
+    from test_serve_inprocess import start
+
+    replies = iter([["Paris", " it", " is"], ['{"city": ', '"Paris"}']])  # without the grammar, then under it
+
+    with start(FakeEngine(lambda prompt: next(replies), thinks=True, template_opens_think=False)) as running:
+        ask = {"model": "fake", "messages": [{"role": "user", "content": "Where?"}], "response_format": {"type": "json_object"},
+               "extra_body": {"thinking_budget_tokens": 50}}
+        reply = running.client.chat.completions.create(**ask)  # type: ignore[call-overload]
+        assert reply.choices[0].message.content == '{"city": "Paris"}'
+        assert reply.choices[0].finish_reason == "stop"
+
 # -- long input --
 
 def long_text(tokens: int) -> bytes:

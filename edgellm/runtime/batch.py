@@ -342,11 +342,10 @@ class Scheduler:
                     self._free_sampler(slot)
                     slot.sampler = self.backend.new_sampler(request.params, grammar)
                 case Write(tokens, text):
-                    # Evaluated, not sampled: the engine's text takes context, not max_tokens (sampled tokens).
-                    slot.pending, slot.next_token = [*tokens, *(self.backend.tokenize(text) if text else [])], -1
-                    if not slot.pending:
-                        self._finish(slot, "stop")
-                    elif len(slot.cached) + len(slot.pending) + 1 >= self.slot_ctx or slot.generated >= slot.max_tokens:
+                    # Evaluated, not sampled (context, not max_tokens); nothing to write: see _last_again.
+                    slot.pending = [*tokens, *(self.backend.tokenize(text) if text else [])] or _last_again(slot, self.backend)
+                    slot.next_token = -1
+                    if len(slot.cached) + len(slot.pending) + 1 >= self.slot_ctx or slot.generated >= slot.max_tokens:
                         self._finish(slot, "length")
 
     def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
@@ -368,6 +367,14 @@ class Scheduler:
         if slot.sampler is not None:
             self.backend.free_sampler(slot.sampler)
             slot.sampler = None
+
+
+def _last_again(slot: _Slot, backend: Any) -> list[int]:
+    """The slot's last cached token, out of its cache, to be evaluated again: when an answer grammar
+    took over at the first token there is nothing to write, and the new sampler draws it anew."""
+    token = slot.cached.pop()
+    backend.keep_prefix(slot.seq_id, len(slot.cached))
+    return [token]
 
 
 def _reply_for(engine: Any, request: SequenceRequest, slot_ctx: int) -> ReplyState:
