@@ -65,6 +65,7 @@ class PlanOptions:
     sysroot: str = "/"
     parallel: int | None = 1  # sequences at once (serve); None: as many as fit, at most 4
     rpc: list[Endpoint] = dataclasses.field(default_factory=list)  # workers to split the layers across (--rpc)
+    think_budget: int | None = None  # --think-budget (None: the profile's)
     notices: Notices = QUIET
 
 
@@ -133,7 +134,8 @@ def prepare(spec: str | None, options: PlanOptions, *, download: bool = True, lo
 
     def plan_for(parallel: int) -> Plan:
         return make_plan(model, device, profile, ctx=options.ctx, mem_budget=options.mem_budget, threads=options.threads,
-                         threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel, workers=workers)
+                         threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel, workers=workers,
+                         think_budget=options.think_budget)
 
     plan = plan_for(options.parallel if options.parallel is not None else auto_parallel(plan_for))
     if download and not plan.fits:
@@ -306,7 +308,7 @@ def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, roo
     def plan_at(n_ctx: int) -> Plan:
         return make_plan(model, prepared.device, prepared.profile, ctx=n_ctx, mem_budget=options.mem_budget,
                          threads=options.threads, threads_batch=options.threads_batch, build_repacks=repacks,
-                         workers=prepared.workers)
+                         workers=prepared.workers, think_budget=options.think_budget)
 
     larger = plan_at(wanted)
     holds = larger.n_ctx if larger.fits else 0

@@ -273,6 +273,19 @@ def test_thinking_time(chat_template: str | None, think_budget: int | None, band
     assert (budget, worst, reason is not None) == expected
 
 
+@pytest.mark.parametrize(("profile_budget", "asked", "used"), [(None, None, None), (512, None, 512), (512, 100, 100), (None, 300, 300), (512, 0, 0)])
+def test_the_plan_takes_think_budget_over_the_profiles(profile_budget: int | None, asked: int | None, used: int | None) -> None:
+    """--think-budget reaches the plan (Plan.think_budget and the worst-case answer time followed the
+    profile's budget alone); run, chat and serve take the plan's."""
+    device = device_with_ram("raspberry-pi-5", 8 * GiB)
+    profile = replace(find_profile("raspberry-pi-5", load_profiles()), think_budget=profile_budget)
+    plan = make_plan(replace(r1_15b_q4km(), chat_template="<think></think>"), device, profile, think_budget=asked)
+    assert plan.think_budget == used
+    if used is not None:
+        assert plan.worst_answer_s is not None
+        assert ("--think-budget" if asked is not None else "profile think_budget") in plan.reasons["worst_answer_s"]
+
+
 @pytest.mark.parametrize("budget_gib", [0.9, 1.2, 1.25, 1.4, 2.0, 8.0])
 @pytest.mark.parametrize("allow_q8", [True, False])
 def test_largest_context_is_the_largest_ctx_make_plan_fits_in_full(budget_gib: float, allow_q8: bool) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from edgellm import ui
 from edgellm.cli import options
-from edgellm.cli.options import CtxOpt, JsonOpt, MemBudgetOpt, ProfileOpt, RpcOpt, SysrootOpt, ThreadsOpt
+from edgellm.cli.options import CtxOpt, JsonOpt, MemBudgetOpt, ProfileOpt, RpcOpt, SysrootOpt, ThinkBudgetOpt, ThreadsOpt
 from edgellm.errors import PlanError
 
 profiles_app = typer.Typer(
@@ -83,6 +83,7 @@ def plan(
     sysroot: SysrootOpt = "/",
     parallel: Annotated[int | None, typer.Option("--parallel", "-np", min=1, max=64, help="Plan for serve with N slots, each with --ctx tokens (the KV cache holds them all).")] = None,
     rpc: RpcOpt = None,
+    think_budget: ThinkBudgetOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Decide how to run MODEL here (context, KV cache, cores, threads, memory) without loading it.
@@ -96,7 +97,8 @@ def plan(
     from edgellm.loader import prepare
     from edgellm.plan.planner import refusal_hint
 
-    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, sysroot=sysroot, parallel=parallel or 1)
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, sysroot=sysroot, parallel=parallel or 1,
+                                        think_budget=think_budget)
     prepared = prepare(model, plan_options, download=False)
     result = prepared.plan
     ui.Output.choose(json=json_output).emit(result.to_json, lambda: ui.render_plan(result))

@@ -88,9 +88,10 @@ def run(
     text = None if jsonl else runner.build_prompt(prompt, piped)
     if jsonl and not piped:
         raise UsageError("--jsonl reads prompts from stdin, one per line", hint="edgellm run -m MODEL --jsonl < prompts.txt")
-    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc)
+    options.check_thinking(think_budget, no_think)
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, think_budget=think_budget)
     prepared = prepare(model or None, plan_options, loading=True, yes=yes)
-    options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
+    options.apply_thinking(sampling, prepared.plan, no_think, think_message)
     loaded = open_model(prepared, plan_options, fit=(runner.messages_for(text, system), sampling) if text is not None else None)
     engine = loaded.engine
     if tool_list is not None:
@@ -142,11 +143,12 @@ def chat(
     if system:
         conversation.system = system
     sampling = SamplingParams(max_tokens=max_tokens, temperature=temp, top_p=top_p, seed=seed, stop=options.stop_values(stop))
-    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc)
+    options.check_thinking(think_budget, no_think)
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, think_budget=think_budget)
     if interactive:
         ui.info(f"loading {model}" if model else "no -m given: loading the device profile's default model")
     prepared = prepare(model, plan_options, loading=True)
-    options.apply_thinking(sampling, prepared.profile, think_budget, no_think, think_message)
+    options.apply_thinking(sampling, prepared.plan, no_think, think_message)
     loaded = open_model(prepared, plan_options)
 
     def grow(messages: list[dict[str, str]]) -> Any:

@@ -32,24 +32,27 @@ MAX_LIST_VALUES = 4096  # -p/-n/-t/--depth lists: far more tests than anyone can
 MAX_THREADS = 512
 
 
-def apply_thinking(sampling: Any, profile: Any, budget: int | None, no_think: bool, message: str | None) -> None:
-    """--think-budget / --no-think / --think-message onto SamplingParams (the profile's budget by default)."""
+def check_thinking(budget: int | None, no_think: bool) -> None:
     if no_think and budget:
         raise UsageError("--no-think and --think-budget cannot be combined")
-    if budget == 0:
-        no_think = True
+
+
+def apply_thinking(sampling: Any, plan: Any, no_think: bool, message: str | None) -> None:
+    """--no-think / --think-message, and the plan's thinking budget (the planner resolved
+    --think-budget against the profile's: one place), onto SamplingParams."""
+    no_think = no_think or plan.think_budget == 0
     sampling.no_think = no_think
-    sampling.think_budget = None if no_think else (budget if budget is not None else profile.think_budget)
+    sampling.think_budget = None if no_think else plan.think_budget
     if message is not None:
         sampling.think_message = unescape(message)
 
-def serve_thinking(profile: Any, budget: int | None, message: str | None) -> dict[str, Any]:
-    """ServerConfig fields for reasoning: the default budget (--think-budget, else the profile's)
-    and the budgets of reasoning_effort low / medium / high (the profile's)."""
+def serve_thinking(profile: Any, plan: Any, message: str | None) -> dict[str, Any]:
+    """ServerConfig fields for reasoning: the default budget (the plan's: --think-budget, else the
+    profile's) and the budgets of reasoning_effort low / medium / high (the profile's)."""
     from edgellm.runtime.types import DEFAULT_THINK_MESSAGE  # noqa: PLC0415  (the runtime package loads llama_cpp lazily; its constants are cheap)
 
     return {
-        "think_budget": budget if budget is not None else profile.think_budget,
+        "think_budget": plan.think_budget,
         "effort_budgets": {"low": profile.think_budget_low, "medium": profile.think_budget_medium,
                            "high": profile.think_budget_high},
         "think_message": unescape(message) if message is not None else DEFAULT_THINK_MESSAGE,

@@ -72,7 +72,7 @@ def serve(
         api_key = server.read_api_key_file(api_key_file)
     idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
     server.check_bind(host, api_key, insecure)
-    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, parallel=parallel)
+    plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, parallel=parallel, think_budget=think_budget)
     prepared = prepare(model, plan_options, loading=True)
     plan_ = prepared.plan
     parallel = plan_.parallel
@@ -93,7 +93,7 @@ def serve(
     config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
                                  allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
                                  truncate=truncate, idle_unload_s=idle_unload_s,
-                                 **options.serve_thinking(prepared.profile, think_budget, think_message))
+                                 **options.serve_thinking(prepared.profile, prepared.plan, think_message))
     url = server.url_of(sock)
     ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
     if notifier.enabled:

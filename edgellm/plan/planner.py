@@ -419,16 +419,18 @@ def predicted_speed(model: ModelInfo, profile: Profile, workers: Sequence[Worker
     return round(1 / (1 / unrounded + network), 1), reason
 
 
-def thinking_time(model: ModelInfo, profile: Profile, predicted: float | None) -> tuple[int | None, float | None, str | None]:
-    """A reasoning model's thinking budget, worst-case seconds to a whole answer, and why (None: no
-    reasoning model, or no speed to tell)."""
+def thinking_time(model: ModelInfo, profile: Profile, predicted: float | None,
+                  asked: int | None = None) -> tuple[int | None, float | None, str | None]:
+    """A reasoning model's thinking budget (`asked`: --think-budget, else the profile's), worst-case
+    seconds to a whole answer, and why (None: no reasoning model, or no speed to tell)."""
     if not model.thinks:
         return None, None, None
-    think_budget = profile.think_budget
+    think_budget = asked if asked is not None else profile.think_budget
+    source = "--think-budget" if asked is not None else "profile think_budget"
     if not predicted:
         return think_budget, None, None
     if think_budget is not None:
-        reason = (f"at most {think_budget} reasoning tokens (profile think_budget) + a "
+        reason = (f"at most {think_budget} reasoning tokens ({source}) + a "
                   f"{ANSWER_TOKENS}-token answer at ~{predicted:g} tokens/s")
         return think_budget, round((think_budget + ANSWER_TOKENS) / predicted, 1), reason
     example = UNBOUNDED_EXAMPLE_TOKENS / predicted
@@ -474,6 +476,7 @@ def make_plan(
     build_repacks: bool = False,
     parallel: int = 1,
     workers: list[WorkerInfo] | None = None,
+    think_budget: int | None = None,
 ) -> Plan:
     """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
 
@@ -511,7 +514,7 @@ def make_plan(
     predicted, speed_reason = predicted_speed(model, profile, fit.workers)
     if speed_reason:
         reasons["predicted_tg_tps"] = speed_reason
-    think_budget, worst_answer_s, think_reason = thinking_time(model, profile, predicted)
+    think_budget, worst_answer_s, think_reason = thinking_time(model, profile, predicted, think_budget)
     if think_reason:
         reasons["worst_answer_s"] = think_reason
 
