@@ -13,8 +13,6 @@ from edgellm.errors import GenerationError
 from edgellm.runtime.rpc import decode_watch
 from edgellm.runtime.types import SamplingParams
 
-PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the window the penalties look at
-
 
 class LlamaBackend:
     """The llama.cpp side of the scheduler: one context, its llama_batch, per-sequence sampler
@@ -75,7 +73,7 @@ class LlamaBackend:
         def add(sampler: Any) -> None:
             llama.llama_sampler_chain_add(chain, sampler)
 
-        add(llama.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N,
+        add(llama.llama_sampler_init_penalties(self.n_vocab, params.penalty_last_n,
                                                params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
         if grammar is not None:
             sampler = llama.llama_sampler_init_grammar(self.vocab, grammar.encode("utf-8"), b"root")
@@ -88,7 +86,7 @@ class LlamaBackend:
         else:
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(llama.llama_sampler_init_top_k(params.top_k))
-            add(llama.llama_sampler_init_typical(1.0, 1))
+            add(llama.llama_sampler_init_typical(params.typical_p, 1))
             add(llama.llama_sampler_init_top_p(params.top_p, 1))
             add(llama.llama_sampler_init_min_p(params.min_p, 1))
             add(llama.llama_sampler_init_temp(params.temperature))

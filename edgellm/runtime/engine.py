@@ -212,6 +212,33 @@ class Engine:
             self.check_prompt(tokens)
         return Prompt(tokens, _opens_think(text), _closes_think(text))
 
+    @functools.cached_property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The vocabulary's fill-in-the-middle tokens (prefix, suffix, middle); None: it has none."""
+        llama_cpp = self._llama_cpp
+        ids = tuple(int(read(self._vocab)) for read in (llama_cpp.llama_vocab_fim_pre, llama_cpp.llama_vocab_fim_suf,
+                                                         llama_cpp.llama_vocab_fim_mid))
+        return (ids[0], ids[1], ids[2]) if all(token >= 0 for token in ids) else None
+
+    def fim_prompt(self, prefix: str, suffix: str, *, check: bool = True) -> Prompt:
+        """The prompt that asks for the text between `prefix` and `suffix`, as llama-server's
+        /infill writes it (prefix, suffix, middle). The texts are tokenized as text: a marker
+        written in them is not a special token. Needs fim_tokens."""
+        if self.fim_tokens is None:
+            raise GenerationError("this model's vocabulary has no fill-in-the-middle tokens")
+        pre, suf, mid = self.fim_tokens
+        tokens = [int(self.llm.token_bos())] if self._llama_cpp.llama_vocab_get_add_bos(self._vocab) else []
+        for marker, text in ((pre, prefix), (suf, suffix)):
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise GenerationError("the text is not valid Unicode (it holds an unpaired surrogate)") from None
+            tokens += [marker, *self.llm.tokenize(data, add_bos=False, special=False)]
+        tokens.append(mid)
+        if check:
+            self.check_prompt(tokens)
+        return Prompt(tokens)
+
     def check_prompt(self, tokens: list[int]) -> None:
         if not tokens:
             raise EmptyPromptError("the prompt is empty", hint="give the model some text to continue")

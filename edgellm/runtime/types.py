@@ -23,8 +23,10 @@ class SamplingParams:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0  # OpenAI-style, over the last 64 tokens
+    frequency_penalty: float = 0.0  # OpenAI-style, over the last penalty_last_n tokens
     presence_penalty: float = 0.0
+    penalty_last_n: int = 64  # tokens the three penalties look back over (0: none), as llama-cpp-python's last_n_tokens_size
+    typical_p: float = 1.0  # locally typical sampling (1.0: off)
     seed: int | None = None
     grammar: str | None = None  # GBNF text
     json_schema: str | None = None  # JSON Schema text, turned into a grammar by llama.cpp

@@ -7,6 +7,7 @@ file only reaches llama.cpp after its header parses and every tensor's data lies
 from __future__ import annotations
 
 import errno
+import math
 import mmap
 import os
 import struct
@@ -141,6 +142,7 @@ class ModelInfo:
     tied_embeddings: bool = False
     chat_template: str | None = None
     n_tensors: int = 0
+    n_params: int = 0  # weights in the file (elements of every tensor); 0: unknown (a catalog model)
     tensor_types: dict[str, int] = field(default_factory=dict)
     # Where the weights sit, for splitting layers across boards (--rpc): blk.N.* per layer, the
     # input embedding table (always on the main board) and the output layer (norm + lm head; a
@@ -561,6 +563,7 @@ def _model_info(path: Path, meta: _Metadata, tensors: list[TensorInfo], size: in
         tied_embeddings=tied,
         chat_template=template if isinstance(template, str) else None,
         n_tensors=len(tensors),
+        n_params=sum(math.prod(t.shape) for t in tensors),
         layer_bytes=tuple(layer_bytes),
         input_bytes=embedding,
         output_bytes=output_bytes,
