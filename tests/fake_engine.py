@@ -148,14 +148,21 @@ class FakeEngine:
     `template_opens_think`, as the newer R1 templates do)."""
 
     def __init__(self, reply: Callable[[str], str | list[str]] | str = "Hello there.", *, slots: int = 2, n_ctx: int = 4096,
-                 n_batch: int = 64, step_seconds: float = 0.0, thinks: bool = False, template_opens_think: bool = False) -> None:
+                 n_batch: int = 64, step_seconds: float = 0.0, thinks: bool = False, template_opens_think: bool = False,
+                 fim: bool = False) -> None:
         script = reply if callable(reply) else (lambda _prompt, text=reply: text)
         self.backend = ScriptedBackend(script, n_ctx=n_ctx, n_batch=n_batch, n_ctx_seq=n_ctx // slots, step_seconds=step_seconds)
         self.sequences = slots
         self.n_ctx = n_ctx
         self.load_s = 0.0
         self.max_piece_bytes = 4  # one code point, UTF-8
-        self.model = SimpleNamespace(thinks=thinks, name="fake")
+        # What serve reads of a ModelInfo and a Plan (Ollama's /api/tags, /api/show, /api/ps describe them).
+        self.model = SimpleNamespace(thinks=thinks, name="fake", arch="fake", n_params=1234, quant="F32", file_size=4096,
+                                     path=None, chat_template="{{ messages }}", context_length=n_ctx, n_layers=1, n_embd=8,
+                                     n_ff=16, n_head=1, n_head_kv=1, head_dim_k=8, head_dim_v=8, n_vocab=0x110000)
+        self.plan = SimpleNamespace(total_bytes=1 << 20)
+        # Fill in the middle (Ollama's generate with a suffix): markers as text, when `fim`.
+        self.fim_tokens: tuple[int, int, int] | None = (1, 2, 3) if fim else None
         self.tool_format: ToolFormat = GENERIC  # the Hermes layout, as a template without tool support gets
         self.template_opens_think = template_opens_think
         self.scheduler = Scheduler(self, slots, backend=self.backend)
@@ -188,6 +195,9 @@ class FakeEngine:
         if check:
             self.check_prompt(tokens)
         return Prompt(tokens, text.endswith("<think>"), text.rstrip().endswith("</think>"))
+
+    def fim_prompt(self, prefix: str, suffix: str, *, check: bool = True) -> Prompt:
+        return self.prompt_from_text(f"<PRE>{prefix}<SUF>{suffix}<MID>", check=check)
 
     def check_prompt(self, tokens: list[int]) -> None:
         if not tokens:

@@ -1,4 +1,5 @@
-"""`edgellm serve`: an OpenAI-compatible HTTP API over one loaded Engine (FastAPI on uvicorn).
+"""`edgellm serve`: an OpenAI-compatible HTTP API over one loaded Engine (FastAPI on uvicorn),
+and Ollama's API on the same port (/api/*, for clients that speak only Ollama's).
 
 Requests are prepared (template, tokens, grammar) in a preparation thread, then handed to the
 engine's scheduler (edgellm.runtime.batch), which one worker thread steps: every step decodes one
@@ -9,12 +10,16 @@ Reasoning goes to `reasoning_content`, as DeepSeek's API and llama.cpp's server 
 
 The parts, as llama.cpp's tools/server splits them (and mlx-lm's server keeps its generator
 apart from the HTTP handler):
-  app         routes, authorisation, prompt preparation (the HTTP side)
+  app         routes, authorisation (the HTTP side)
+  intake      request bodies read (JSON, bounded, in time); prompts prepared off the event loop
   translate   request body -> SamplingParams and prompt, history fitting (no HTTP)
+  ollama      Ollama's API: its routes, and a job's events as NDJSON
+  ollama_translate, ollama_schemas, ollama_models
+              its bodies -> SamplingParams and prompts; its request schemas; its model descriptions
   host        the engine host: load, idle unload, reload, start_job, capacity(); the only
               serve module that touches the scheduler
   jobs        admission, queue, one job's events     replies     events -> JSON body or SSE
-  schemas     request bodies (pydantic)              errors      OpenAI-shaped errors and handlers
+  schemas     request bodies (pydantic)              errors      OpenAI- (and Ollama-) shaped errors
   config      ServerConfig                           access_log  one log line per request, metrics
   startup     bind, key check and key file, warm-up, uvicorn and signals
   lifecycle   systemd watchdog and status; asks the host to unload when idle

@@ -10,7 +10,11 @@ from edgellm import ui
 from edgellm.errors import debug_enabled, one_line
 from edgellm.serve.metrics import Metrics
 
-KNOWN_PATHS = frozenset({"/health", "/metrics", "/slots", "/v1/models", "/v1/chat/completions", "/v1/completions"})
+KNOWN_PATHS = frozenset({
+    "/health", "/metrics", "/slots", "/v1/models", "/v1/chat/completions", "/v1/completions",
+    # Ollama's API (edgellm.serve.ollama)
+    "/", "/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat", "/api/generate", "/api/pull", "/api/delete",
+})
 
 
 class RequestLog:

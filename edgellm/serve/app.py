@@ -1,48 +1,42 @@
-"""The HTTP side of `edgellm serve`: the FastAPI app, authorisation, and the handlers.
+"""The HTTP side of `edgellm serve`: the FastAPI app, authorisation, and the OpenAI handlers
+(Ollama's API is mounted beside them from edgellm.serve.ollama).
 
-A handler reads and checks the body (edgellm.serve.translate), prepares the prompt in the
-preparation threads (templates, tokens, grammar: off the event loop and before a slot is taken),
-and hands it to the engine host (edgellm.serve.host) through a Reply (edgellm.serve.replies).
-Rule: no scheduler here: the routes ask the host (start_job, capacity(), in_use()), nothing else.
+A handler reads and checks the body (edgellm.serve.intake, edgellm.serve.translate), prepares the
+prompt in the preparation threads (templates, tokens, grammar: off the event loop and before a
+slot is taken), and hands it to the engine host (edgellm.serve.host) through a Reply
+(edgellm.serve.replies). Rule: no scheduler here: the routes ask the host (start_job,
+capacity(), in_use()), nothing else. Requests find their host by model name in `hosts`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from starlette.requests import ClientDisconnect
 
-from edgellm.errors import EdgeLLMError, GrammarError
 from edgellm.runtime.protocol import GenerationEngine
-from edgellm.runtime.types import Prompt, SamplingParams
+from edgellm.runtime.types import Prompt
 from edgellm.serve import guards
 from edgellm.serve.access_log import RequestLog
 from edgellm.serve.config import ServerConfig
-from edgellm.serve.errors import APIError, ClientGone, as_api_error, install_handlers
+from edgellm.serve.errors import APIError, install_handlers
 from edgellm.serve.host import EngineHost
-from edgellm.serve.jobs import wait_watching_client
+from edgellm.serve.intake import PREPARE_THREADS, prompt_off_the_loop, read_json, require_json
 from edgellm.serve.lifecycle import supervise
 from edgellm.serve.metrics import Metrics
+from edgellm.serve.ollama import OllamaAPI
 from edgellm.serve.replies import Reply
 from edgellm.serve.schemas import ChatCompletionRequest, CompletionRequest
 from edgellm.serve.sdnotify import Notifier
 from edgellm.serve.translate import Translator
 
 SHUTDOWN_GRACE_SECONDS = 5
-# Requests prepared at once (template, tokenizer, grammar checks): more than one, so a slow one does
-# not hold up the others; few, as they share the board's cores with generation.
-PREPARE_THREADS = 2
-# A body has this long to arrive once its head has: a client trickling bytes holds nothing longer.
-BODY_TIMEOUT_SECONDS = 30
 
 
 class Server:
@@ -58,8 +52,11 @@ class Server:
         self.metrics = Metrics()
         self.host = EngineHost(engine, queue_size=config.queue_size, metrics=self.metrics, load_engine=load_engine,
                                idle_unload_s=config.idle_unload_s)
+        # Model name -> its host: every Ollama request finds its model here (one entry today: -m's).
+        self.hosts = {config.model_id: self.host}
         self.translate = Translator(config)
         self.preparer = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="edgellm-prepare")
+        self.ollama = OllamaAPI(config, self.hosts, self.authorize, self.preparer)
         self.ready_status = f"serving {config.model_id}"
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,6 +87,7 @@ class Server:
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             self._loop = asyncio.get_running_loop()
             self.host.start()
+            self.ollama.start()
             self._supervisor = asyncio.create_task(supervise(self.host, self.notifier))
             self.notifier.ready(self.ready_status)
             yield
@@ -148,6 +146,8 @@ class Server:
             async with self.host.in_use():
                 return await self.complete(request, body)
 
+        self.ollama.mount(app)
+
         wrapped: Any = app
         if self.config.cors_origins:
             from starlette.middleware.cors import CORSMiddleware  # noqa: PLC0415
@@ -203,74 +203,6 @@ class Server:
         prompt = await prompt_off_the_loop(self.preparer, engine, request, lambda: engine.prompt_from_text(text), params, "grammar")
         reply = Reply(request, self.host.start_job, self.config.model_id, "text_completion", body.stream)
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
-
-
-async def prompt_off_the_loop(preparer: ThreadPoolExecutor, engine: GenerationEngine, request: Request,
-                             make_prompt: Callable[[], Prompt], params: SamplingParams, param: str) -> Prompt:
-    """Template, tokenizer and grammar work in the preparation thread, before the generation
-    slot is taken: a huge or hostile request costs its own time, not everyone's."""
-    gone = threading.Event()
-
-    def step() -> None:
-        if gone.is_set():
-            raise ClientGone()  # the client left: the rest of the work is not done
-
-    def work() -> Prompt:
-        step()
-        text = engine.grammar_text(params)
-        params.grammar, params.json_schema = text, None  # checked once; generation reuses it
-        step()
-        if params.tool_use is not None and params.tool_use.active:
-            engine.tool_grammar(params.tool_use)  # kept on the ToolUse
-            step()
-        return make_prompt()
-
-    future = asyncio.get_running_loop().run_in_executor(preparer, work)
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())  # an outcome nobody reads
-    try:
-        await wait_watching_client(future, request)
-    except ClientGone:
-        gone.set()  # a preparation not started is dropped; one under way stops at its next step
-        future.cancel()
-        raise
-    try:
-        return future.result()
-    except GrammarError as exc:
-        raise APIError(400, exc.message, param=param, code="invalid_grammar") from None
-    except EdgeLLMError as exc:
-        raise as_api_error(exc) from None
-
-
-def require_json(request: Request) -> None:
-    """POST bodies must say they are JSON: a web page can send text/plain to any site without a
-    CORS preflight, so accepting it would let any page the user opens use a loopback server."""
-    if not guards.is_json_media_type(request.headers.get("content-type")):
-        raise APIError(415, "the request body must be JSON: send the header 'Content-Type: application/json'",
-                       code="unsupported_media_type")
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing bodies over `limit` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        with anyio.fail_after(BODY_TIMEOUT_SECONDS):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
-                chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientGone() from None  # left mid-body: a 499 in the log, not a 500
-    except TimeoutError:
-        raise APIError(408, f"the request body did not arrive within {BODY_TIMEOUT_SECONDS} s", code="request_timeout") from None
-    try:
-        return guards.parse_json_body(b"".join(chunks))
-    except guards.BodyError as exc:
-        raise APIError(400, f"the request body is not acceptable: {exc}", code="invalid_json") from None
 
 
 def create_app(engine: GenerationEngine, config: ServerConfig) -> Any:

@@ -1,5 +1,6 @@
 """OpenAI-shaped errors: {"error": {message, type, param, code}} with an HTTP status, and the
-handlers that turn every failure (validation, a vanished client, an unexpected bug) into one."""
+handlers that turn every failure (validation, a vanished client, an unexpected bug) into one.
+Under /api/ (Ollama's API) the same errors are Ollama-shaped: {"error": "message"}."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from edgellm.errors import ContextOverflowError, EdgeLLMError, EmptyPromptError
 from edgellm.text.toolcalls.spec import ToolSpecError
 
 RETRY_AFTER_SECONDS = 5  # what a 503 tells clients to wait
+OLLAMA_PREFIX = "/api/"  # Ollama's API: its errors are {"error": "message"}
+
+
+def speaks_ollama(path: str) -> bool:
+    """Whether a request path is Ollama's API (edgellm.serve.ollama), whose errors are flat."""
+    return path.startswith(OLLAMA_PREFIX)
 
 
 class APIError(Exception):
@@ -36,8 +43,11 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def ollama_body(self) -> dict[str, Any]:
+        return {"error": self.message}
+
+    def response(self, *, ollama: bool = False) -> JSONResponse:
+        return JSONResponse(self.ollama_body() if ollama else self.body(), status_code=self.status, headers=self.headers)
 
 
 class ClientGone(Exception):
@@ -68,25 +78,29 @@ def _validation_message(error: ValidationError) -> APIError:
     return APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param, code="invalid_value")
 
 
-async def _api_error_handler(_: Request, error: APIError) -> JSONResponse:
-    return error.response()
+def _answer(request: Request, error: APIError) -> JSONResponse:
+    return error.response(ollama=speaks_ollama(request.url.path))
 
 
-async def _http_error_handler(_: Request, error: StarletteHTTPException) -> JSONResponse:
+async def _api_error_handler(request: Request, error: APIError) -> JSONResponse:
+    return _answer(request, error)
+
+
+async def _http_error_handler(request: Request, error: StarletteHTTPException) -> JSONResponse:
     kind = "not_found" if error.status_code == 404 else "method_not_allowed" if error.status_code == 405 else None
-    return APIError(error.status_code, str(error.detail), code=kind).response()
+    return _answer(request, APIError(error.status_code, str(error.detail), code=kind))
 
 
-async def _validation_error_handler(_: Request, error: ValidationError) -> JSONResponse:
-    return _validation_message(error).response()
+async def _validation_error_handler(request: Request, error: ValidationError) -> JSONResponse:
+    return _answer(request, _validation_message(error))
 
 
 async def _client_gone_handler(_: Request, __: ClientGone) -> Response:
     return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
 
-async def _unexpected_error_handler(_: Request, error: Exception) -> JSONResponse:
-    return as_api_error(error).response()
+async def _unexpected_error_handler(request: Request, error: Exception) -> JSONResponse:
+    return _answer(request, as_api_error(error))
 
 
 def shutting_down() -> APIError:
@@ -95,7 +109,7 @@ def shutting_down() -> APIError:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Every failure becomes an OpenAI-style error body."""
+    """Every failure becomes an error body: OpenAI's shape, or Ollama's under /api/."""
     app.add_exception_handler(APIError, _api_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ValidationError, _validation_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ClientGone, _client_gone_handler)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edgellm.device.workers import is_loopback
+from edgellm.serve.errors import speaks_ollama
 from edgellm.text.jsondepth import max_depth
 
 HEAD_TIMEOUT_S = 5.0  # as long as uvicorn's keep-alive timeout: a real client sends its head at once
@@ -132,11 +133,11 @@ class HostCheck:
             await self.app(scope, receive, send)
             return
         shown = (header or "")[:100]
-        body = json.dumps({"error": {
-            "message": f"Host '{shown}' is not allowed: this server listens on loopback and answers only "
-                       f"requests addressed to it (DNS rebinding protection); start it with --allow-host {host_name(shown) or 'NAME'} to allow it",
-            "type": "invalid_request_error", "param": None, "code": "host_not_allowed",
-        }}).encode()
+        message = (f"Host '{shown}' is not allowed: this server listens on loopback and answers only "
+                   f"requests addressed to it (DNS rebinding protection); start it with --allow-host {host_name(shown) or 'NAME'} to allow it")
+        error: Any = message if speaks_ollama(scope["path"]) else {
+            "message": message, "type": "invalid_request_error", "param": None, "code": "host_not_allowed"}
+        body = json.dumps({"error": error}).encode()
         await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -66,6 +66,7 @@ class EngineHost:
         self.draining = False
         self.users = 0  # requests inside in_use(), not yet answered
         self.last_used = time.monotonic()
+        self.unload_asked = False  # a request asked to free the model once idle (Ollama's keep_alive 0)
         self._load_lock = asyncio.Lock()
 
     def _generator_thread(self) -> threading.Thread:
@@ -169,21 +170,43 @@ class EngineHost:
             self.users -= 1
             self.last_used = time.monotonic()
 
+    def keep_alive(self, seconds: float) -> bool:
+        """A request's wish for how long the model stays loaded after it: 0 frees it as soon as no
+        request uses it (the next one loads it again); any other value undoes that wish and leaves
+        --idle-unload in charge. False when the model could not be loaded again, so it stays."""
+        if seconds != 0:
+            self.unload_asked = False
+            return True
+        if self.load_engine is None:
+            return False
+        self.unload_asked = True
+        return True
+
+    def idle_left(self, now: float | None = None) -> float | None:
+        """Seconds until the idle unload frees the model (None: it stays loaded)."""
+        if self.unload_asked:
+            return 0.0
+        if self.idle_unload_s is None:
+            return None
+        return max(self.idle_unload_s - ((time.monotonic() if now is None else now) - self.last_used), 0.0)
+
     def should_unload(self, now: float) -> bool:
         idle = self.idle_unload_s
-        return (idle is not None and self.engine is not None and not self.draining and self.users == 0
+        return (self.engine is not None and not self.draining and self.users == 0
                 and not self.active_jobs and self.scheduler.busy == 0 and self.scheduler.waiting == 0
-                and now - self.last_used >= idle)
+                and (self.unload_asked or (idle is not None and now - self.last_used >= idle)))
 
     async def unload(self) -> None:
         """Free the model and its context (the memory goes back to the board)."""
         async with self._load_lock:
             if not self.should_unload(time.monotonic()):
                 return
+            asked, self.unload_asked = self.unload_asked, False
             engine, self.engine = self.loaded_engine, None  # requests from now on wait for reload()
             await asyncio.get_running_loop().run_in_executor(None, self._close_engine, engine)
             self.metrics.unloaded()
-            ui.info(f"idle for {self.idle_unload_s:g}s: model unloaded (the next request loads it again)")
+            why = "a request asked (keep_alive 0)" if asked else f"idle for {self.idle_unload_s:g}s"
+            ui.info(f"{why}: model unloaded (the next request loads it again)")
 
     def _close_engine(self, engine: GenerationEngine) -> None:
         self._stop_generator()

@@ -38,7 +38,8 @@ def heartbeat_fresh(heartbeat: float, watchdog_s: float, now: float | None = Non
 def status_text(host: EngineHost, room: Capacity) -> str:
     served = host.metrics.generations
     if not room.loaded:
-        return f"model unloaded after {host.idle_unload_s:g}s idle (loads on the next request); {served} requests served"
+        why = f"after {host.idle_unload_s:g}s idle" if host.idle_unload_s is not None else "as a request asked"
+        return f"model unloaded {why} (loads on the next request); {served} requests served"
     return f"{room.busy} of {room.slots} slots busy, {room.waiting} queued, {served} requests served"
 
 

@@ -21,7 +21,7 @@ class Metrics:
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.ttft_sum = 0.0
         self.generations = 0
-        self.model_unloads = 0  # --idle-unload freed the model
+        self.model_unloads = 0  # --idle-unload (or a request's keep_alive 0) freed the model
         self.model_reloads = 0  # and a request loaded it again
 
     def request(self, path: str, status: int) -> None:
@@ -63,7 +63,7 @@ class Metrics:
             lines += _metric("edgellm_slots_idle", "gauge", "Slots free now.", slots - busy)
             lines += _metric("edgellm_queue_depth", "gauge", "Requests waiting for a slot.", queued)
             lines += _metric("edgellm_model_loaded", "gauge", "1 while the model is in memory (0: freed by --idle-unload).", int(loaded))
-            lines += _metric("edgellm_model_unloads_total", "counter", "Times --idle-unload freed the model.", self.model_unloads)
+            lines += _metric("edgellm_model_unloads_total", "counter", "Times the model was freed (--idle-unload, keep_alive 0).", self.model_unloads)
             lines += _metric("edgellm_model_reloads_total", "counter", "Times a request loaded the model again.", self.model_reloads)
             lines += [
                 "# HELP edgellm_time_to_first_token_seconds From the request to its first generated token.",
