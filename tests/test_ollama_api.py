@@ -324,6 +324,15 @@ def test_list_show_and_ps_describe_the_gguf(client: ollama.Client, served: Serve
     assert missing.value.status_code == 404
 
 
+def test_help_and_the_start_line_say_where_ollamas_api_is(served: ServerProcess) -> None:
+    from conftest import run_cli
+
+    result = run_cli("serve", "--help", COLUMNS="200")
+    assert result.returncode == 0
+    assert b"Ollama's API on the same port" in result.stdout and b"--port 11434" in result.stdout
+    assert f"{served.root}/api (Ollama's API, as tiny-8k:latest)" in served.stderr
+
+
 def test_streamed_chat_ends_with_ollamas_metrics(client: ollama.Client) -> None:
     parts = list(client.chat(model="tiny-8k", messages=USER, stream=True, options={"num_predict": 12, "seed": 1}))
     *pieces, last = parts
@@ -554,6 +563,25 @@ def test_a_tool_round_trip_with_a_data_error_result(family: tuple[str, ServerPro
         "options": {"tool_choice": "none", "grammar": 'root ::= "Sorry."'}, "think": False if name == "r1" else None})
     assert third.status_code == 200, third.text
     assert third.json()["message"]["content"] == "Sorry."
+
+
+def test_langchain_chat_ollama_binds_tools_and_gets_object_arguments(family: tuple[str, ServerProcess]) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_ollama import ChatOllama
+
+    name, server = family
+    # validate_model_on_init: LangChain looks the model up in /api/tags first.
+    llm = ChatOllama(model=server.model_id, base_url=server.root, validate_model_on_init=True, num_ctx=8192,
+                     reasoning=False if name == "r1" else None)
+    bound = llm.bind_tools(TOOLS)
+    question = HumanMessage("Weather in Oslo?")
+    answer = bound.invoke([question], options={"tool_choice": "get_weather", "seed": 2, "num_predict": 300})
+    [call] = answer.tool_calls
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["args"], WEATHER)
+    reply = bound.invoke([question, answer, ToolMessage(json.dumps({"data": {"temperature": 3}, "error": None}), tool_call_id=call["id"] or "")],
+                         options={"tool_choice": "none", "grammar": 'root ::= "3 degrees."'})
+    assert reply.content == "3 degrees."
 
 
 def test_think_on_a_model_that_does_not_reason_is_refused_as_ollama_does(family: tuple[str, ServerProcess]) -> None:

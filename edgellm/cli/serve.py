@@ -48,17 +48,23 @@ def serve(
     idle_unload: Annotated[str | None, typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
     rpc: RpcOpt = None,
 ) -> None:
-    """Serve a model over an OpenAI-compatible HTTP API (for Open WebUI, the openai client, curl).
+    """Serve a model over an OpenAI-compatible HTTP API, and Ollama's API on the same port.
 
-    Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,
-    GET /metrics, GET /slots. Reasoning goes to `reasoning_content`. Several requests generate at
-    once (--parallel slots, continuous batching); more wait in the queue.
+    OpenAI: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (Open WebUI, the openai
+    client, curl); reasoning goes to `reasoning_content`. Ollama: GET /api/tags, /api/ps,
+    /api/version, POST /api/chat, /api/generate, /api/show (Home Assistant's Ollama integration,
+    Open WebUI's Ollama connection, LangChain's ChatOllama, Continue); the model is listed as
+    NAME:latest. Also GET /health, /metrics, /slots. Several requests generate at once (--parallel
+    slots, continuous batching); more wait in the queue.
 
     Example: edgellm serve -m model.gguf --port 8080
+
+    Example, on Ollama's port for clients that assume it: edgellm serve -m model.gguf --port 11434
     """
     from edgellm import serve as server
     from edgellm.device.sysfs import format_cpu_list
     from edgellm.loader import open_model, prepare
+    from edgellm.serve.ollama_translate import ollama_name
     from edgellm.serve.sdnotify import Notifier
     from edgellm.units import parse_duration
 
@@ -95,7 +101,8 @@ def serve(
                                  truncate=truncate, idle_unload_s=idle_unload_s,
                                  **options.serve_thinking(prepared.profile, prepared.plan, think_message))
     url = server.url_of(sock)
-    ui.info(f"serving {model_id} at {url}/v1 (OpenAI API{', API key required' if api_key else ''}); Ctrl-C stops")
+    ui.info(f"serving {model_id} at {url}/v1 (OpenAI API) and {url}/api (Ollama's API, as {ollama_name(model_id)})"
+            f"{'; API key required' if api_key else ''}; Ctrl-C stops")
     if notifier.enabled:
         watchdog = f", watchdog every {notifier.watchdog_s:g}s" if notifier.watchdog_s else ""
         ui.info(f"systemd: telling it when ready{watchdog}")
