@@ -273,6 +273,37 @@ def test_key_host_check_and_body_rules_apply_to_the_ollama_api() -> None:
         assert page.status_code == 415 and "Content-Type" in page.json()["error"]
 
 
+def test_a_client_that_leaves_mid_stream_frees_its_slot() -> None:
+    engine = FakeEngine("word " * 400, slots=1, step_seconds=0.01)
+    with start(engine) as running:
+        with httpx.stream("POST", running.url + "/api/chat", json={"model": "fake", "messages": USER}, timeout=30) as response:
+            first = json.loads(next(response.iter_lines()))
+            assert first["done"] is False and first["message"]["content"]
+        # Gone after one line: the one slot must come free for the next request long before 400 steps.
+        started = time.monotonic()
+        reply = ollama.Client(host=running.url, timeout=30).generate(model="fake", prompt="x", options={"num_predict": 3})
+        assert reply.eval_count == 3 and time.monotonic() - started < 3.5
+
+
+def test_a_failure_after_the_stream_began_is_its_last_line() -> None:
+    engine = FakeEngine("word " * 50, slots=1)
+    original = engine.backend.decode
+
+    def failing() -> int:
+        status = original()
+        return -1 if engine.backend.decodes > 5 else status  # llama_decode fails a few tokens in
+
+    engine.backend.decode = failing  # type: ignore[method-assign]
+    with start(engine) as running:
+        with httpx.stream("POST", running.url + "/api/chat", json={"model": "fake", "messages": USER}, timeout=30) as response:
+            assert response.status_code == 200
+            lines = [json.loads(line) for line in response.iter_lines() if line]
+        assert lines[0]["message"]["content"] and "llama_decode failed" in lines[-1]["error"]
+        assert not any(line.get("done") for line in lines)
+        with pytest.raises(ollama.ResponseError, match="llama_decode failed"):
+            list(ollama.Client(host=running.url, timeout=30).chat(model="fake", messages=USER, stream=True))
+
+
 def test_keep_alive_zero_keeps_a_model_that_cannot_be_loaded_again(capsys: pytest.CaptureFixture[str]) -> None:
     with start(FakeEngine("ok")) as running:  # no load_engine: an unload could not be undone
         client = ollama.Client(host=running.url, timeout=30)
