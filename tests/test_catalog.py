@@ -122,3 +122,38 @@ def test_choose_quant_without_a_shape_uses_file_size() -> None:
     big = QuantCandidate("Q8_0", "m-Q8_0.gguf", 3 * 1024**3)
     small = QuantCandidate("Q4_0", "m-Q4_0.gguf", 1024**3)
     assert choose_quant([big, small], device, profile, mem_budget=2 * 1024**3).chosen == small
+
+
+def test_ollama_library_names_are_catalog_aliases() -> None:
+    from edgellm.store.catalog import load_catalog
+
+    names = {alias: entry.name for entry in load_catalog().values() for alias in entry.ollama}
+    assert names["deepseek-r1:1.5b"] == "deepseek-r1-1.5b"
+    assert names["qwen2.5:0.5b"] == "qwen2.5-0.5b"
+    assert names["llama3.2"] == names["llama3.2:3b"] == "llama3.2-3b"  # Ollama's llama3.2 is the 3b
+    assert names["smollm2:360m"] == "smollm2-360m"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"x:1b"', "must be a list of strings"),
+    ('["X:1B"]', "is not an Ollama name"),
+    ('["x:latest"]', "is not an Ollama name"),
+])
+def test_a_bad_ollama_alias_is_a_catalog_error(value: str, message: str) -> None:
+    from edgellm.store.catalog import CatalogError, parse_catalog
+
+    text = ('[models.a]\nrepo = "o/a"\nollama = ' + value + '\nshape = { arch = "llama", layers = 1, hidden = 8, heads = 1, '
+            'kv_heads = 1, ffn = 8, vocab = 8, context = 8, tied_embeddings = true }\n[models.a.files]\n'
+            'Q4_0 = { file = "a-Q4_0.gguf", size = 1 }\n')
+    with pytest.raises(CatalogError, match=message):
+        parse_catalog(text)
+
+
+def test_an_ollama_alias_names_one_entry_only() -> None:
+    from edgellm.store.catalog import CatalogError, parse_catalog
+
+    entry = ('[models.{n}]\nrepo = "o/{n}"\nollama = ["x:1b"]\nshape = {{ arch = "llama", layers = 1, hidden = 8, heads = 1, '
+             'kv_heads = 1, ffn = 8, vocab = 8, context = 8, tied_embeddings = true }}\n[models.{n}.files]\n'
+             'Q4_0 = {{ file = "{n}-Q4_0.gguf", size = 1 }}\n')
+    with pytest.raises(CatalogError, match="already names"):
+        parse_catalog(entry.format(n="a") + entry.format(n="b"))

@@ -28,6 +28,8 @@ CATALOG_FILE = Path(__file__).with_name("catalog.toml")
 _QUANT_TOKEN = re.compile(r"(?i)^(I?Q[1-8](?:_[A-Z0-9]+)*|BF16|F16|F32)$")
 # Split GGUFs ("-00001-of-00003.gguf") need every part; edgellm handles single-file models only.
 _SPLIT_PART = re.compile(r"(?i)-\d{5}-of-\d{5}\.gguf$")
+# An Ollama library name: NAME or NAME:TAG, lower case ("llama3.2", "deepseek-r1:1.5b").
+_OLLAMA_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9][a-z0-9._-]*)?$")
 
 
 class CatalogError(EdgeLLMError):
@@ -51,6 +53,7 @@ class CatalogEntry:
     shape: ModelShape
     files: dict[str, QuantFile]
     thinks: bool = False
+    ollama: tuple[str, ...] = ()  # its names in Ollama's library ("deepseek-r1:1.5b"): aliases for serve
 
     def model_info(self, quant: str, size: int | None = None) -> ModelInfo:
         """What the planner needs, from the shape: the file size stands in for the weights
@@ -121,6 +124,7 @@ def parse_catalog(text: str) -> dict[str, CatalogEntry]:
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"catalog.toml: not valid TOML: {exc}") from None
     entries: dict[str, CatalogEntry] = {}
+    taken: dict[str, str] = {}  # Ollama name -> the entry it names
     for name, table in data.get("models", {}).items():
         where = f"models.{name}"
         shape_table = _require(table, "shape", dict, where)
@@ -149,8 +153,25 @@ def parse_catalog(text: str) -> dict[str, CatalogEntry]:
             shape=shape,
             files=files,
             thinks=bool(table.get("thinks", False)),
+            ollama=_ollama_names(table, where, taken),
         )
     return entries
+
+
+def _ollama_names(table: dict[str, Any], where: str, taken: dict[str, str]) -> tuple[str, ...]:
+    """An entry's `ollama` alias list: Ollama library names, each naming one entry only, never
+    with the tag `latest` (NAME alone is NAME:latest)."""
+    names = table.get("ollama", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise CatalogError(f"catalog.toml: {where}.ollama must be a list of strings")
+    for name in names:
+        if not _OLLAMA_NAME.match(name) or name.endswith(":latest"):
+            raise CatalogError(f"catalog.toml: {where}.ollama: {name!r} is not an Ollama name (name or name:tag, "
+                               "lower case, without :latest)")
+        if name in taken:
+            raise CatalogError(f"catalog.toml: {where}.ollama: {name!r} already names {taken[name]}")
+        taken[name] = where
+    return tuple(names)
 
 
 @functools.lru_cache(maxsize=1)
