@@ -39,10 +39,12 @@ class ServerProcess:
     """`python -m edgellm serve` on a free loopback port, its stderr collected line by line.
     `entry` runs another front (tests/stalling_serve.py) instead of `python -m edgellm`."""
 
-    def __init__(self, model: Path, *args: str, home: Path, ctx: str = "8192", env: dict[str, str] | None = None,
+    def __init__(self, model: Path | None, *args: str, home: Path, ctx: str = "8192", env: dict[str, str] | None = None,
                  wait: bool = True, entry: list[str] | None = None) -> None:
+        """`model` None: no -m (serve every model in the Hugging Face cache, HF_HOME in `env`)."""
         self.process = subprocess.Popen(
-            [*(entry or [sys.executable, "-m", "edgellm"]), "serve", "-m", str(model), "--port", "0", "--ctx", ctx, *args],
+            [*(entry or [sys.executable, "-m", "edgellm"]), "serve", *(["-m", str(model)] if model else []), "--port", "0",
+             "--ctx", ctx, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_HOME=str(home), **(env or {})),
         )
         self._lines: list[str] = []
@@ -55,7 +57,7 @@ class ServerProcess:
         assert match, line
         self.root = match.group(1)
         self.base_url = self.root + "/v1"
-        self.model_id = model.stem
+        self.model_id = model.stem if model else ""
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None

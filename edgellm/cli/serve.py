@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,7 +26,7 @@ from edgellm.serve.service import DEFAULT_WATCHDOG_S, MAX_WATCHDOG_S, MIN_WATCHD
 
 
 def serve(
-    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT. Default: the profile's default model.")] = "",
+    model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT: loaded at the start, the default model. Without -m: every downloaded model, loaded when a request asks for it.")] = "",
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key or --insecure.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8080,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
@@ -46,6 +46,7 @@ def serve(
     think_budget: ThinkBudgetOpt = None,
     think_message: ThinkMessageOpt = None,
     idle_unload: Annotated[str | None, typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
+    keep_alive: Annotated[str | None, typer.Option("--keep-alive", help="How long a model loaded on request stays loaded once idle (5m, 1h, 300 seconds, -1: until room is needed, 0: free it after each request); a request's keep_alive overrides it. Default: 5m (-m's model: stays, unless --keep-alive or --idle-unload is given).")] = None,
     rpc: RpcOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, and Ollama's API on the same port.
@@ -64,12 +65,11 @@ def serve(
     from edgellm import serve as server
     from edgellm.device.sysfs import format_cpu_list
     from edgellm.loader import open_model, prepare
+    from edgellm.plan.planner import memory_budget
     from edgellm.serve.ollama_translate import ollama_name
     from edgellm.serve.sdnotify import Notifier
-    from edgellm.units import parse_duration
+    from edgellm.units import format_size, parse_duration
 
-    if not model:
-        raise UsageError("no model: pass -m FILE.gguf", hint="edgellm serve -m ~/models/model.gguf")
     if truncate not in ("oldest", "error"):
         raise UsageError(f"--truncate must be oldest or error, not '{truncate}'")
     if api_key_file is not None:
@@ -77,42 +77,106 @@ def serve(
             raise UsageError("use either --api-key (or EDGELLM_API_KEY) or --api-key-file, not both")
         api_key = server.read_api_key_file(api_key_file)
     idle_unload_s = parse_duration(idle_unload, "--idle-unload") if idle_unload is not None else None
+    keep_alive_s = _keep_alive(keep_alive, idle_unload_s)
     server.check_bind(host, api_key, insecure)
     plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, parallel=parallel, think_budget=think_budget)
-    prepared = prepare(model, plan_options, loading=True)
-    plan_ = prepared.plan
-    parallel = plan_.parallel
-    if max_tokens is not None and max_tokens > plan_.n_ctx_per_slot:
-        raise UsageError(f"--max-tokens {max_tokens} is larger than a slot's context ({plan_.n_ctx_per_slot} tokens)", hint="raise --ctx, or lower --max-tokens")
+    prepared = prepare(model, plan_options, loading=True) if model else None
+    candidates = _candidates(plan_options, skip=prepared.model.path if prepared else None)
+    first = prepared or (candidates[0][1] if candidates else None)
+    if first is None:
+        raise UsageError("no model: pass -m FILE.gguf, or download models to serve them all",
+                         hint="edgellm serve -m ~/models/model.gguf  (or: edgellm pull qwen2.5-0.5b, then edgellm serve)")
+    budget, _ = memory_budget(first.device, first.profile, plan_options.mem_budget)
+    plans = [c.plan for c, _ in candidates] + ([prepared.plan] if prepared else [])
+    largest_slot = max(p.n_ctx_per_slot for p in plans)
+    if max_tokens is not None and max_tokens > largest_slot:
+        raise UsageError(f"--max-tokens {max_tokens} is larger than a slot's context ({largest_slot} tokens)", hint="raise --ctx, or lower --max-tokens")
     sock = server.listen(host, port)
-    model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
-    slots = f", {parallel} slots of {plan_.n_ctx_per_slot} tokens" if parallel > 1 else ""
-    ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {format_cpu_list(plan_.cores)} ({prepared.profile.name})")
     notifier = Notifier()
-    if notifier.enabled and not notifier.status(f"loading {model_id}"):
-        ui.warn(f"{notifier.failed}: systemd will not hear that the server is ready")
-
-    loaded = open_model(prepared, plan_options, sequences=parallel)
-    engine = loaded.engine
-    server.warm_up(engine)
-    slot_ctx = plan_.n_ctx_per_slot
-    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx), queue_size=queue,
-                                 allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
+    engine = loaded = None
+    model_id = ""
+    if prepared is not None:
+        plan_ = prepared.plan
+        model_id = alias or (prepared.model.path.stem if prepared.model.path else model)
+        slots = f", {plan_.parallel} slots of {plan_.n_ctx_per_slot} tokens" if plan_.parallel > 1 else ""
+        ui.info(f"loading {model_id}: context {plan_.n_ctx}{slots}, {plan_.threads} threads on cores {format_cpu_list(plan_.cores)} ({prepared.profile.name})")
+        if notifier.enabled and not notifier.status(f"loading {model_id}"):
+            ui.warn(f"{notifier.failed}: systemd will not hear that the server is ready")
+        loaded = open_model(prepared, plan_options, sequences=plan_.parallel)
+        engine = loaded.engine
+        server.warm_up(engine)
+    slot_ctx = first.plan.n_ctx_per_slot
+    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx) if prepared else max_tokens or largest_slot,
+                                 queue_size=queue, allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
                                  truncate=truncate, idle_unload_s=idle_unload_s,
-                                 **options.serve_thinking(prepared.profile, prepared.plan, think_message))
+                                 **options.serve_thinking(first.profile, first.plan, think_message))
     url = server.url_of(sock)
-    ui.info(f"serving {model_id} at {url}/v1 (OpenAI API) and {url}/api (Ollama's API, as {ollama_name(model_id)})"
-            f"{'; API key required' if api_key else ''}; Ctrl-C stops")
+    served = f"{model_id} at {url}/v1 (OpenAI API) and {url}/api (Ollama's API, as {ollama_name(model_id)})" if model_id else \
+        f"{len(candidates)} models at {url}/v1 (OpenAI API) and {url}/api (Ollama's API), each loaded when asked for"
+    more = f"; also {len(candidates)} more models, loaded when asked for" if model_id and candidates else ""
+    budget_note = f"; together within {format_size(budget)}" if budget is not None and candidates else ""
+    ui.info(f"serving {served}{more}{budget_note}{'; API key required' if api_key else ''}; Ctrl-C stops")
+    if candidates:
+        ui.info("models: " + ", ".join(c.model_id for c, _ in candidates))
     if notifier.enabled:
         watchdog = f", watchdog every {notifier.watchdog_s:g}s" if notifier.watchdog_s else ""
         ui.info(f"systemd: telling it when ready{watchdog}")
     try:
-        server.serve(engine, config, sock, notifier=notifier, load_engine=loaded.reload)
+        server.serve(engine, config, sock, notifier=notifier, load_engine=loaded.reload if loaded else None,
+                     candidates=[c for c, _ in candidates], budget=budget, keep_alive_s=keep_alive_s,
+                     keep_alive_given=keep_alive is not None or idle_unload is not None)
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
         sock.close()
         notifier.close()
     ui.info("stopped")
+
+
+def _keep_alive(value: str | None, idle_unload_s: float | None) -> float | None:
+    """--keep-alive in seconds (None: for ever); without it --idle-unload's, else 5 minutes."""
+    from edgellm.serve.errors import APIError
+    from edgellm.serve.ollama_translate import parse_keep_alive
+
+    if value is None:
+        return idle_unload_s if idle_unload_s is not None else 300.0
+    try:
+        seconds = parse_keep_alive(value, 300.0)
+    except APIError as exc:
+        raise UsageError(f"--keep-alive: {exc.message}") from None
+    return None if seconds == float("inf") else seconds
+
+
+def _candidates(plan_options: Any, skip: Path | None) -> list[tuple[Any, Any]]:
+    """Every downloaded model as a serve Candidate (with its Prepared), planned now, loaded when
+    a request asks for it; `skip`: -m's file."""
+    from edgellm.errors import EdgeLLMError
+    from edgellm.loader import open_model, prepare
+    from edgellm.serve import Candidate
+    from edgellm.store.cache import list_downloaded
+    from edgellm.store.catalog import find_entry
+
+    found: list[tuple[Any, Any]] = []
+    taken: set[str] = set()
+    for item in list_downloaded():
+        if skip is not None and item.path.resolve() == skip.resolve():
+            continue
+        try:
+            prepared = prepare(str(item.path), plan_options, download=False, loading=True)
+        except EdgeLLMError as exc:
+            ui.warn(f"not serving {item.name}: {exc.message}")
+            continue
+        entry = find_entry(item.catalog_name) if item.catalog_name else None
+        names = ([f"{item.repo}:{item.quant}"] if item.quant else []) + ([entry.name, *entry.ollama] if entry else [])
+        aliases = [name for name in names if name.casefold() not in taken and name.casefold() != item.name.casefold()]
+        taken.update(name.casefold() for name in (item.name, *aliases))
+
+        def load(prepared: Any = prepared) -> tuple[Any, Any]:
+            loaded = open_model(prepared, plan_options, sequences=prepared.plan.parallel)
+            return loaded.engine, loaded.reload
+
+        found.append((Candidate(item.name, aliases, prepared.model, prepared.plan, load), prepared))
+    return found
 
 
 service_app = typer.Typer(

@@ -1,4 +1,4 @@
-"""`edgellm serve`: an OpenAI-compatible HTTP API over one loaded Engine (FastAPI on uvicorn),
+"""`edgellm serve`: an OpenAI-compatible HTTP API over the loaded Engines (FastAPI on uvicorn),
 and Ollama's API on the same port (/api/*, for clients that speak only Ollama's).
 
 Requests are prepared (template, tokens, grammar) in a preparation thread, then handed to the
@@ -18,6 +18,8 @@ apart from the HTTP handler):
               its bodies -> SamplingParams and prompts; its request schemas; its model descriptions
   host        the engine host: load, idle unload, reload, start_job, capacity(); the only
               serve module that touches the scheduler
+  models      the served models by name (aliases), one host each once loaded; loads on request
+              within the memory budget, unloading the least recently used idle ones
   jobs        admission, queue, one job's events     replies     events -> JSON body or SSE
   schemas     request bodies (pydantic)              errors      OpenAI- (and Ollama-) shaped errors
   config      ServerConfig                           access_log  one log line per request, metrics
@@ -27,6 +29,7 @@ apart from the HTTP handler):
 
 from edgellm.serve.app import Server, create_app
 from edgellm.serve.config import ServerConfig
+from edgellm.serve.models import Candidate
 from edgellm.serve.startup import (
     allowed_hosts,
     check_bind,
@@ -38,5 +41,5 @@ from edgellm.serve.startup import (
     warm_up,
 )
 
-__all__ = ["Server", "ServerConfig", "allowed_hosts", "check_bind", "create_app", "is_loopback", "listen",
+__all__ = ["Candidate", "Server", "ServerConfig", "allowed_hosts", "check_bind", "create_app", "is_loopback", "listen",
            "read_api_key_file", "serve", "url_of", "warm_up"]

@@ -5,14 +5,15 @@ A handler reads and checks the body (edgellm.serve.intake, edgellm.serve.transla
 prompt in the preparation threads (templates, tokens, grammar: off the event loop and before a
 slot is taken), and hands it to the engine host (edgellm.serve.host) through a Reply
 (edgellm.serve.replies). Rule: no scheduler here: the routes ask the host (start_job,
-capacity(), in_use()), nothing else. Requests find their host by model name in `hosts`.
+capacity()), nothing else. Requests find their model by name in `models` (edgellm.serve.models),
+which loads it when needed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from edgellm.errors import one_line
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.runtime.types import Prompt
 from edgellm.serve import guards
@@ -30,7 +32,9 @@ from edgellm.serve.host import EngineHost
 from edgellm.serve.intake import PREPARE_THREADS, prompt_off_the_loop, read_json, require_json
 from edgellm.serve.lifecycle import supervise
 from edgellm.serve.metrics import Metrics
-from edgellm.serve.ollama import OllamaAPI
+from edgellm.serve.models import Candidate, ModelSet, Served
+from edgellm.serve.ollama import OllamaAPI, describe
+from edgellm.serve.ollama_models import OllamaModel
 from edgellm.serve.replies import Reply
 from edgellm.serve.schemas import ChatCompletionRequest, CompletionRequest
 from edgellm.serve.sdnotify import Notifier
@@ -40,45 +44,64 @@ SHUTDOWN_GRACE_SECONDS = 5
 
 
 class Server:
-    """The FastAPI app over one engine host: its routes, their authorisation, and its life
+    """The FastAPI app over the served models' engine hosts: its routes, their authorisation, and its life
     (start, the supervisor beside it, the drain on SIGTERM, the shutdown)."""
 
-    def __init__(self, engine: GenerationEngine, config: ServerConfig, *, notifier: Notifier | None = None,
-                 load_engine: Callable[[], GenerationEngine] | None = None) -> None:
-        """`load_engine` loads the model again after --idle-unload freed it; `notifier` tells
-        systemd how the service is (a no-op outside systemd)."""
+    def __init__(self, engine: GenerationEngine | None, config: ServerConfig, *, notifier: Notifier | None = None,
+                 load_engine: Callable[[], GenerationEngine] | None = None, candidates: Sequence[Candidate] = (),
+                 budget: int | None = None, keep_alive_s: float | None = None, keep_alive_given: bool = False) -> None:
+        """`engine`: the -m model, loaded (the default model; None: none); `load_engine` loads it
+        again after an unload freed it; `candidates`: the models loaded when a request asks for
+        them, within `budget` bytes together, each unloaded after `keep_alive_s` idle (None: only
+        to make room; a request's keep_alive changes it; `keep_alive_given`: for -m's model too);
+        `notifier` tells systemd how the service is (a no-op outside systemd)."""
         self.config = config
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics()
-        self.host = EngineHost(engine, queue_size=config.queue_size, metrics=self.metrics, load_engine=load_engine,
-                               idle_unload_s=config.idle_unload_s)
-        # Model name -> its host: every Ollama request finds its model here (one entry today: -m's).
-        self.hosts = {config.model_id: self.host}
+        self.models = ModelSet(queue_size=config.queue_size, metrics=self.metrics, budget=budget, keep_alive_s=keep_alive_s)
+        if engine is not None:
+            idle_s = config.idle_unload_s if config.idle_unload_s is not None or not keep_alive_given else keep_alive_s
+            host = EngineHost(engine, queue_size=config.queue_size, metrics=self.metrics, load_engine=load_engine,
+                              idle_unload_s=idle_s)
+            host.follows_keep_alive = keep_alive_given
+            host.name = config.model_id if candidates else ""
+            self.models.add(Served(config.model_id, describe(config.model_id, host), host=host), default=True)
+        for candidate in candidates:
+            plan = candidate.plan
+            self.models.add(Served(candidate.model_id, OllamaModel(candidate.model_id, candidate.info, plan, plan.n_ctx_per_slot, False),
+                                   candidate.aliases, load=candidate.load))
         self.translate = Translator(config)
+        self.translate.routed = True  # the routes find the model by name (404 before translation)
         self.preparer = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="edgellm-prepare")
-        self.ollama = OllamaAPI(config, self.hosts, self.authorize, self.preparer)
-        self.ready_status = f"serving {config.model_id}"
+        self.ollama = OllamaAPI(config, self.models, self.authorize, self.preparer)
+        self.ready_status = f"serving {config.model_id or f'{len(self.models.served)} models'}"
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def host(self) -> EngineHost | None:
+        """The default model's host (-m's), if any."""
+        return self.models.default.host if self.models.default is not None else None
 
     # -- life --
 
     def begin_shutdown(self) -> None:
         """On SIGTERM/Ctrl-C (called from the signal handler): take no new work, give the running
         generation SHUTDOWN_GRACE_SECONDS to finish, then cancel it so its response ends cleanly."""
-        self.host.drain()
-        self.notifier.stopping(f"stopping: {self.host.capacity().jobs} requests get {SHUTDOWN_GRACE_SECONDS}s to finish")
+        self.models.drain()
+        jobs = sum(host.capacity().jobs for host in self.models.hosts())
+        self.notifier.stopping(f"stopping: {jobs} requests get {SHUTDOWN_GRACE_SECONDS}s to finish")
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.call_later, SHUTDOWN_GRACE_SECONDS, self.host.cancel_all)
+            self._loop.call_soon_threadsafe(self._loop.call_later, SHUTDOWN_GRACE_SECONDS, self.models.cancel_all)
 
     async def shutdown(self) -> None:
         """Stop in-flight generation and wait for the worker to let go of the engine."""
-        self.host.drain()
+        self.models.drain()
         if self._supervisor is not None:
             self._supervisor.cancel()
-        self.host.cancel_all()
+        self.models.cancel_all()
         await asyncio.get_running_loop().run_in_executor(None, self.preparer.shutdown, True)
-        await self.host.close()
+        await self.models.close()
 
     # -- the app --
 
@@ -86,9 +109,10 @@ class Server:
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             self._loop = asyncio.get_running_loop()
-            self.host.start()
+            for host in self.models.hosts():
+                host.start()
             self.ollama.start()
-            self._supervisor = asyncio.create_task(supervise(self.host, self.notifier))
+            self._supervisor = asyncio.create_task(supervise(self.models, self.notifier))
             self.notifier.ready(self.ready_status)
             yield
             await self.shutdown()
@@ -102,49 +126,57 @@ class Server:
             # it is only for those who hold the key.
             if not self.is_authorized(request):
                 return {"status": "ok"}
-            room = self.host.capacity()
-            return {"status": "ok", "model": self.config.model_id, "model_loaded": room.loaded,
-                    "busy": room.busy > 0, "queued": room.waiting, "slots": room.slots, "slots_busy": room.busy,
+            rooms = [host.capacity() for host in self.models.hosts()]
+            default = self.host
+            return {"status": "ok", "model": self.config.model_id or None,
+                    "model_loaded": default.capacity().loaded if default is not None else any(room.loaded for room in rooms),
+                    "models_loaded": [served.model_id for served in self.models.loaded()],
+                    "busy": any(room.busy for room in rooms), "queued": sum(room.waiting for room in rooms),
+                    "slots": sum(room.slots for room in rooms), "slots_busy": sum(room.busy for room in rooms),
                     "idle_unload_s": self.config.idle_unload_s}
 
         @app.get("/metrics")
         async def metrics(request: Request) -> Response:
             self.authorize(request)
-            room = self.host.capacity()
-            text = self.metrics.render(slots=room.slots, busy=room.busy, queued=room.waiting, loaded=room.loaded)
+            rooms = [(served.model_id, served.host.capacity()) for served in self.models.served.values() if served.host is not None]
+            text = self.metrics.render(slots=sum(room.slots for _, room in rooms), busy=sum(room.busy for _, room in rooms),
+                                       queued=sum(room.waiting for _, room in rooms), loaded=any(room.loaded for _, room in rooms),
+                                       models=[(name, room.slots, room.busy, room.waiting, room.loaded) for name, room in rooms])
             return Response(text, media_type="text/plain; version=0.0.4")
 
         @app.get("/slots")
         async def slots(request: Request) -> list[dict[str, Any]]:
             self.authorize(request)
-            return self.host.describe_slots()
+            return [{**slot, "model": served.model_id} for served in self.models.served.values() if served.host is not None
+                    for slot in served.host.describe_slots()]
 
         @app.get("/v1/models")
         async def list_models(request: Request) -> dict[str, Any]:
             self.authorize(request)
-            return {"object": "list", "data": [self.model_card()]}
+            return {"object": "list", "data": [self.model_card(model_id) for model_id in self.models.served]}
 
         @app.get("/v1/models/{model_id:path}")
         async def get_model(model_id: str, request: Request) -> dict[str, Any]:
             self.authorize(request)
-            self.translate.check_model(model_id)
-            return self.model_card()
+            return self.model_card(self.pick(model_id).model_id)
 
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Response:
             self.authorize(request)
             require_json(request)
             body = ChatCompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            async with self.host.in_use():
-                return await self.chat(request, body)
+            served = self.pick(body.model)
+            async with self.models.use(served) as host:
+                return await self.chat(request, body, served.model_id, host)
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
             self.authorize(request)
             require_json(request)
             body = CompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            async with self.host.in_use():
-                return await self.complete(request, body)
+            served = self.pick(body.model)
+            async with self.models.use(served) as host:
+                return await self.complete(request, body, served.model_id, host)
 
         self.ollama.mount(app)
 
@@ -158,8 +190,23 @@ class Server:
             wrapped = guards.HostCheck(wrapped, self.config.allowed_hosts)
         return RequestLog(wrapped, self.metrics)  # type: ignore[return-value]
 
-    def model_card(self) -> dict[str, Any]:
-        return {"id": self.config.model_id, "object": "model", "created": self.config.created, "owned_by": "edgellm"}
+    def model_card(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self.config.created, "owned_by": "edgellm"}
+
+    def pick(self, name: str | None) -> Served:
+        """The model a /v1 request names; none named: the default (-m's), as before several were served."""
+        if not name:
+            if self.models.default is not None:
+                return self.models.default
+            raise APIError(400, f"model is required: this server serves {self._names()}", param="model", code="model_required")
+        found = self.models.find(name)
+        if found is None:
+            raise APIError(404, f"the model '{one_line(name, 100)}' is not served here; this server serves {self._names()}",
+                           param="model", code="model_not_found")
+        return found
+
+    def _names(self) -> str:
+        return ", ".join(f"'{model_id}'" for model_id in self.models.served) or "no model"
 
     def is_authorized(self, request: Request) -> bool:
         key = self.config.api_key
@@ -179,9 +226,9 @@ class Server:
 
     # -- the handlers (inside host.in_use(): the engine is loaded) --
 
-    async def chat(self, request: Request, body: ChatCompletionRequest) -> Response:
-        engine, slot_ctx = self.host.loaded_engine, self.host.capacity().slot_ctx
-        chat = self.translate.chat(body, engine, slot_ctx, self.host.max_piece_bytes)
+    async def chat(self, request: Request, body: ChatCompletionRequest, model_id: str, host: EngineHost) -> Response:
+        engine, slot_ctx = host.loaded_engine, host.capacity().slot_ctx
+        chat = self.translate.chat(body, engine, slot_ctx, host.max_piece_bytes)
         dropped: list[int] = []
 
         def fitted() -> Prompt:
@@ -191,17 +238,17 @@ class Server:
 
         prompt = await prompt_off_the_loop(self.preparer, engine, request, fitted, chat.params, chat.param)
         # A raw `grammar` may spell out "...</think>answer" and is split like free text.
-        reply = Reply(request, self.host.start_job, self.config.model_id, "chat.completion", body.stream)
+        reply = Reply(request, host.start_job, model_id, "chat.completion", body.stream)
         if dropped and dropped[0]:
             reply.headers["X-Edgellm-Dropped-Messages"] = str(dropped[0])
             reply.log["note"] = f"history too long for a slot: dropped the oldest {dropped[0]} messages"
         return await reply.respond(prompt, chat.params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
-    async def complete(self, request: Request, body: CompletionRequest) -> Response:
-        engine = self.host.loaded_engine
-        text, params = self.translate.completion(body, self.host.capacity().slot_ctx, self.host.max_piece_bytes)
+    async def complete(self, request: Request, body: CompletionRequest, model_id: str, host: EngineHost) -> Response:
+        engine = host.loaded_engine
+        text, params = self.translate.completion(body, host.capacity().slot_ctx, host.max_piece_bytes)
         prompt = await prompt_off_the_loop(self.preparer, engine, request, lambda: engine.prompt_from_text(text), params, "grammar")
-        reply = Reply(request, self.host.start_job, self.config.model_id, "text_completion", body.stream)
+        reply = Reply(request, host.start_job, model_id, "text_completion", body.stream)
         return await reply.respond(prompt, params, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
 

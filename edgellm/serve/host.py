@@ -11,6 +11,7 @@ several hosts.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -67,6 +68,11 @@ class EngineHost:
         self.users = 0  # requests inside in_use(), not yet answered
         self.last_used = time.monotonic()
         self.unload_asked = False  # a request asked to free the model once idle (Ollama's keep_alive 0)
+        # A model loaded on request: each request's keep_alive sets how long it stays loaded once
+        # idle (else --idle-unload alone decides, and other keep_alive values are only noted).
+        self.follows_keep_alive = False
+        self.owns_first_engine = False  # the host closes `engine` too (a model loaded on request)
+        self.name = ""  # the model's id, in log lines when a server serves several
         self._load_lock = asyncio.Lock()
 
     def _generator_thread(self) -> threading.Thread:
@@ -144,7 +150,7 @@ class EngineHost:
             await job.wait_finished()
         loop = asyncio.get_running_loop()
         async with self._load_lock:
-            if self.engine is self.first_engine:
+            if self.engine is self.first_engine and not self.owns_first_engine:
                 await loop.run_in_executor(None, self._stop_generator)
             elif self.engine is not None:
                 await loop.run_in_executor(None, self._close_engine, self.engine)
@@ -176,6 +182,8 @@ class EngineHost:
         --idle-unload in charge. False when the model could not be loaded again, so it stays."""
         if seconds != 0:
             self.unload_asked = False
+            if self.follows_keep_alive:
+                self.idle_unload_s = None if math.isinf(seconds) else seconds
             return True
         if self.load_engine is None:
             return False
@@ -190,23 +198,26 @@ class EngineHost:
             return None
         return max(self.idle_unload_s - ((time.monotonic() if now is None else now) - self.last_used), 0.0)
 
-    def should_unload(self, now: float) -> bool:
+    def should_unload(self, now: float, *, force: bool = False) -> bool:
+        """Whether the model is idle and its time is up (`force`: idle is enough: room is needed)."""
         idle = self.idle_unload_s
         return (self.engine is not None and not self.draining and self.users == 0
                 and not self.active_jobs and self.scheduler.busy == 0 and self.scheduler.waiting == 0
-                and (self.unload_asked or (idle is not None and now - self.last_used >= idle)))
+                and (force or self.unload_asked or (idle is not None and now - self.last_used >= idle)))
 
-    async def unload(self) -> None:
+    async def unload(self, *, force: bool = False, why: str | None = None) -> None:
         """Free the model and its context (the memory goes back to the board)."""
         async with self._load_lock:
-            if not self.should_unload(time.monotonic()):
+            if not self.should_unload(time.monotonic(), force=force):
                 return
             asked, self.unload_asked = self.unload_asked, False
             engine, self.engine = self.loaded_engine, None  # requests from now on wait for reload()
             await asyncio.get_running_loop().run_in_executor(None, self._close_engine, engine)
             self.metrics.unloaded()
-            why = "a request asked (keep_alive 0)" if asked else f"idle for {self.idle_unload_s:g}s"
-            ui.info(f"{why}: model unloaded (the next request loads it again)")
+            if why is None:
+                why = "a request asked (keep_alive 0)" if asked else f"idle for {self.idle_unload_s:g}s"
+                why += f": {self.name or 'model'} unloaded"
+            ui.info(f"{why} (the next request loads it again)")
 
     def _close_engine(self, engine: GenerationEngine) -> None:
         self._stop_generator()
@@ -225,4 +236,4 @@ class EngineHost:
             self.generator.start()
             self.engine = engine
             self.metrics.reloaded()
-            ui.info(f"model loaded again in {time.perf_counter() - started:.1f}s")
+            ui.info(f"{self.name or 'model'} loaded again in {time.perf_counter() - started:.1f}s")

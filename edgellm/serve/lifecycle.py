@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from edgellm.serve.host import Capacity, EngineHost
 from edgellm.serve.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from edgellm.serve.models import ModelSet
 
 STATUS_EVERY_SECONDS = 5.0
 TICK_SECONDS = 1.0
@@ -43,22 +47,30 @@ def status_text(host: EngineHost, room: Capacity) -> str:
     return f"{room.busy} of {room.slots} slots busy, {room.waiting} queued, {served} requests served"
 
 
-async def supervise(host: EngineHost, notifier: Notifier) -> None:
-    """Watchdog pings, STATUS= lines and the idle unload, until cancelled."""
+async def supervise(models: ModelSet, notifier: Notifier) -> None:
+    """Watchdog pings, STATUS= lines and the idle unload of every model, until cancelled."""
     tick = tick_seconds(notifier)
     last_status = ""
     last_status_at = 0.0
     while True:
         await asyncio.sleep(tick)
         now = time.monotonic()
-        if host.draining:
+        if models.draining:
             continue  # STOPPING=1 went out: systemd times the stop now, not the watchdog
-        room = host.capacity(now)
-        if notifier.watchdog_s and (room.heartbeat_age is None or heartbeat_fresh(now - room.heartbeat_age, notifier.watchdog_s, now)):
+        hosts = models.hosts()
+        rooms = [(host, host.capacity(now)) for host in hosts]
+        if notifier.watchdog_s and all(room.heartbeat_age is None or heartbeat_fresh(now - room.heartbeat_age, notifier.watchdog_s, now)
+                                       for _, room in rooms):
             notifier.watchdog()
-        text = status_text(host, room)
+        if len(rooms) == 1:
+            text = status_text(*rooms[0])
+        else:
+            loaded = [host.name for host, room in rooms if room.loaded]
+            text = (f"{len(loaded)} of {len(models.served)} models loaded ({', '.join(loaded) or 'none'}); "
+                    f"{models.metrics.generations} requests served")
         if notifier.enabled and (text != last_status or now - last_status_at > STATUS_EVERY_SECONDS * 12):
             notifier.status(text)
             last_status, last_status_at = text, now
-        if host.should_unload(now):
-            await host.unload()
+        for host in hosts:
+            if host.should_unload(now):
+                await models.unload(host)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 # Seconds to the first token: a Pi answers in seconds, a queued request waits for minutes.
 TTFT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -48,7 +48,10 @@ class Metrics:
         with self._lock:
             self.model_reloads += 1
 
-    def render(self, *, slots: int, busy: int, queued: int, loaded: bool = True) -> str:
+    def render(self, *, slots: int, busy: int, queued: int, loaded: bool = True,
+               models: Sequence[tuple[str, int, int, int, bool]] = ()) -> str:
+        """The text; the gauges are totals over the models (no label) and, when `models` lists them
+        (name, slots, busy, queued, loaded), each model's under a `model` label too."""
         with self._lock:
             lines = [
                 "# HELP edgellm_requests_total HTTP requests answered, by path and status.",
@@ -58,11 +61,16 @@ class Metrics:
                       for (path, status), count in sorted(self.requests.items())]
             lines += _metric("edgellm_prompt_tokens_total", "counter", "Prompt tokens of finished generations.", self.prompt_tokens)
             lines += _metric("edgellm_generated_tokens_total", "counter", "Tokens generated.", self.generated_tokens)
-            lines += _metric("edgellm_slots", "gauge", "Sequences the server generates at once (--parallel).", slots)
-            lines += _metric("edgellm_slots_busy", "gauge", "Slots generating now.", busy)
-            lines += _metric("edgellm_slots_idle", "gauge", "Slots free now.", slots - busy)
-            lines += _metric("edgellm_queue_depth", "gauge", "Requests waiting for a slot.", queued)
-            lines += _metric("edgellm_model_loaded", "gauge", "1 while the model is in memory (0: freed by --idle-unload).", int(loaded))
+            def each(pick: Callable[[int, int, int, bool], float]) -> dict[str, float]:
+                return {name: pick(n_slots, n_busy, n_queued, is_loaded) for name, n_slots, n_busy, n_queued, is_loaded in models}
+
+            lines += _metric("edgellm_slots", "gauge", "Sequences the server generates at once (--parallel).", slots,
+                             each(lambda s, b, q, _up: s))
+            lines += _metric("edgellm_slots_busy", "gauge", "Slots generating now.", busy, each(lambda s, b, q, _up: b))
+            lines += _metric("edgellm_slots_idle", "gauge", "Slots free now.", slots - busy, each(lambda s, b, q, _up: s - b))
+            lines += _metric("edgellm_queue_depth", "gauge", "Requests waiting for a slot.", queued, each(lambda s, b, q, _up: q))
+            lines += _metric("edgellm_model_loaded", "gauge", "1 while the model is in memory (0: freed by --idle-unload).", int(loaded),
+                             each(lambda s, b, q, up: int(up)))
             lines += _metric("edgellm_model_unloads_total", "counter", "Times the model was freed (--idle-unload, keep_alive 0).", self.model_unloads)
             lines += _metric("edgellm_model_reloads_total", "counter", "Times a request loaded the model again.", self.model_reloads)
             lines += [
@@ -79,8 +87,9 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _metric(name: str, kind: str, help_text: str, value: float) -> Iterable[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+def _metric(name: str, kind: str, help_text: str, value: float, by_model: dict[str, float] | None = None) -> Iterable[str]:
+    labelled = [f'{name}{{model="{_label(model)}"}} {count}' for model, count in (by_model or {}).items()]
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}", *labelled]
 
 
 def _label(value: str) -> str:

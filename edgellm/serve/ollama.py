@@ -35,6 +35,7 @@ from edgellm.serve.errors import APIError, ClientGone, as_api_error
 from edgellm.serve.host import EngineHost
 from edgellm.serve.intake import prompt_off_the_loop, read_json, require_json
 from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader
+from edgellm.serve.models import ModelSet, Served
 from edgellm.serve.ollama_models import OllamaModel
 from edgellm.serve.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaModelRequest, OllamaRequest
 from edgellm.serve.ollama_translate import (
@@ -44,7 +45,6 @@ from edgellm.serve.ollama_translate import (
     OllamaTranslator,
     Timing,
     metrics,
-    names_match,
     parse_keep_alive,
     tool_call,
 )
@@ -52,40 +52,42 @@ from edgellm.store.digest import file_sha256
 
 NDJSON = "application/x-ndjson"
 Body = TypeVar("Body", bound=BaseModel)
-LATER = ("serving several models, loading them on demand and pulling them through this API come with a later "
+LATER = ("pulling and deleting models through this API come with a later "
          "version of edgellm")
-# Default keep_alive when a request sends none (Ollama's is 5m; here the server's --idle-unload decides).
-DEFAULT_KEEP_ALIVE = 300.0
 
 
 class OllamaAPI:
     """The /api routes over the server's engine hosts."""
 
-    def __init__(self, config: ServerConfig, hosts: dict[str, EngineHost], authorize: Callable[[Request], None],
+    def __init__(self, config: ServerConfig, models: ModelSet, authorize: Callable[[Request], None],
                  preparer: ThreadPoolExecutor) -> None:
         self.config = config
-        self.hosts = hosts
+        self.models = models
         self.authorize = authorize
         self.preparer = preparer
         self.translate = OllamaTranslator(config)
-        self.models = {model_id: describe(model_id, host) for model_id, host in hosts.items()}
+        # A request without keep_alive: serve's --keep-alive (Ollama's default is 5m).
+        self.default_keep_alive = models.keep_alive_s if models.keep_alive_s is not None else FOREVER
         self._digests: dict[str, asyncio.Future[str]] = {}
 
     # -- models --
 
-    def find(self, name: str) -> tuple[OllamaModel, EngineHost]:
+    def find(self, name: str) -> Served:
         """The served model a request names, or Ollama's 404."""
         if not name.strip():
             raise APIError(400, "model is required", param="model")
-        for model_id, host in self.hosts.items():
-            if names_match(name, model_id):
-                return self.models[model_id], host
-        raise APIError(404, f"model '{one_line(name, 100)}' not found", param="model", code="model_not_found")
+        found = self.models.find(name)
+        if found is None:
+            raise APIError(404, f"model '{one_line(name, 100)}' not found", param="model", code="model_not_found")
+        return found
+
+    def described(self) -> list[OllamaModel]:
+        return [served.model for served in self.models.served.values()]
 
     def start(self) -> None:
         """Begin hashing the model files (for `digest`) in the background: a file outside the
         Hugging Face cache is hashed once, and clients list models within seconds of the start."""
-        for model in self.models.values():
+        for model in self.described():
             self._digest_future(model)
 
     def _digest_future(self, model: OllamaModel) -> asyncio.Future[str]:
@@ -131,23 +133,21 @@ class OllamaAPI:
         @app.get("/api/tags")
         async def tags(request: Request) -> dict[str, Any]:
             self.authorize(request)
-            return {"models": [model.tag(await self.digest(model)) for model in self.models.values()]}
+            return {"models": [model.tag(await self.digest(model)) for model in self.described()]}
 
         @app.get("/api/ps")
         async def ps(request: Request) -> dict[str, Any]:
             self.authorize(request)
             running = []
-            for model_id, host in self.hosts.items():
-                if host.capacity().loaded:
-                    model = self.models[model_id]
-                    running.append(model.running(await self.digest(model), host.idle_left()))
+            for served in self.models.loaded():
+                if served.host is not None:
+                    running.append(served.model.running(await self.digest(served.model), served.host.idle_left()))
             return {"models": running}
 
         @app.post("/api/show")
         async def show(request: Request) -> dict[str, Any]:
             body = await self.body(request, OllamaModelRequest)
-            model, _ = self.find(body.target)
-            return model.show()
+            return self.find(body.target).model.show()
 
         @app.post("/api/chat")
         async def chat(request: Request) -> Response:
@@ -170,7 +170,7 @@ class OllamaAPI:
                 if exc.status != 404:
                     raise
                 raise APIError(501, f"'{one_line(body.target, 100)}' is not served here: this server serves "
-                                    f"{', '.join(m.name for m in self.models.values())}; {LATER} (until then: "
+                                    f"{', '.join(m.name for m in self.described())}; {LATER} (until then: "
                                     "edgellm pull NAME, then edgellm serve -m NAME)", code="not_implemented") from None
             if body.stream is False:
                 return JSONResponse({"status": "success"})
@@ -209,29 +209,33 @@ class OllamaAPI:
         if not host.keep_alive(seconds):
             self.translate.note("keep_alive0", "keep_alive 0 asks to unload the model, but this server cannot load it "
                                                "again: it stays loaded")
-        elif seconds not in (0.0, FOREVER, DEFAULT_KEEP_ALIVE) and host.idle_unload_s is None:
+        elif (not host.follows_keep_alive and seconds not in (0.0, FOREVER, self.default_keep_alive)
+              and host.idle_unload_s is None):
             self.translate.note("keep_alive", f"keep_alive {seconds:g}s: the model stays loaded (serve's --idle-unload "
                                               "decides; keep_alive 0 frees it)")
 
-    async def load_or_unload(self, body: OllamaRequest, host: EngineHost, *, chat: bool) -> Response:
+    async def load_or_unload(self, body: OllamaRequest, served: Served, *, chat: bool) -> Response:
         """An empty chat or prompt: load the model (keep_alive 0: free it), as Ollama documents."""
         chunks = Chunks(body.model, chat=chat)
-        seconds = parse_keep_alive(body.keep_alive, DEFAULT_KEEP_ALIVE)
-        self._keep_alive(seconds, host)
+        seconds = parse_keep_alive(body.keep_alive, self.default_keep_alive)
         if seconds == 0:
-            if host.should_unload(time.monotonic()):
-                await host.unload()
+            host = served.host
+            if host is not None:
+                self._keep_alive(seconds, host)
+                if host.should_unload(time.monotonic()):
+                    await self.models.unload(host)
             return JSONResponse(chunks.last({}, "unload", {}))
-        async with host.in_use():
+        async with self.models.use(served) as host:
+            self._keep_alive(seconds, host)
             return JSONResponse(chunks.last({}, "load", {}))
 
     async def chat(self, request: Request, body: OllamaChatRequest, started: float) -> Response:
-        _, host = self.find(body.model)
+        served = self.find(body.model)
         if not body.messages:
-            return await self.load_or_unload(body, host, chat=True)
-        keep_alive = parse_keep_alive(body.keep_alive, DEFAULT_KEEP_ALIVE)
+            return await self.load_or_unload(body, served, chat=True)
+        keep_alive = parse_keep_alive(body.keep_alive, self.default_keep_alive)
         waited = time.perf_counter()
-        async with host.in_use():
+        async with self.models.use(served) as host:
             timing = Timing(started, time.perf_counter() - waited)
             self._keep_alive(keep_alive, host)
             engine, slot_ctx = host.loaded_engine, host.capacity().slot_ctx
@@ -251,12 +255,12 @@ class OllamaAPI:
             return await reply.respond(prompt, chat.params)
 
     async def generate(self, request: Request, body: OllamaGenerateRequest, started: float) -> Response:
-        _, host = self.find(body.model)
+        served = self.find(body.model)
         if not body.prompt and not body.suffix:
-            return await self.load_or_unload(body, host, chat=False)
-        keep_alive = parse_keep_alive(body.keep_alive, DEFAULT_KEEP_ALIVE)
+            return await self.load_or_unload(body, served, chat=False)
+        keep_alive = parse_keep_alive(body.keep_alive, self.default_keep_alive)
         waited = time.perf_counter()
-        async with host.in_use():
+        async with self.models.use(served) as host:
             timing = Timing(started, time.perf_counter() - waited)
             self._keep_alive(keep_alive, host)
             engine, slot_ctx = host.loaded_engine, host.capacity().slot_ctx

@@ -108,16 +108,17 @@ def warm_up(engine: GenerationEngine) -> None:
     engine.forget_cache()
 
 
-def serve(engine: GenerationEngine, config: ServerConfig, sock: socket.socket, *, notifier: Notifier | None = None,
-          load_engine: Callable[[], GenerationEngine] | None = None) -> list[int]:
+def serve(engine: GenerationEngine | None, config: ServerConfig, sock: socket.socket, *, notifier: Notifier | None = None,
+          load_engine: Callable[[], GenerationEngine] | None = None, **models: Any) -> list[int]:
     """Serve until SIGTERM or Ctrl-C; uvicorn drains in-flight requests, then we cancel the rest.
+    `models`: Server's candidates, budget, keep_alive_s and keep_alive_given.
 
     Returns the signals that stopped it.
     """
     import uvicorn  # noqa: PLC0415
 
-    edge = Server(engine, config, notifier=notifier, load_engine=load_engine)
-    edge.ready_status = f"serving {config.model_id} at {url_of(sock)}"
+    edge = Server(engine, config, notifier=notifier, load_engine=load_engine, **models)
+    edge.ready_status = f"{edge.ready_status} at {url_of(sock)}"
 
     class SignalAwareServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -50,9 +50,10 @@ class Translator:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.ignored_fields: set[str] = set()
+        self.routed = False  # the server found the model by name already: any name it let through is served
 
     def check_model(self, model: str | None) -> None:
-        if model and model != self.config.model_id:
+        if model and not self.routed and model != self.config.model_id:
             raise APIError(
                 404,
                 f"the model '{model}' is not served here; this server serves '{self.config.model_id}'",
