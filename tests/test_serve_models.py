@@ -196,3 +196,29 @@ def test_keep_alive_option_unloads_an_idle_model(hf_home: Path, tmp_path: Path) 
         assert loaded(process) == [TINY]
     finally:
         process.stop()
+
+
+def test_serve_help_says_it_serves_every_model_without_m_and_names_keep_alive() -> None:
+    from conftest import run_cli
+
+    result = run_cli("serve", "--help", COLUMNS="200")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.decode().split())
+    assert "Without -m it serves every model in the Hugging Face cache" in text
+    assert "--keep-alive" in text and "edgellm serve --keep-alive 10m" in text
+
+
+def test_serve_without_m_and_without_models_says_what_to_do(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    result = run_cli("serve", "--port", "0", HF_HOME=str(tmp_path / "hf"), EDGELLM_HOME=str(tmp_path / "home"))
+    assert result.returncode != 0
+    assert b"no model: pass -m FILE.gguf, or download models to serve them all" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["soon", "5x"])
+def test_a_bad_keep_alive_option_is_refused(value: str, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    result = run_cli("serve", "--keep-alive", value, "--port", "0", HF_HOME=str(tmp_path / "hf"))
+    assert result.returncode != 0 and b"--keep-alive" in result.stderr

@@ -58,7 +58,15 @@ def serve(
     NAME:latest. Also GET /health, /metrics, /slots. Several requests generate at once (--parallel
     slots, continuous batching); more wait in the queue.
 
+    Without -m it serves every model in the Hugging Face cache (edgellm pull NAME puts them
+    there), under its catalog name, owner/repo:QUANT and its Ollama library name (qwen2.5:0.5b,
+    llama3.2): a request loads the model it names; models stay loaded together as far as the
+    memory budget holds them (the least recently used idle one is unloaded to make room), each
+    for --keep-alive once idle. With -m, that model is loaded at the start and is the default.
+
     Example: edgellm serve -m model.gguf --port 8080
+
+    Example, every downloaded model: edgellm serve --keep-alive 10m
 
     Example, on Ollama's port for clients that assume it: edgellm serve -m model.gguf --port 11434
     """

@@ -21,7 +21,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from edgellm.errors import one_line
 from edgellm.runtime.protocol import GenerationEngine
 from edgellm.runtime.types import Prompt
 from edgellm.serve import guards
@@ -158,14 +157,14 @@ class Server:
         @app.get("/v1/models/{model_id:path}")
         async def get_model(model_id: str, request: Request) -> dict[str, Any]:
             self.authorize(request)
-            return self.model_card(self.pick(model_id).model_id)
+            return self.model_card(self.models.for_v1(model_id).model_id)
 
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Response:
             self.authorize(request)
             require_json(request)
             body = ChatCompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            served = self.pick(body.model)
+            served = self.models.for_v1(body.model)
             async with self.models.use(served) as host:
                 return await self.chat(request, body, served.model_id, host)
 
@@ -174,7 +173,7 @@ class Server:
             self.authorize(request)
             require_json(request)
             body = CompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            served = self.pick(body.model)
+            served = self.models.for_v1(body.model)
             async with self.models.use(served) as host:
                 return await self.complete(request, body, served.model_id, host)
 
@@ -192,21 +191,6 @@ class Server:
 
     def model_card(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": self.config.created, "owned_by": "edgellm"}
-
-    def pick(self, name: str | None) -> Served:
-        """The model a /v1 request names; none named: the default (-m's), as before several were served."""
-        if not name:
-            if self.models.default is not None:
-                return self.models.default
-            raise APIError(400, f"model is required: this server serves {self._names()}", param="model", code="model_required")
-        found = self.models.find(name)
-        if found is None:
-            raise APIError(404, f"the model '{one_line(name, 100)}' is not served here; this server serves {self._names()}",
-                           param="model", code="model_not_found")
-        return found
-
-    def _names(self) -> str:
-        return ", ".join(f"'{model_id}'" for model_id in self.models.served) or "no model"
 
     def is_authorized(self, request: Request) -> bool:
         key = self.config.api_key

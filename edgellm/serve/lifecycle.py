@@ -73,4 +73,4 @@ async def supervise(models: ModelSet, notifier: Notifier) -> None:
             last_status, last_status_at = text, now
         for host in hosts:
             if host.should_unload(now):
-                await models.unload(host)
+                await models.unload(host, wait=False)

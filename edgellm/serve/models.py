@@ -99,6 +99,21 @@ class ModelSet:
                 return served
         return next((served for served in self.served.values() if served.named(name)), None)
 
+    def for_v1(self, name: str | None) -> Served:
+        """The model a /v1 request names; none named: the default (-m's), as before several were served."""
+        if not name:
+            if self.default is not None:
+                return self.default
+            raise APIError(400, f"model is required: this server serves {self._names()}", param="model", code="model_required")
+        found = self.find(name)
+        if found is None:
+            raise APIError(404, f"the model '{one_line(name, 100)}' is not served here; this server serves {self._names()}",
+                           param="model", code="model_not_found")
+        return found
+
+    def _names(self) -> str:
+        return ", ".join(f"'{model_id}'" for model_id in self.served) or "no model"
+
     def hosts(self) -> list[EngineHost]:
         return [served.host for served in self.served.values() if served.host is not None]
 
@@ -130,10 +145,14 @@ class ModelSet:
             host.users -= 1
             host.last_used = time.monotonic()
 
-    async def unload(self, host: EngineHost, why: str | None = None) -> None:
-        """Free a model (idle unload, keep_alive 0), in turn with the loads."""
+    async def unload(self, host: EngineHost, *, wait: bool = True) -> None:
+        """Free a model (idle unload, keep_alive 0), in turn with the loads. `wait` False: not while
+        a load runs or waits for room (the supervisor: its watchdog pings must not wait for a load;
+        it comes round again)."""
+        if not wait and self._lock.locked():
+            return
         async with self._lock:
-            await host.unload(why=why)
+            await host.unload()
 
     def refusal(self, served: Served) -> str | None:
         plan = served.model.plan

@@ -68,7 +68,7 @@ class OllamaAPI:
         self.translate = OllamaTranslator(config)
         # A request without keep_alive: serve's --keep-alive (Ollama's default is 5m).
         self.default_keep_alive = models.keep_alive_s if models.keep_alive_s is not None else FOREVER
-        self._digests: dict[str, asyncio.Future[str]] = {}
+        self.digests = Digests()
 
     # -- models --
 
@@ -85,39 +85,10 @@ class OllamaAPI:
         return [served.model for served in self.models.served.values()]
 
     def start(self) -> None:
-        """Begin hashing the model files (for `digest`) in the background: a file outside the
-        Hugging Face cache is hashed once, and clients list models within seconds of the start."""
-        for model in self.described():
-            self._digest_future(model)
-
-    def _digest_future(self, model: OllamaModel) -> asyncio.Future[str]:
-        future = self._digests.get(model.model_id)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._digests[model.model_id] = loop.create_future()
-            path = model.info.path
-
-            def work() -> None:
-                if sys.platform.startswith("linux"):  # this thread only: generation keeps the cores
-                    with contextlib.suppress(OSError, AttributeError):
-                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-                try:
-                    value = file_sha256(path) if path is not None else ""
-                except OSError as exc:
-                    ui.warn(f"cannot hash {path} for Ollama's digest: {exc.strerror or exc}")
-                    value = ""
-                def settle() -> None:
-                    if not future.done():
-                        future.set_result(value)
-
-                with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped
-                    loop.call_soon_threadsafe(settle)
-
-            threading.Thread(target=work, name="edgellm-digest", daemon=True).start()
-        return future
+        self.digests.start(self.described())
 
     async def digest(self, model: OllamaModel) -> str:
-        return await asyncio.shield(self._digest_future(model))
+        return await self.digests.get(model)
 
     # -- the routes --
 
@@ -269,6 +240,48 @@ class OllamaAPI:
                                                made.params, made.param)
             reply = NdjsonReply(request, host.start_job, Chunks(body.model, chat=False), body.stream is not False, timing)
             return await reply.respond(prompt, made.params)
+
+
+class Digests:
+    """Each model file's sha256 (Ollama's `digest`), hashed once in a background thread."""
+
+    def __init__(self) -> None:
+        self._digests: dict[str, asyncio.Future[str]] = {}
+
+    def start(self, models: list[OllamaModel]) -> None:
+        """Begin hashing the model files (for `digest`) in the background: a file outside the
+        Hugging Face cache is hashed once, and clients list models within seconds of the start."""
+        for model in models:
+            self._digest_future(model)
+
+    def _digest_future(self, model: OllamaModel) -> asyncio.Future[str]:
+        future = self._digests.get(model.model_id)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._digests[model.model_id] = loop.create_future()
+            path = model.info.path
+
+            def work() -> None:
+                if sys.platform.startswith("linux"):  # this thread only: generation keeps the cores
+                    with contextlib.suppress(OSError, AttributeError):
+                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+                try:
+                    value = file_sha256(path) if path is not None else ""
+                except OSError as exc:
+                    ui.warn(f"cannot hash {path} for Ollama's digest: {exc.strerror or exc}")
+                    value = ""
+                def settle() -> None:
+                    if not future.done():
+                        future.set_result(value)
+
+                with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped
+                    loop.call_soon_threadsafe(settle)
+
+            threading.Thread(target=work, name="edgellm-digest", daemon=True).start()
+        return future
+
+    async def get(self, model: OllamaModel) -> str:
+        return await asyncio.shield(self._digest_future(model))
 
 
 def describe(model_id: str, host: EngineHost) -> OllamaModel:
