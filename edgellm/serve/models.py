@@ -192,7 +192,8 @@ class ModelSet:
         started = time.perf_counter()
         try:
             if served.host is not None:
-                await served.host.reload()
+                await served.host.reload()  # it says so itself
+                return
             else:
                 if served.load is None:
                     raise APIError(503, f"{served.model_id} is not loaded", type="server_error", code="model_unloaded")
