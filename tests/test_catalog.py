@@ -80,6 +80,10 @@ def test_parse_spec_forms(tmp_path: Path) -> None:
     assert isinstance(ref, ModelRef) and ref.entry is not None and ref.entry.name == "qwen2.5-0.5b" and ref.quant == "Q8_0"
     ref = parse_spec("someone/some-GGUF/sub/file-Q4_0.gguf", revision="v1")
     assert isinstance(ref, ModelRef) and ref.filename == "sub/file-Q4_0.gguf" and ref.quant == "Q4_0" and ref.revision == "v1"
+    for name in ("qwen2.5:0.5b", "qwen2.5:0.5B", "llama3.2", "llama3.2:latest"):  # Ollama's library names
+        ref = parse_spec(name)
+        assert isinstance(ref, ModelRef) and ref.entry is not None and ref.quant is None, name
+        assert ref.entry.name == ("qwen2.5-0.5b" if name.startswith("qwen") else "llama3.2-3b")
     with pytest.raises(ModelNotFoundError, match="not a model file or a model edgellm knows") as failure:
         parse_spec("not-a-model")
     assert failure.value.hint is not None and "edgellm models" in failure.value.hint

@@ -183,6 +183,12 @@ def find_entry(name: str) -> CatalogEntry | None:
     return load_catalog().get(name.lower())
 
 
+def entry_for_ollama(name: str) -> CatalogEntry | None:
+    """The entry an Ollama library name means ("qwen2.5:0.5b", "llama3.2", "llama3.2:latest")."""
+    wanted = name.strip().lower().removesuffix(":latest")
+    return next((entry for entry in load_catalog().values() if wanted in entry.ollama), None)
+
+
 def entry_for_repo(repo: str) -> CatalogEntry | None:
     """The catalog entry that points at this Hugging Face repo, so owner/repo gets its shape too."""
     for entry in load_catalog().values():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgellm.errors import ModelNotFoundError
 from edgellm.store import hub
-from edgellm.store.catalog import CatalogEntry, entry_for_repo, find_entry, quant_of_filename
+from edgellm.store.catalog import CatalogEntry, entry_for_ollama, entry_for_repo, find_entry, quant_of_filename
 
 _HUB_FILE = re.compile(rf"^{hub._REPO_PART}/{hub._REPO_PART}/.+\.gguf$", re.IGNORECASE)
 _HUB_REPO = re.compile(rf"^(?P<repo>{hub._REPO_PART}/{hub._REPO_PART})(?::(?P<quant>[A-Za-z0-9_.-]+))?$")
@@ -56,6 +56,9 @@ def parse_spec(spec: str, revision: str | None = None) -> ModelRef | Path:
                         quant_of_filename(filename), filename, entry)
     if text.lower().endswith(".gguf"):
         return path  # a local file name that does not exist: read_gguf says so
+    ollama = entry_for_ollama(text) if "/" not in text else None
+    if ollama is not None:  # Ollama's library name ("qwen2.5:0.5b", "llama3.2"): the planner picks the quant
+        return ModelRef(text, ollama.repo, revision or ollama.revision, None, None, ollama)
     match = _CATALOG.match(text)
     if match and "/" not in text:
         entry = find_entry(match.group("name"))
