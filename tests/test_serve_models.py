@@ -222,3 +222,19 @@ def test_a_bad_keep_alive_option_is_refused(value: str, tmp_path: Path) -> None:
 
     result = run_cli("serve", "--keep-alive", value, "--port", "0", HF_HOME=str(tmp_path / "hf"))
     assert result.returncode != 0 and b"--keep-alive" in result.stderr
+
+
+def test_with_m_that_model_is_loaded_first_and_the_default_beside_the_downloaded_ones(
+        hf_home: Path, tiny_8k: Path, tmp_path: Path) -> None:
+    process = ServerProcess(tiny_8k, "--parallel", "1", home=tmp_path, ctx="2048", env={"HF_HOME": str(hf_home)})
+    try:
+        tags = sorted(model["name"] for model in get(process, "/api/tags")["models"])
+        assert tags == sorted(["tiny-8k:latest", MID_A, MID_B, TINY])
+        assert loaded(process) == ["tiny-8k:latest"]  # -m's, loaded at the start
+        status, reply = post(process, "/v1/chat/completions", {"messages": HI, "max_tokens": 2})  # no model: -m's
+        assert status == 200 and reply["model"] == "tiny-8k"
+        chat(process, "qwen2.5:0.5b")
+        assert loaded(process) == sorted(["tiny-8k:latest", TINY])
+        assert "also 3 more models, loaded when asked for" in process.stderr
+    finally:
+        process.stop()
