@@ -238,3 +238,36 @@ def test_with_m_that_model_is_loaded_first_and_the_default_beside_the_downloaded
         assert "also 3 more models, loaded when asked for" in process.stderr
     finally:
         process.stop()
+
+
+def test_a_model_that_does_not_fit_waits_until_the_busy_one_is_idle(hf_home: Path, tmp_path: Path) -> None:
+    process = start(hf_home, tmp_path, "--mem-budget", "400MB")
+    try:
+        chat(process, MID_A)
+        finished: dict[str, float] = {}
+
+        def long_a() -> None:
+            chat(process, MID_A, options={"num_predict": 150, "temperature": 0})
+            finished["a"] = time.monotonic()
+
+        def short_b() -> None:
+            chat(process, MID_B)
+            finished["b"] = time.monotonic()
+
+        first = threading.Thread(target=long_a)
+        first.start()
+        deadline = time.monotonic() + 30
+        while get(process, "/health")["slots_busy"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = threading.Thread(target=short_b)
+        second.start()
+        seen = []
+        while second.is_alive():
+            seen.append(tuple(loaded(process)))
+            time.sleep(0.05)
+        first.join()
+        assert finished["b"] >= finished["a"]  # B waited for A's generation, then took its place
+        assert all(len(names) <= 1 for names in seen), seen  # never both
+        assert loaded(process) == [MID_B]
+    finally:
+        process.stop()
