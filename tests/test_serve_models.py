@@ -271,3 +271,16 @@ def test_a_model_that_does_not_fit_waits_until_the_busy_one_is_idle(hf_home: Pat
         assert loaded(process) == [MID_B]
     finally:
         process.stop()
+
+
+def test_m_of_a_downloaded_model_answers_to_its_other_names_too(hf_home: Path, tmp_path: Path) -> None:
+    path = next((hf_home / "hub").glob("models--bartowski--Qwen2.5-0.5B-Instruct-GGUF/snapshots/*/*.gguf"))
+    process = ServerProcess(path, "--parallel", "1", home=tmp_path, ctx="2048", env={"HF_HOME": str(hf_home)})
+    try:
+        tags = sorted(model["name"] for model in get(process, "/api/tags")["models"])
+        assert tags == sorted(["Qwen2.5-0.5B-Instruct-Q4_K_M:latest", MID_A, MID_B])  # listed once
+        for name in ("qwen2.5:0.5b", TINY, "bartowski/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"):
+            assert chat(process, name)["done"] is True
+        assert loaded(process) == ["Qwen2.5-0.5B-Instruct-Q4_K_M:latest"]
+    finally:
+        process.stop()

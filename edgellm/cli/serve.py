@@ -131,6 +131,7 @@ def serve(
         ui.info(f"systemd: telling it when ready{watchdog}")
     try:
         server.serve(engine, config, sock, notifier=notifier, load_engine=loaded.reload if loaded else None,
+                     default_aliases=_default_aliases(model, prepared.model.path) if prepared else [],
                      candidates=[c for c, _ in candidates], budget=budget, keep_alive_s=keep_alive_s,
                      keep_alive_given=keep_alive is not None or idle_unload is not None)
     finally:
@@ -155,6 +156,27 @@ def _keep_alive(value: str | None, idle_unload_s: float | None) -> float | None:
     return None if seconds == float("inf") else seconds
 
 
+def _names_of(item: Any) -> list[str]:
+    """A downloaded model's other names: owner/repo:QUANT, its catalog name, its Ollama names."""
+    from edgellm.store.catalog import find_entry
+
+    entry = find_entry(item.catalog_name) if item.catalog_name else None
+    names = ([f"{item.repo}:{item.quant}"] if item.quant else []) + ([entry.name, *entry.ollama] if entry else [])
+    return [name for name in names if name.casefold() != item.name.casefold()]
+
+
+def _default_aliases(model: str, path: Path | None) -> list[str]:
+    """-m's other names: what -m said, and, for a downloaded model, its names as without -m."""
+    from edgellm.store.cache import list_downloaded
+
+    names = [model]
+    if path is not None:
+        for item in list_downloaded():
+            if item.path.resolve() == path.resolve():
+                names += [item.name, *_names_of(item)]
+    return names
+
+
 def _candidates(plan_options: Any, skip: Path | None) -> list[tuple[Any, Any]]:
     """Every downloaded model as a serve Candidate (with its Prepared), planned now, loaded when
     a request asks for it; `skip`: -m's file."""
@@ -162,21 +184,18 @@ def _candidates(plan_options: Any, skip: Path | None) -> list[tuple[Any, Any]]:
     from edgellm.loader import open_model, prepare
     from edgellm.serve import Candidate
     from edgellm.store.cache import list_downloaded
-    from edgellm.store.catalog import find_entry
 
     found: list[tuple[Any, Any]] = []
     taken: set[str] = set()
     for item in list_downloaded():
         if skip is not None and item.path.resolve() == skip.resolve():
-            continue
+            continue  # -m's (its names: _names_of)
         try:
             prepared = prepare(str(item.path), plan_options, download=False, loading=True)
         except EdgeLLMError as exc:
             ui.warn(f"not serving {item.name}: {exc.message}")
             continue
-        entry = find_entry(item.catalog_name) if item.catalog_name else None
-        names = ([f"{item.repo}:{item.quant}"] if item.quant else []) + ([entry.name, *entry.ollama] if entry else [])
-        aliases = [name for name in names if name.casefold() not in taken and name.casefold() != item.name.casefold()]
+        aliases = [name for name in _names_of(item) if name.casefold() not in taken]
         taken.update(name.casefold() for name in (item.name, *aliases))
 
         def load(prepared: Any = prepared) -> tuple[Any, Any]:

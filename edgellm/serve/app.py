@@ -48,12 +48,14 @@ class Server:
 
     def __init__(self, engine: GenerationEngine | None, config: ServerConfig, *, notifier: Notifier | None = None,
                  load_engine: Callable[[], GenerationEngine] | None = None, candidates: Sequence[Candidate] = (),
-                 budget: int | None = None, keep_alive_s: float | None = None, keep_alive_given: bool = False) -> None:
+                 budget: int | None = None, keep_alive_s: float | None = None, keep_alive_given: bool = False,
+                 default_aliases: Sequence[str] = ()) -> None:
         """`engine`: the -m model, loaded (the default model; None: none); `load_engine` loads it
         again after an unload freed it; `candidates`: the models loaded when a request asks for
         them, within `budget` bytes together, each unloaded after `keep_alive_s` idle (None: only
         to make room; a request's keep_alive changes it; `keep_alive_given`: for -m's model too);
-        `notifier` tells systemd how the service is (a no-op outside systemd)."""
+        `default_aliases`: -m's other names; `notifier` tells systemd how the service is (a no-op
+        outside systemd)."""
         self.config = config
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics()
@@ -64,7 +66,7 @@ class Server:
                               idle_unload_s=idle_s)
             host.follows_keep_alive = keep_alive_given
             host.name = config.model_id if candidates else ""
-            self.models.add(Served(config.model_id, describe(config.model_id, host), host=host), default=True)
+            self.models.add(Served(config.model_id, describe(config.model_id, host), list(default_aliases), host=host), default=True)
         for candidate in candidates:
             plan = candidate.plan
             self.models.add(Served(candidate.model_id, OllamaModel(candidate.model_id, candidate.info, plan, plan.n_ctx_per_slot, False),
