@@ -11,6 +11,8 @@ several hosts.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import math
 import threading
 import time
@@ -39,6 +41,16 @@ class Capacity:
     waiting: int  # requests queued in the scheduler for a slot
     jobs: int  # requests admitted and not finished (generating, queued, or being let go)
     heartbeat_age: float | None  # seconds since the generation loop last came round
+
+
+def give_back_memory() -> None:
+    """After a model is freed: collect its Python objects, and ask glibc to return the freed heap
+    to the system (else the RSS creeps up by ~12 MB per model switch on x86-64)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to ask
+        pass
 
 
 def _unloaded() -> APIError:
@@ -222,6 +234,7 @@ class EngineHost:
     def _close_engine(self, engine: GenerationEngine) -> None:
         self._stop_generator()
         engine.close()
+        give_back_memory()
 
     async def reload(self) -> None:
         async with self._load_lock:
