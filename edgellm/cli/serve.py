@@ -46,7 +46,7 @@ def serve(
     think_budget: ThinkBudgetOpt = None,
     think_message: ThinkMessageOpt = None,
     idle_unload: Annotated[str | None, typer.Option("--idle-unload", help="Free the model after this long without requests (e.g. 10m, 1h); the next request loads it again.")] = None,
-    keep_alive: Annotated[str | None, typer.Option("--keep-alive", help="How long a model loaded on request stays loaded once idle (5m, 1h, 300 seconds, -1: until room is needed, 0: free it after each request); a request's keep_alive overrides it. Default: 5m (-m's model: stays, unless --keep-alive or --idle-unload is given).")] = None,
+    keep_alive: Annotated[str | None, typer.Option("--keep-alive", help="How long a model loaded on request stays loaded once idle (5m, 1h, 300 seconds, -1: until room is needed, 0: free it after each request); a request's keep_alive overrides it. Default: --idle-unload's, else 5m (-m's model: as --idle-unload says, unless --keep-alive is given).")] = None,
     rpc: RpcOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, and Ollama's API on the same port.
@@ -133,7 +133,7 @@ def serve(
         server.serve(engine, config, sock, notifier=notifier, load_engine=loaded.reload if loaded else None,
                      default_aliases=_default_aliases(model, prepared.model.path) if prepared else [],
                      candidates=[c for c, _ in candidates], budget=budget, keep_alive_s=keep_alive_s,
-                     keep_alive_given=keep_alive is not None or idle_unload is not None)
+                     keep_alive_given=keep_alive is not None)
     finally:
         if engine is not None:
             engine.close()
