@@ -51,18 +51,9 @@ def serve(
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, and Ollama's API on the same port.
 
-    OpenAI: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (Open WebUI, the openai
-    client, curl); reasoning goes to `reasoning_content`. Ollama: GET /api/tags, /api/ps,
-    /api/version, POST /api/chat, /api/generate, /api/show (Home Assistant's Ollama integration,
-    Open WebUI's Ollama connection, LangChain's ChatOllama, Continue); the model is listed as
-    NAME:latest. Also GET /health, /metrics, /slots. Several requests generate at once (--parallel
-    slots, continuous batching); more wait in the queue.
+    OpenAI: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (Open WebUI, the openai client, curl); reasoning goes to `reasoning_content`. Ollama: GET /api/tags, /api/ps, /api/version, POST /api/chat, /api/generate, /api/show (Home Assistant's Ollama integration, Open WebUI's Ollama connection, LangChain's ChatOllama, Continue); the model is listed as NAME:latest. Also GET /health, /metrics, /slots. Several requests generate at once (--parallel slots, continuous batching); more wait in the queue.
 
-    Without -m it serves every model in the Hugging Face cache (edgellm pull NAME puts them
-    there), under its catalog name, owner/repo:QUANT and its Ollama library name (qwen2.5:0.5b,
-    llama3.2): a request loads the model it names; models stay loaded together as far as the
-    memory budget holds them (the least recently used idle one is unloaded to make room), each
-    for --keep-alive once idle. With -m, that model is loaded at the start and is the default.
+    Without -m it serves every model in the Hugging Face cache (edgellm pull NAME puts them there), under its catalog name, owner/repo:QUANT and its Ollama library name (qwen2.5:0.5b, llama3.2): a request loads the model it names; models stay loaded together as far as the memory budget holds them (the least recently used idle one is unloaded to make room), each for --keep-alive once idle. With -m, that model is loaded at the start and is the default.
 
     Example: edgellm serve -m model.gguf --port 8080
 
