@@ -109,3 +109,25 @@ def test_edgellm_attaches_the_funnel_once_at_the_root() -> None:
         if path.name != "funnel.py":
             source = path.read_text()
             assert "error_funnel" not in source and "except Exception" not in source, path.name
+
+
+def test_help_paragraphs_are_not_broken_by_hand() -> None:
+    """Rich keeps a docstring's line breaks: a paragraph wrapped by hand in the source shows broken
+    mid-sentence in --help (`service install` printed 'with its models in' / '/var/lib/edgellm').
+    Only layouts (an example, the tools call and its output) may span lines."""
+    import typer
+
+    def commands(command: object, path: str) -> list[tuple[str, object]]:
+        found = [(path, command)]
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            found += commands(sub, f"{path} {name}")
+        return found
+
+    broken = []
+    for path, command in commands(typer.main.get_command(app), "edgellm"):
+        text = (getattr(command, "help", None) or "").split("\f")[0]
+        for paragraph in text.strip().split("\n\n"):
+            lines = [line for line in paragraph.strip().splitlines() if line.strip()]
+            if len(lines) > 1 and not lines[0].startswith(("Example", "Tools:")):
+                broken.append(f"{path}: {lines[0][:60]}")
+    assert broken == []

@@ -45,13 +45,9 @@ def bench(
 ) -> None:
     """Measure prompt (pp) and generation (tg) tokens/s, load time, first-token latency, memory and heat.
 
-    Numbers are measured as llama.cpp's llama-bench measures them (random tokens, one warm-up,
-    -r repetitions, mean ± standard deviation). `edgellm bench report FILE...` merges --json results
-    from several devices into one table.
+    Numbers are measured as llama.cpp's llama-bench measures them (random tokens, one warm-up, -r repetitions, mean ± standard deviation). `edgellm bench report FILE...` merges --json results from several devices into one table.
 
-    --parallel 1,2,4 measures as llama-batched-bench does instead: N prompts, then every step one
-    batch with a token of each of the N sequences; generation t/s of all N together tells how many
-    users the board can serve.
+    --parallel 1,2,4 measures as llama-batched-bench does instead: N prompts, then every step one batch with a token of each of the N sequences; generation t/s of all N together tells how many users the board can serve.
 
     Example: edgellm bench --synthetic deepseek-r1-1.5b -t 1,2,4 --markdown
 

@@ -225,8 +225,7 @@ def service_install(ctx: typer.Context, model: ServiceModelOpt, user: UserOpt = 
                     watchdog: WatchdogOpt = DEFAULT_WATCHDOG_S, api_key_file: KeyFileOpt = None) -> None:
     """Write a systemd unit for `edgellm serve` (other options go to serve), enable it and start it.
 
-    Without --user it is a system service, run by a dedicated edgellm user with its models in
-    /var/lib/edgellm (needs root). Start returns once the model is loaded and answers.
+    Without --user it is a system service, run by a dedicated edgellm user with its models in /var/lib/edgellm (needs root). Start returns once the model is loaded and answers.
 
     Example: sudo edgellm service install -m deepseek-r1-1.5b --host 0.0.0.0 --port 8080
     """
