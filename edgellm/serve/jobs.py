@@ -16,7 +16,7 @@ from fastapi import Request
 from edgellm.runtime.batch import Finished, SequenceRequest
 from edgellm.runtime.response import Response as GenerationResult  # not Starlette's HTTP Response
 from edgellm.runtime.types import GenerationStats, Prompt, SamplingParams, TextEvent
-from edgellm.serve.errors import ClientGone
+from edgellm.serve.errors import ClientGone, as_api_error
 
 # How often a request that is waiting (for the slot, or for its first token) checks whether its
 # client is still there; streaming responses are also cancelled by Starlette as soon as it notices.
@@ -169,3 +169,20 @@ async def wait_watching_client(future: Awaitable[Any], request: Request) -> None
             raise ClientGone()
 
 
+async def answer_from_first(job: GenerationJob, reader: ItemReader, log: dict[str, Any],
+                            respond: Callable[[Item], Awaitable[Any]]) -> Any:
+    """Wait for a job's first event before answering (a prompt too long for the context or a bad
+    grammar is then a 400, not an error inside a 200 stream), then `respond(first)`. On any failure
+    or a client gone, the job is cancelled, waited for, and its tokens logged. Both APIs' replies."""
+    try:
+        first = await reader.next()
+        if isinstance(first, Failure):
+            raise as_api_error(first.error)
+        return await respond(first)
+    except BaseException as exc:
+        job.cancel()
+        reader.close()
+        log["disconnected"] = isinstance(exc, (ClientGone, asyncio.CancelledError))
+        await job.wait_finished()
+        log["tokens"] = job.generated_tokens
+        raise

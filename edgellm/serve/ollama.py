@@ -31,10 +31,10 @@ from edgellm import ui
 from edgellm.errors import one_line
 from edgellm.runtime.types import Prompt, SamplingParams
 from edgellm.serve.config import ServerConfig
-from edgellm.serve.errors import APIError, ClientGone, as_api_error
+from edgellm.serve.errors import APIError, as_api_error
 from edgellm.serve.host import EngineHost
 from edgellm.serve.intake import prompt_off_the_loop, read_json, require_json
-from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader
+from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader, answer_from_first
 from edgellm.serve.models import ModelSet, Served
 from edgellm.serve.ollama_models import OllamaModel
 from edgellm.serve.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaModelRequest, OllamaRequest
@@ -309,23 +309,14 @@ class NdjsonReply:
     async def respond(self, prompt: Prompt, params: SamplingParams) -> Response:
         job = self.start_job(prompt, params, self.id)
         reader = ItemReader(job, self.request, streamed=self.stream)
-        try:
-            # The first event decides the status: a prompt too long or a bad grammar is a 400, not
-            # an error line inside a 200 stream.
-            first = await reader.next()
-            if isinstance(first, Failure):
-                raise as_api_error(first.error)
+
+        async def respond(first: Item) -> Response:
             if not self.stream:
                 return await self._collect(first, reader)
-        except BaseException as exc:
-            job.cancel()
-            reader.close()
-            self.log["disconnected"] = isinstance(exc, (ClientGone, asyncio.CancelledError))
-            await job.wait_finished()
-            self.log["tokens"] = job.generated_tokens
-            raise
-        return StreamingResponse(self._lines(first, reader), media_type=NDJSON,
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers})
+            return StreamingResponse(self._lines(first, reader), media_type=NDJSON,
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers})
+
+        return await answer_from_first(job, reader, self.log, respond)
 
     def _finish(self, job: GenerationJob) -> tuple[str, dict[str, int]]:
         """done_reason and the metrics, once the scheduler has let go of the job."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -13,8 +12,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from edgellm.runtime.types import Prompt, SamplingParams, TextEvent
-from edgellm.serve.errors import ClientGone, as_api_error
-from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader
+from edgellm.serve.errors import as_api_error
+from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader, answer_from_first
 from edgellm.text.reasoning import REASONING
 from edgellm.text.toolcalls.parser import ToolCallArguments, ToolCallStart
 
@@ -42,26 +41,14 @@ class Reply:
     async def respond(self, prompt: Prompt, params: SamplingParams, *, include_usage: bool) -> Response:
         job = self.start_job(prompt, params, self.id)
         reader = ItemReader(job, self.request, streamed=self.stream)
-        try:
-            # Wait for the first event before answering, so that a prompt too long for the context
-            # or a bad grammar is a 400, not an error inside a 200 stream.
-            first = await reader.next()
-            if isinstance(first, Failure):
-                raise as_api_error(first.error)
+
+        async def respond(first: Item) -> Response:
             if not self.stream:
                 return await self._collect(first, reader)
-        except BaseException as exc:
-            job.cancel()
-            reader.close()
-            self.log["disconnected"] = isinstance(exc, (ClientGone, asyncio.CancelledError))
-            await job.wait_finished()
-            self.log["tokens"] = job.generated_tokens
-            raise
-        return StreamingResponse(
-            self._sse(first, reader, include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers},
-        )
+            return StreamingResponse(self._sse(first, reader, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **self.headers})
+
+        return await answer_from_first(job, reader, self.log, respond)
 
     def _pieces(self, item: Item) -> list[tuple[str, Any]]:
         """(field, value) pairs for an event: 'reasoning_content' or 'content' with text, or
