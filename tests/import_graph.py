@@ -101,48 +101,13 @@ def flat_modules(graph: Graph) -> list[str]:
 
 
 def circles(graph: Graph) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    found: list[list[str]] = []
-    counter = 0
-    for start in graph.modules:
-        if start in index:
-            continue
-        work = [(start, iter(sorted(graph.edges[start])))]
-        index[start] = low[start] = counter
-        counter += 1
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph.edges[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    found.append(sorted(component))
-    return found
+    """Strongly connected components of more than one module (the grammar checker's Tarjan)."""
+    from edgellm.text.grammar import strongly_connected
+
+    groups: dict[str, list[str]] = {}
+    for module, root in strongly_connected({name: sorted(graph.edges[name]) for name in graph.modules}).items():
+        groups.setdefault(root, []).append(module)
+    return sorted(sorted(members) for members in groups.values() if len(members) > 1)
 
 
 def floors(graph: Graph) -> dict[str, int]:

@@ -11,8 +11,9 @@ without memory, in src/llama-grammar.cpp) would take exponential time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from edgellm.errors import GrammarError
 
@@ -340,7 +341,7 @@ def _check_structure(grammar: ParsedGrammar, root: str) -> None:
 
     def cycles(follow: Callable[[bool, bool], bool], needs_growth: bool) -> int | None:
         """A rule on a cycle of followed edges (with a growing edge, if asked), else None."""
-        component = _components({r: [t for t, q, g in es if follow(q, g)] for r, es in edges.items()})
+        component = strongly_connected({r: [t for t, q, g in es if follow(q, g)] for r, es in edges.items()})
         for rule_id, out in edges.items():
             for target, quirky, grows in out:
                 if follow(quirky, grows) and component[rule_id] == component[target] and (grows or not needs_growth):
@@ -417,13 +418,17 @@ def _postorder(graph: dict[int, list[int]]) -> list[int]:
     return order
 
 
-def _components(graph: dict[int, list[int]]) -> dict[int, int]:
-    """Strongly connected components (Tarjan's algorithm, iterative): node -> component id."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    on_stack: set[int] = set()
-    stack: list[int] = []
-    component: dict[int, int] = {}
+Node = TypeVar("Node", bound=Hashable)
+
+
+def strongly_connected(graph: Mapping[Node, Iterable[Node]]) -> dict[Node, Node]:
+    """Strongly connected components (Tarjan's algorithm, iterative): node -> its component's root
+    node. Rule cycles here; tests/import_graph.py finds import circles with it too."""
+    index: dict[Node, int] = {}
+    low: dict[Node, int] = {}
+    on_stack: set[Node] = set()
+    stack: list[Node] = []
+    component: dict[Node, Node] = {}
     counter = 0
     for start in graph:
         if start in index:
@@ -454,7 +459,7 @@ def _components(graph: dict[int, list[int]]) -> dict[int, int]:
                 while True:
                     member = stack.pop()
                     on_stack.discard(member)
-                    component[member] = index[node]
+                    component[member] = node
                     if member == node:
                         break
     return component
