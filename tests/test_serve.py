@@ -45,7 +45,8 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [*(entry or [sys.executable, "-m", "edgellm"]), "serve", *(["-m", str(model)] if model else []), "--port", "0",
              "--ctx", ctx, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_HOME=str(home), **(env or {})),
+            # Offline unless a test points HF_ENDPOINT at its own hub: a server never reaches the internet.
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(EDGELLM_HOME=str(home), **{"HF_HUB_OFFLINE": "1", **(env or {})}),
         )
         self._lines: list[str] = []
         self._changed = threading.Condition()
