@@ -77,6 +77,10 @@ class DownloadError(EdgeLLMError):
     """A download that failed: network, repo, gated, missing quant, checksum, disk, offline."""
 
 
+class NotOnHubError(DownloadError):
+    """The hub has no such repo, revision, file or quant (a server answers 404 for it)."""
+
+
 class GrammarError(EdgeLLMError):
     """A GBNF grammar or JSON Schema that llama.cpp would refuse (or crash on)."""
 

@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -81,6 +82,8 @@ class FakeHub:
         # Cut the connection after this many body bytes, for the next `cuts_left` file transfers.
         self.cut_after_bytes: int | None = None
         self.cuts_left = 0
+        # Seconds to wait before each 64 KiB chunk of a file: a slow link, so a test can leave mid-transfer.
+        self.chunk_delay_s = 0.0
         # repo id -> (hosted file name, what the API says about it); every download then gets
         # that file whatever name it asks for, as a malicious mirror would answer.
         self.lies: dict[str, tuple[str, Lie]] = {}
@@ -299,6 +302,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         with hosted.path.open("rb") as handle:
             handle.seek(start)
             while chunk := handle.read(CHUNK):
+                if self.fake.chunk_delay_s:
+                    time.sleep(self.fake.chunk_delay_s)
                 if cut_at is not None and sent + len(chunk) > cut_at:
                     self.wfile.write(chunk[: max(cut_at - sent, 0)])
                     self.wfile.flush()

@@ -211,9 +211,11 @@ def test_serve_help_says_it_serves_every_model_without_m_and_names_keep_alive() 
 def test_serve_without_m_and_without_models_says_what_to_do(tmp_path: Path) -> None:
     from conftest import run_cli
 
-    result = run_cli("serve", "--port", "0", HF_HOME=str(tmp_path / "hf"), EDGELLM_HOME=str(tmp_path / "home"))
-    assert result.returncode != 0
-    assert b"no model: pass -m FILE.gguf, or download models to serve them all" in result.stderr
+    for where in (["--host", "127.0.0.1"], ["--host", "0.0.0.0", "--insecure"]):  # noqa: S104
+        result = run_cli("serve", "--port", "0", *where, HF_HOME=str(tmp_path / "hf"), EDGELLM_HOME=str(tmp_path / "home"))
+        assert result.returncode != 0
+        assert b"no model: pass -m FILE.gguf, or download models to serve them all" in result.stderr
+        assert b"--allow-pull: start empty" in result.stderr and b"Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("value", ["soon", "5x"])

@@ -201,3 +201,15 @@ def test_idle_unload_frees_the_engine_and_a_request_loads_it_again() -> None:
     asyncio.run(scenario())
     assert host.metrics.model_unloads == 1 and host.metrics.model_reloads == 1
     assert first.backend.closed and loads[0].backend.closed
+
+
+def test_the_servers_reasoning_budget_is_the_profiles_whatever_model_it_started_with() -> None:
+    """Without -m the budget came from the first model's plan, which has none for a model that does
+    not reason: a reasoning model served beside it then reasoned without a budget."""
+    from edgellm.cli.options import serve_thinking
+    from edgellm.device.profiles import load_profiles
+
+    pi = next(profile for profile in load_profiles() if profile.name == "raspberry-pi-5")
+    assert pi.think_budget == 512
+    assert serve_thinking(pi, None, None)["think_budget"] == 512
+    assert serve_thinking(pi, 64, None)["think_budget"] == 64

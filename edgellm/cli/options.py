@@ -23,7 +23,7 @@ import json
 import re
 
 from edgellm.files import read_regular_file
-from edgellm.plan.planner import MAX_SEQUENCES
+from edgellm.plan.planner import MAX_SEQUENCES, reasoning_budget
 from edgellm.text.stops import check_stops, unescape
 from edgellm.text.toolcalls import ToolSpecError, parse_tool_choice, parse_tools
 
@@ -46,13 +46,14 @@ def apply_thinking(sampling: Any, plan: Any, no_think: bool, message: str | None
     if message is not None:
         sampling.think_message = unescape(message)
 
-def serve_thinking(profile: Any, plan: Any, message: str | None) -> dict[str, Any]:
-    """ServerConfig fields for reasoning: the default budget (the plan's: --think-budget, else the
-    profile's) and the budgets of reasoning_effort low / medium / high (the profile's)."""
+def serve_thinking(profile: Any, asked: int | None, message: str | None) -> dict[str, Any]:
+    """ServerConfig fields for reasoning: the default budget (--think-budget, else the profile's:
+    for every reasoning model served, whichever model the server started with) and the budgets of
+    reasoning_effort low / medium / high (the profile's)."""
     from edgellm.runtime.types import DEFAULT_THINK_MESSAGE  # noqa: PLC0415  (the runtime package loads llama_cpp lazily; its constants are cheap)
 
     return {
-        "think_budget": plan.think_budget,
+        "think_budget": reasoning_budget(profile, asked),
         "effort_budgets": {"low": profile.think_budget_low, "medium": profile.think_budget_medium,
                            "high": profile.think_budget_high},
         "think_message": unescape(message) if message is not None else DEFAULT_THINK_MESSAGE,

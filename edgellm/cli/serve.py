@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from edgellm.cli.options import (
 from edgellm.errors import UsageError
 from edgellm.serve.service import DEFAULT_WATCHDOG_S, MAX_WATCHDOG_S, MIN_WATCHDOG_S
 
+# A server with no model yet lets a request generate until its slot is full unless --max-tokens says less.
+UNLIMITED_TOKENS = 1 << 20
+
 
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="A .gguf file, a catalog name (deepseek-r1-1.5b[:Q4_K_S]) or owner/repo:QUANT: loaded at the start, the default model. Without -m: every downloaded model, loaded when a request asks for it.")] = "",
@@ -32,6 +35,7 @@ def serve(
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")] = None,
     api_key_file: Annotated[str | None, typer.Option("--api-key-file", help="Read the API key from the first line of FILE (mode 600), so it is not on the command line.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")] = False,
+    allow_pull: Annotated[bool, typer.Option("--allow-pull", help="Let clients pull and delete models (Ollama's /api/pull, /api/delete) on a non-loopback --host without an API key (on loopback, or with a key, they may anyway), and start with no model downloaded yet.")] = False,
     alias: Annotated[str | None, typer.Option("--alias", help="Model id shown in /v1/models (default: the file name).")] = None,
     allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="On loopback, also answer requests whose Host is NAME (others get 403: DNS rebinding protection); repeat for more.")] = None,
     cors: Annotated[list[str] | None, typer.Option("--cors", help="Let web pages from ORIGIN (e.g. http://localhost:3000, or '*') call the API from a browser; repeat for more. Off by default.")] = None,
@@ -51,17 +55,22 @@ def serve(
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, and Ollama's API on the same port.
 
-    OpenAI: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (Open WebUI, the openai client, curl); reasoning goes to `reasoning_content`. Ollama: GET /api/tags, /api/ps, /api/version, POST /api/chat, /api/generate, /api/show (Home Assistant's Ollama integration, Open WebUI's Ollama connection, LangChain's ChatOllama, Continue); the model is listed as NAME:latest. Also GET /health, /metrics, /slots. Several requests generate at once (--parallel slots, continuous batching); more wait in the queue.
+    OpenAI: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (Open WebUI, the openai client, curl); reasoning goes to `reasoning_content`. Ollama: GET /api/tags, /api/ps, /api/version, POST /api/chat, /api/generate, /api/show, /api/pull, DELETE /api/delete (Home Assistant's Ollama integration, Open WebUI's Ollama connection, LangChain's ChatOllama, Continue); the model is listed as NAME:latest. Also GET /health, /metrics, /slots. Several requests generate at once (--parallel slots, continuous batching); more wait in the queue.
 
     Without -m it serves every model in the Hugging Face cache (edgellm pull NAME puts them there), under its catalog name, owner/repo:QUANT and its Ollama library name (qwen2.5:0.5b, llama3.2): a request loads the model it names; models stay loaded together as far as the memory budget holds them (the least recently used idle one is unloaded to make room), each for --keep-alive once idle. With -m, that model is loaded at the start and is the default.
+
+Clients may pull models (downloaded with edgellm's own code, the quant picked for this board) and delete them: on loopback, with --api-key (the key is needed), or, on a network address without a key, only with --allow-pull. With nothing downloaded yet and --allow-pull, serve starts empty and clients pull their models.
 
     Example: edgellm serve -m model.gguf --port 8080
 
     Example, every downloaded model: edgellm serve --keep-alive 10m
 
     Example, on Ollama's port for clients that assume it: edgellm serve -m model.gguf --port 11434
+
+    Example, for Home Assistant on the LAN, which pulls its models: edgellm serve --host 0.0.0.0 --port 11434 --insecure --allow-pull
     """
     from edgellm import serve as server
+    from edgellm.device.profiles import this_device
     from edgellm.device.sysfs import format_cpu_list
     from edgellm.loader import open_model, prepare
     from edgellm.plan.planner import memory_budget
@@ -80,15 +89,21 @@ def serve(
     server.check_bind(host, api_key, insecure)
     plan_options = options.plan_options(profile, ctx, mem_budget, threads, rpc, parallel=parallel, think_budget=think_budget)
     prepared = prepare(model, plan_options, loading=True) if model else None
-    candidates = _candidates(plan_options, skip=prepared.model.path if prepared else None)
-    first = prepared or (candidates[0][1] if candidates else None)
-    if first is None:
+    library = server.Library(plan_options)
+    candidates = library.candidates(skip=prepared.model.path if prepared else None)
+    pulls = server.pulls_allowed(host, api_key, allow_pull)
+    if prepared is None and not candidates and not (pulls and allow_pull):  # empty: only when asked to be
         raise UsageError("no model: pass -m FILE.gguf, or download models to serve them all",
-                         hint="edgellm serve -m ~/models/model.gguf  (or: edgellm pull qwen2.5-0.5b, then edgellm serve)")
-    budget, _ = memory_budget(first.device, first.profile, plan_options.mem_budget)
+                         hint="edgellm serve -m ~/models/model.gguf  (or: edgellm pull qwen2.5-0.5b, then edgellm serve; "
+                              "or --allow-pull: start empty, clients pull models)")
+    if prepared is not None:
+        device, chosen_profile = prepared.device, prepared.profile
+    else:
+        device, chosen_profile, _ = this_device(plan_options.sysroot, plan_options.profile)
+    budget, _ = memory_budget(device, chosen_profile, plan_options.mem_budget)
     plans = [c.plan for c, _ in candidates] + ([prepared.plan] if prepared else [])
-    largest_slot = max(p.n_ctx_per_slot for p in plans)
-    if max_tokens is not None and max_tokens > largest_slot:
+    largest_slot = max((p.n_ctx_per_slot for p in plans), default=None)
+    if max_tokens is not None and largest_slot is not None and max_tokens > largest_slot:
         raise UsageError(f"--max-tokens {max_tokens} is larger than a slot's context ({largest_slot} tokens)", hint="raise --ctx, or lower --max-tokens")
     sock = server.listen(host, port)
     notifier = Notifier()
@@ -104,14 +119,19 @@ def serve(
         loaded = open_model(prepared, plan_options, sequences=plan_.parallel)
         engine = loaded.engine
         server.warm_up(engine)
-    slot_ctx = first.plan.n_ctx_per_slot
-    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=min(max_tokens or slot_ctx, slot_ctx) if prepared else max_tokens or largest_slot,
+    # The largest max_tokens a request may ask for: -m's slot; without -m the largest slot (a
+    # request's own slot still ends it); no model yet: --max-tokens, else until its slot is full.
+    limit = min(max_tokens or prepared.plan.n_ctx_per_slot, prepared.plan.n_ctx_per_slot) if prepared else \
+        max_tokens or largest_slot or UNLIMITED_TOKENS
+    config = server.ServerConfig(model_id=model_id, api_key=api_key, max_tokens_limit=limit,
                                  queue_size=queue, allowed_hosts=server.allowed_hosts(host, allow_host or []), cors_origins=list(cors or []),
-                                 truncate=truncate, idle_unload_s=idle_unload_s,
-                                 **options.serve_thinking(first.profile, first.plan, think_message))
+                                 truncate=truncate, idle_unload_s=idle_unload_s, allow_pull=pulls,
+                                 **options.serve_thinking(chosen_profile, plan_options.think_budget, think_message))
     url = server.url_of(sock)
     served = f"{model_id} at {url}/v1 (OpenAI API) and {url}/api (Ollama's API, as {ollama_name(model_id)})" if model_id else \
         f"{len(candidates)} models at {url}/v1 (OpenAI API) and {url}/api (Ollama's API), each loaded when asked for"
+    if not model_id and not candidates:
+        ui.info("no model downloaded yet: clients pull them (Ollama's /api/pull), or edgellm pull NAME on the board")
     more = f"; also {len(candidates)} more models, loaded when asked for" if model_id and candidates else ""
     budget_note = f"; together within {format_size(budget)}" if budget is not None and candidates else ""
     ui.info(f"serving {served}{more}{budget_note}{'; API key required' if api_key else ''}; Ctrl-C stops")
@@ -124,7 +144,7 @@ def serve(
         server.serve(engine, config, sock, notifier=notifier, load_engine=loaded.reload if loaded else None,
                      default_aliases=_default_aliases(model, prepared.model.path) if prepared else [],
                      candidates=[c for c, _ in candidates], budget=budget, keep_alive_s=keep_alive_s,
-                     keep_alive_given=keep_alive is not None)
+                     keep_alive_given=keep_alive is not None, library=library)
     finally:
         if engine is not None:
             engine.close()
@@ -147,54 +167,17 @@ def _keep_alive(value: str | None, idle_unload_s: float | None) -> float | None:
     return None if seconds == float("inf") else seconds
 
 
-def _names_of(item: Any) -> list[str]:
-    """A downloaded model's other names: owner/repo:QUANT, its catalog name, its Ollama names."""
-    from edgellm.store.catalog import find_entry
-
-    entry = find_entry(item.catalog_name) if item.catalog_name else None
-    names = ([f"{item.repo}:{item.quant}"] if item.quant else []) + ([entry.name, *entry.ollama] if entry else [])
-    return [name for name in names if name.casefold() != item.name.casefold()]
-
-
 def _default_aliases(model: str, path: Path | None) -> list[str]:
     """-m's other names: what -m said, and, for a downloaded model, its names as without -m."""
+    from edgellm.serve import names_of
     from edgellm.store.cache import list_downloaded
 
     names = [model]
     if path is not None:
         for item in list_downloaded():
             if item.path.resolve() == path.resolve():
-                names += [item.name, *_names_of(item)]
+                names += [item.name, *names_of(item)]
     return names
-
-
-def _candidates(plan_options: Any, skip: Path | None) -> list[tuple[Any, Any]]:
-    """Every downloaded model as a serve Candidate (with its Prepared), planned now, loaded when
-    a request asks for it; `skip`: -m's file."""
-    from edgellm.errors import EdgeLLMError
-    from edgellm.loader import open_model, prepare
-    from edgellm.serve import Candidate
-    from edgellm.store.cache import list_downloaded
-
-    found: list[tuple[Any, Any]] = []
-    taken: set[str] = set()
-    for item in list_downloaded():
-        if skip is not None and item.path.resolve() == skip.resolve():
-            continue  # -m's (its names: _names_of)
-        try:
-            prepared = prepare(str(item.path), plan_options, download=False, loading=True)
-        except EdgeLLMError as exc:
-            ui.warn(f"not serving {item.name}: {exc.message}")
-            continue
-        aliases = [name for name in _names_of(item) if name.casefold() not in taken]
-        taken.update(name.casefold() for name in (item.name, *aliases))
-
-        def load(prepared: Any = prepared) -> tuple[Any, Any]:
-            loaded = open_model(prepared, plan_options, sequences=prepared.plan.parallel)
-            return loaded.engine, loaded.reload
-
-        found.append((Candidate(item.name, aliases, prepared.model, prepared.plan, load), prepared))
-    return found
 
 
 service_app = typer.Typer(

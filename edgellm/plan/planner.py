@@ -419,13 +419,18 @@ def predicted_speed(model: ModelInfo, profile: Profile, workers: Sequence[Worker
     return round(1 / (1 / unrounded + network), 1), reason
 
 
+def reasoning_budget(profile: Profile, asked: int | None = None) -> int | None:
+    """The reasoning budget a reasoning model gets here: --think-budget, else the profile's."""
+    return asked if asked is not None else profile.think_budget
+
+
 def thinking_time(model: ModelInfo, profile: Profile, predicted: float | None,
                   asked: int | None = None) -> tuple[int | None, float | None, str | None]:
     """A reasoning model's thinking budget (`asked`: --think-budget, else the profile's), worst-case
     seconds to a whole answer, and why (None: no reasoning model, or no speed to tell)."""
     if not model.thinks:
         return None, None, None
-    think_budget = asked if asked is not None else profile.think_budget
+    think_budget = reasoning_budget(profile, asked)
     source = "--think-budget" if asked is not None else "profile think_budget"
     if not predicted:
         return think_budget, None, None

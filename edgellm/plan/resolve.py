@@ -10,7 +10,7 @@ from typing import Any
 
 from edgellm.device.profiles import Profile
 from edgellm.device.types import Device
-from edgellm.errors import DownloadError
+from edgellm.errors import DownloadError, NotOnHubError
 from edgellm.plan.quant import QuantCandidate, choose_quant, rank_quants
 from edgellm.store import hub
 from edgellm.store.catalog import CatalogEntry, load_catalog, quants_in_files
@@ -104,7 +104,7 @@ def locate(
         if ref.quant:
             chosen = next((c for c in candidates if c.quant == ref.quant), None)
             if chosen is None:
-                raise DownloadError(
+                raise NotOnHubError(
                     f"{ref.label} has no {ref.quant} file; it has: {_quant_list(rank_quants(candidates, profile.quant_preference))}",
                     hint=f"edgellm pull {ref.label}:{rank_quants(candidates, profile.quant_preference)[0].quant}" if candidates else None,
                 )
@@ -133,7 +133,7 @@ def locate(
         remote = remote_listing.files.get(filename)
         if remote is None:
             available = quants_in_files(list(remote_listing.files))
-            raise DownloadError(
+            raise NotOnHubError(
                 f"{ref.repo} has no file {filename} at {ref.revision}; quants there: {', '.join(available) or 'none'}",
                 hint=f"edgellm pull {ref.repo}:{next(iter(available))}" if available else "check the file name",
             )

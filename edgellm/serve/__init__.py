@@ -16,6 +16,8 @@ apart from the HTTP handler):
   ollama      Ollama's API: its routes, and a job's events as NDJSON
   ollama_translate, ollama_schemas, ollama_models
               its bodies -> SamplingParams and prompts; its request schemas; its model descriptions
+  ollama_pull /api/pull and /api/delete: progress lines, the key and --allow-pull rules
+  library     the disk's models (the Hugging Face cache) as serve candidates; pull, delete
   host        the engine host: load, idle unload, reload, start_job, capacity(); the only
               serve module that touches the scheduler
   models      the served models by name (aliases), one host each once loaded; loads on request
@@ -29,17 +31,19 @@ apart from the HTTP handler):
 
 from edgellm.serve.app import Server, create_app
 from edgellm.serve.config import ServerConfig
+from edgellm.serve.library import Library, names_of
 from edgellm.serve.models import Candidate
 from edgellm.serve.startup import (
     allowed_hosts,
     check_bind,
     is_loopback,
     listen,
+    pulls_allowed,
     read_api_key_file,
     serve,
     url_of,
     warm_up,
 )
 
-__all__ = ["Candidate", "Server", "ServerConfig", "allowed_hosts", "check_bind", "create_app", "is_loopback", "listen",
-           "read_api_key_file", "serve", "url_of", "warm_up"]
+__all__ = ["Candidate", "Library", "Server", "ServerConfig", "allowed_hosts", "check_bind", "create_app", "is_loopback",
+           "listen", "names_of", "pulls_allowed", "read_api_key_file", "serve", "url_of", "warm_up"]

@@ -29,11 +29,11 @@ from edgellm.serve.config import ServerConfig
 from edgellm.serve.errors import APIError, install_handlers
 from edgellm.serve.host import EngineHost
 from edgellm.serve.intake import PREPARE_THREADS, prompt_off_the_loop, read_json, require_json
+from edgellm.serve.library import Library
 from edgellm.serve.lifecycle import supervise
 from edgellm.serve.metrics import Metrics
-from edgellm.serve.models import Candidate, ModelSet, Served
+from edgellm.serve.models import Candidate, ModelSet, Served, served_from
 from edgellm.serve.ollama import OllamaAPI, describe
-from edgellm.serve.ollama_models import OllamaModel
 from edgellm.serve.replies import Reply
 from edgellm.serve.schemas import ChatCompletionRequest, CompletionRequest
 from edgellm.serve.sdnotify import Notifier
@@ -49,12 +49,13 @@ class Server:
     def __init__(self, engine: GenerationEngine | None, config: ServerConfig, *, notifier: Notifier | None = None,
                  load_engine: Callable[[], GenerationEngine] | None = None, candidates: Sequence[Candidate] = (),
                  budget: int | None = None, keep_alive_s: float | None = None, keep_alive_given: bool = False,
-                 default_aliases: Sequence[str] = ()) -> None:
+                 default_aliases: Sequence[str] = (), library: Library | None = None) -> None:
         """`engine`: the -m model, loaded (the default model; None: none); `load_engine` loads it
         again after an unload freed it; `candidates`: the models loaded when a request asks for
         them, within `budget` bytes together, each unloaded after `keep_alive_s` idle (None: only
         to make room; a request's keep_alive changes it; `keep_alive_given`: for -m's model too);
-        `default_aliases`: -m's other names; `notifier` tells systemd how the service is (a no-op
+        `default_aliases`: -m's other names; `library`: the disk's models, for pulls and deletes
+        (None: the served set is fixed); `notifier` tells systemd how the service is (a no-op
         outside systemd)."""
         self.config = config
         self.notifier = notifier or Notifier({})
@@ -68,13 +69,11 @@ class Server:
             host.name = config.model_id if candidates else ""
             self.models.add(Served(config.model_id, describe(config.model_id, host), list(default_aliases), host=host), default=True)
         for candidate in candidates:
-            plan = candidate.plan
-            self.models.add(Served(candidate.model_id, OllamaModel(candidate.model_id, candidate.info, plan, plan.n_ctx_per_slot, False),
-                                   candidate.aliases, load=candidate.load))
+            self.models.add(served_from(candidate))
         self.translate = Translator(config)
         self.translate.routed = True  # the routes find the model by name (404 before translation)
         self.preparer = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="edgellm-prepare")
-        self.ollama = OllamaAPI(config, self.models, self.authorize, self.preparer)
+        self.ollama = OllamaAPI(config, self.models, self.authorize, self.preparer, library)
         self.ready_status = f"serving {config.model_id or f'{len(self.models.served)} models'}"
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,6 +100,7 @@ class Server:
         if self._supervisor is not None:
             self._supervisor.cancel()
         self.models.cancel_all()
+        self.ollama.pulls.cancel_all()
         await asyncio.get_running_loop().run_in_executor(None, self.preparer.shutdown, True)
         await self.models.close()
 
@@ -154,19 +154,19 @@ class Server:
         @app.get("/v1/models")
         async def list_models(request: Request) -> dict[str, Any]:
             self.authorize(request)
-            return {"object": "list", "data": [self.model_card(model_id) for model_id in self.models.served]}
+            return {"object": "list", "data": [self.model_card(served.model_id) for served in await self.models.listing()]}
 
         @app.get("/v1/models/{model_id:path}")
         async def get_model(model_id: str, request: Request) -> dict[str, Any]:
             self.authorize(request)
-            return self.model_card(self.models.for_v1(model_id).model_id)
+            return self.model_card((await self.models.for_v1(model_id)).model_id)
 
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Response:
             self.authorize(request)
             require_json(request)
             body = ChatCompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            served = self.models.for_v1(body.model)
+            served = await self.models.for_v1(body.model)
             async with self.models.use(served) as host:
                 return await self.chat(request, body, served.model_id, host)
 
@@ -175,7 +175,7 @@ class Server:
             self.authorize(request)
             require_json(request)
             body = CompletionRequest.model_validate(await read_json(request, self.config.max_body_bytes), strict=True)
-            served = self.models.for_v1(body.model)
+            served = await self.models.for_v1(body.model)
             async with self.models.use(served) as host:
                 return await self.complete(request, body, served.model_id, host)
 

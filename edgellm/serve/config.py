@@ -31,4 +31,7 @@ class ServerConfig:
     think_message: str = DEFAULT_THINK_MESSAGE
     # Free the model after this many seconds without requests; the next request loads it again.
     idle_unload_s: float | None = None
+    # Whether clients may pull and delete models (/api/pull, /api/delete): not on a server that
+    # listens beyond this machine without a key, unless its owner said --allow-pull.
+    allow_pull: bool = True
     created: int = field(default_factory=lambda: int(time.time()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -69,6 +69,13 @@ class Served:
         return any(names_match(name, known) for known in (self.model_id, *self.aliases))
 
 
+def served_from(candidate: Candidate) -> Served:
+    """A Candidate (a model on disk, planned) as one of the server's models, loaded when asked for."""
+    plan = candidate.plan
+    return Served(candidate.model_id, OllamaModel(candidate.model_id, candidate.info, plan, plan.n_ctx_per_slot, False),
+                  candidate.aliases, load=candidate.load)
+
+
 class ModelSet:
     """The server's models by name, and the loading and unloading within the memory budget."""
 
@@ -83,6 +90,8 @@ class ModelSet:
         self.served: dict[str, Served] = {}
         self.default: Served | None = None
         self.draining = False
+        # Looks at the disk for models added or removed outside the server (edgellm.serve.ollama_pull).
+        self.sync_with_disk: Callable[[], Awaitable[None]] | None = None
         self._lock = asyncio.Lock()
 
     def add(self, served: Served, *, default: bool = False) -> None:
@@ -99,13 +108,32 @@ class ModelSet:
                 return served
         return next((served for served in self.served.values() if served.named(name)), None)
 
-    def for_v1(self, name: str | None) -> Served:
+    async def lookup(self, name: str) -> Served | None:
+        """find(), after a look at the disk when the name is new (a model `edgellm pull` just added)."""
+        found = self.find(name)
+        if found is None and self.sync_with_disk is not None:
+            await self.sync_with_disk()
+            found = self.find(name)
+        return found
+
+    async def listing(self) -> list[Served]:
+        """Every model, the disk looked at again first (clients poll the list: what they see is what is there)."""
+        if self.sync_with_disk is not None:
+            await self.sync_with_disk()
+        return list(self.served.values())
+
+    def forget(self, served: Served) -> None:
+        """A model whose file is gone (edgellm rm) and that is not loaded: no longer offered."""
+        if served is not self.default and not served.loaded:
+            self.served.pop(served.model_id, None)
+
+    async def for_v1(self, name: str | None) -> Served:
         """The model a /v1 request names; none named: the default (-m's), as before several were served."""
         if not name:
             if self.default is not None:
                 return self.default
             raise APIError(400, f"model is required: this server serves {self._names()}", param="model", code="model_required")
-        found = self.find(name)
+        found = await self.lookup(name)
         if found is None:
             raise APIError(404, f"the model '{one_line(name, 100)}' is not served here; this server serves {self._names()}",
                            param="model", code="model_not_found")
@@ -113,6 +141,10 @@ class ModelSet:
 
     def _names(self) -> str:
         return ", ".join(f"'{model_id}'" for model_id in self.served) or "no model"
+
+    def names(self) -> list[str]:
+        """Every name a model answers to (a new model's names must not take one)."""
+        return [name for served in self.served.values() for name in (served.model_id, *served.aliases)]
 
     def hosts(self) -> list[EngineHost]:
         return [served.host for served in self.served.values() if served.host is not None]
@@ -153,6 +185,22 @@ class ModelSet:
             return
         async with self._lock:
             await host.unload()
+
+    async def remove(self, served: Served, delete: Callable[[], object]) -> None:
+        """Take a model out of the set and run `delete` (its file), in turn with the loads, so no
+        request loads the file while it goes. A model in use or loaded at the start is refused."""
+        async with self._lock:
+            if served is self.default:
+                raise APIError(400, f"{served.model_id} is the model serve was started with (-m); stop serve to delete it",
+                               code="model_in_use")
+            host = served.host
+            if host is not None:
+                await host.unload(force=True, why=f"{served.model_id} unloaded: deleted")
+                if host.engine is not None:  # not idle: unload let it be
+                    raise APIError(409, f"{served.model_id} is answering requests; delete it when they are done",
+                                   code="model_in_use")
+            self.served.pop(served.model_id, None)
+            await asyncio.get_running_loop().run_in_executor(None, delete)
 
     def refusal(self, served: Served) -> str | None:
         plan = served.model.plan

@@ -35,8 +35,10 @@ from edgellm.serve.errors import APIError, as_api_error
 from edgellm.serve.host import EngineHost
 from edgellm.serve.intake import prompt_off_the_loop, read_json, require_json
 from edgellm.serve.jobs import END, Failure, GenerationJob, Item, ItemReader, answer_from_first
+from edgellm.serve.library import Library
 from edgellm.serve.models import ModelSet, Served
 from edgellm.serve.ollama_models import OllamaModel
+from edgellm.serve.ollama_pull import Pulls
 from edgellm.serve.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaModelRequest, OllamaRequest
 from edgellm.serve.ollama_translate import (
     FOREVER,
@@ -52,15 +54,13 @@ from edgellm.store.digest import file_sha256
 
 NDJSON = "application/x-ndjson"
 Body = TypeVar("Body", bound=BaseModel)
-LATER = ("pulling and deleting models through this API come with a later "
-         "version of edgellm")
 
 
 class OllamaAPI:
     """The /api routes over the server's engine hosts."""
 
     def __init__(self, config: ServerConfig, models: ModelSet, authorize: Callable[[Request], None],
-                 preparer: ThreadPoolExecutor) -> None:
+                 preparer: ThreadPoolExecutor, library: Library | None = None) -> None:
         self.config = config
         self.models = models
         self.authorize = authorize
@@ -69,14 +69,16 @@ class OllamaAPI:
         # A request without keep_alive: serve's --keep-alive (Ollama's default is 5m).
         self.default_keep_alive = models.keep_alive_s if models.keep_alive_s is not None else FOREVER
         self.digests = Digests()
+        self.pulls = Pulls(config, models, library, added=lambda served: self.digests.start([served.model]))
+        models.sync_with_disk = self.pulls.sync_with_disk
 
     # -- models --
 
-    def find(self, name: str) -> Served:
+    async def find(self, name: str) -> Served:
         """The served model a request names, or Ollama's 404."""
         if not name.strip():
             raise APIError(400, "model is required", param="model")
-        found = self.models.find(name)
+        found = await self.models.lookup(name)
         if found is None:
             raise APIError(404, f"model '{one_line(name, 100)}' not found", param="model", code="model_not_found")
         return found
@@ -104,7 +106,7 @@ class OllamaAPI:
         @app.get("/api/tags")
         async def tags(request: Request) -> dict[str, Any]:
             self.authorize(request)
-            return {"models": [model.tag(await self.digest(model)) for model in self.described()]}
+            return {"models": [served.model.tag(await self.digest(served.model)) for served in await self.models.listing()]}
 
         @app.get("/api/ps")
         async def ps(request: Request) -> dict[str, Any]:
@@ -118,7 +120,7 @@ class OllamaAPI:
         @app.post("/api/show")
         async def show(request: Request) -> dict[str, Any]:
             body = await self.body(request, OllamaModelRequest)
-            return self.find(body.target).model.show()
+            return (await self.find(body.target)).model.show()
 
         @app.post("/api/chat")
         async def chat(request: Request) -> Response:
@@ -135,23 +137,12 @@ class OllamaAPI:
         @app.post("/api/pull")
         async def pull(request: Request) -> Response:
             body = await self.body(request, OllamaModelRequest)
-            try:
-                self.find(body.target)
-            except APIError as exc:
-                if exc.status != 404:
-                    raise
-                raise APIError(501, f"'{one_line(body.target, 100)}' is not served here: this server serves "
-                                    f"{', '.join(m.name for m in self.described())}; {LATER} (until then: "
-                                    "edgellm pull NAME, then edgellm serve -m NAME)", code="not_implemented") from None
-            if body.stream is False:
-                return JSONResponse({"status": "success"})
-            return Response(_line({"status": "success"}), media_type=NDJSON)
+            return await self.pulls.pull(request, body)
 
         @app.api_route("/api/delete", methods=["DELETE", "POST"])
         async def delete(request: Request) -> Response:
-            self.authorize(request)
-            raise APIError(501, f"deleting models through this API is not supported yet: {LATER} (until then: edgellm rm NAME)",
-                           code="not_implemented")
+            body = await self.body(request, OllamaModelRequest)
+            return await self.pulls.delete(body)
 
         not_yet = {
             "/api/create": "creating models", "/api/copy": "copying models", "/api/push": "pushing models",
@@ -201,7 +192,7 @@ class OllamaAPI:
             return JSONResponse(chunks.last({}, "load", {}))
 
     async def chat(self, request: Request, body: OllamaChatRequest, started: float) -> Response:
-        served = self.find(body.model)
+        served = await self.find(body.model)
         if not body.messages:
             return await self.load_or_unload(body, served, chat=True)
         keep_alive = parse_keep_alive(body.keep_alive, self.default_keep_alive)
@@ -226,7 +217,7 @@ class OllamaAPI:
             return await reply.respond(prompt, chat.params)
 
     async def generate(self, request: Request, body: OllamaGenerateRequest, started: float) -> Response:
-        served = self.find(body.model)
+        served = await self.find(body.model)
         if not body.prompt and not body.suffix:
             return await self.load_or_unload(body, served, chat=False)
         keep_alive = parse_keep_alive(body.keep_alive, self.default_keep_alive)

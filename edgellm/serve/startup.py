@@ -38,6 +38,12 @@ def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
     )
 
 
+def pulls_allowed(host: str, api_key: str | None, allow_pull: bool) -> bool:
+    """Whether clients may pull and delete models: on loopback, or with a key (a client that has
+    it may), or when the owner allowed it (--allow-pull) on a trusted network."""
+    return is_loopback(host) or bool(api_key) or allow_pull
+
+
 def listen(host: str, port: int) -> socket.socket:
     """Bind and listen before the model loads, so a taken port fails fast with a clear error."""
     try:

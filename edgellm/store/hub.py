@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgellm.errors import DownloadError, ModelNotFoundError, UsageError
+from edgellm.errors import DownloadError, ModelNotFoundError, NotOnHubError, UsageError
 from edgellm.files import read_regular_file
 from edgellm.units import format_size
 
@@ -182,14 +182,14 @@ def hub_errors(repo: str, revision: str, filename: str | None = None, *, network
         ) from None
     except RepositoryNotFoundError:
         private = "" if _has_token() else " (or it is private: set HF_TOKEN or run `hf auth login`)"
-        raise DownloadError(
+        raise NotOnHubError(
             f"no repo {repo} on {hub_endpoint()}{private}",
             hint="check the name; `edgellm models` lists the models edgellm knows",
         ) from None
     except RevisionNotFoundError:
-        raise DownloadError(f"{repo} has no revision '{revision}'", hint="drop --revision to use main") from None
+        raise NotOnHubError(f"{repo} has no revision '{revision}'", hint="drop --revision to use main") from None
     except RemoteEntryNotFoundError:
-        raise DownloadError(f"{repo} has no file {filename} at {revision}", hint=f"list the quants with: edgellm pull {repo}:?") from None
+        raise NotOnHubError(f"{repo} has no file {filename} at {revision}", hint=f"list the quants with: edgellm pull {repo}:?") from None
     except OfflineModeIsEnabled:
         raise offline_error(repo) from None
     except HfHubHTTPError as exc:  # before OSError: HfHubHTTPError is an OSError too
