@@ -146,7 +146,10 @@ class OllamaAPI:
 
         not_yet = {
             "/api/create": "creating models", "/api/copy": "copying models", "/api/push": "pushing models",
-            "/api/blobs/{digest}": "blobs", "/api/embed": "embeddings", "/api/embeddings": "embeddings",
+            "/api/blobs/{digest}": "blobs",
+            # Open WebUI asks for these for its documents: its own embedding engine does that job.
+            "/api/embed": "embeddings (for Open WebUI's documents, keep its default SentenceTransformers embedding engine)",
+            "/api/embeddings": "embeddings (for Open WebUI's documents, keep its default SentenceTransformers embedding engine)",
         }
         for path, what in not_yet.items():
             app.add_api_route(path, self._not_implemented(what), methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
@@ -156,7 +159,7 @@ class OllamaAPI:
         async def refuse(request: Request) -> Response:
             self.authorize(request)
             raise APIError(501, f"{what}: not supported by edgellm's Ollama API (it serves the chat and completion "
-                                "endpoints: /api/chat, /api/generate, /api/tags, /api/show, /api/ps)", code="not_implemented")
+                                "endpoints: /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/pull, /api/delete)", code="not_implemented")
         return refuse
 
     async def body(self, request: Request, schema: type[Body]) -> Body:
