@@ -64,6 +64,7 @@ class ScriptedBackend:
     prompts: list[str] = field(default_factory=list)  # the prompt each sampler saw, in order
     paused: threading.Event = field(default_factory=threading.Event)
     closed: bool = False
+    idle_releases: int = 0  # times the scheduler's thread went idle and let its compute threads go
 
     def __post_init__(self) -> None:
         self.paused.set()  # set = running
@@ -73,6 +74,9 @@ class ScriptedBackend:
         self.samplers: list[ScriptedSampler] = []  # every sampler made, in order
     def clear(self) -> None:
         self.kv.clear()
+
+    def release_threads(self) -> None:
+        self.idle_releases += 1
 
     def keep_prefix(self, seq_id: int, keep: int) -> None:
         self.kv[seq_id] = self.kv.get(seq_id, [])[:keep]

@@ -20,12 +20,13 @@ from edgellm.runtime.types import SamplingParams
 prepared = prepare(sys.argv[1], PlanOptions(), loading=True)
 plan = dataclasses.replace(prepared.plan, cores=json.loads(sys.argv[2]), threads=2, threads_batch=2)
 engine = Engine(prepared.model, plan)
-list(engine.generate([{"role": "user", "content": "hello " * 20}], SamplingParams(max_tokens=4, seed=1)))
 threads = {}
-for task in Path("/proc/self/task").iterdir():
-    for line in (task / "status").read_text().splitlines():
-        if line.startswith("Cpus_allowed_list:"):
-            threads[task.name + ":" + (task / "comm").read_text().strip()] = line.split(":", 1)[1].strip()
+# Looked at while it generates: llama.cpp's workers exist only while a thread decodes.
+for _ in engine.generate([{"role": "user", "content": "hello " * 20}], SamplingParams(max_tokens=4, seed=1, ignore_eos=True)):
+    for task in Path("/proc/self/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                threads[task.name + ":" + (task / "comm").read_text().strip()] = line.split(":", 1)[1].strip()
 print(json.dumps({"process": sorted(os.sched_getaffinity(0)), "threads": threads}))
 """
 

@@ -217,3 +217,32 @@ def test_bad_stop_lists_are_refused() -> None:
 def test_prompt_and_opens_think_from_the_fake_template() -> None:
     engine = FakeEngine(template_opens_think=True)
     assert engine.prompt_from_messages([{"role": "user", "content": "x"}]) == Prompt([ord(c) for c in "user: x\nassistant:<think>"], True)
+
+
+def test_the_generation_thread_lets_its_compute_threads_go_each_time_it_goes_idle() -> None:
+    """serve's generation thread (Scheduler.run): idle once at the start and after each request;
+    never while a request generates (issue 27: a thread keeps an OpenMP team while it decodes)."""
+    import threading
+    import time
+
+    engine = FakeEngine("Hi there.", slots=1)
+    backend = engine.backend
+    thread = threading.Thread(target=engine.scheduler.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while backend.idle_releases < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for round_number in (1, 2):
+        request, events = submit(engine, "hello")
+        while not any(isinstance(event, Finished) for event in events):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while backend.idle_releases < round_number + 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert backend.decodes > 1  # released between requests, not once per decode
+    time.sleep(0.05)
+    assert backend.idle_releases == 3
+    engine.scheduler.stop()
+    thread.join(10)

@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from edgellm.errors import GenerationError
+from edgellm.runtime.native import release_compute_threads
 from edgellm.runtime.rpc import decode_watch
 from edgellm.runtime.types import SamplingParams
 
@@ -109,6 +110,11 @@ class LlamaBackend:
     def piece(self, token: int) -> bytes:
         """The token's bytes; <think>, </think> and <|python_tag|> written out, other special tokens not."""
         return self._piece(token, token in self._shown_tokens)
+
+    @staticmethod
+    def release_threads() -> None:
+        """Idle: this thread's llama.cpp compute threads go (edgellm.runtime.native.release_compute_threads)."""
+        release_compute_threads()
 
     def close(self) -> None:
         if self.batch is not None:

@@ -229,8 +229,15 @@ class Scheduler:
 
     def run(self) -> None:
         """Step until stop(); sleeps while there is nothing to do. Ends every request it holds."""
+        def busy() -> bool:
+            return any(slot.busy for slot in self.slots)
+
         try:
-            while self._inbox.wait(lambda: any(s.busy for s in self.slots)):
+            while True:
+                if not busy() and not self._inbox.count():
+                    self.backend.release_threads()  # idle: only a thread that is decoding keeps compute threads
+                if not self._inbox.wait(busy):
+                    break
                 self.step()
         finally:
             for slot in self.slots:  # an idle one has nothing to end

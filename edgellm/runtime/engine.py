@@ -31,6 +31,7 @@ from edgellm.runtime.native import (
     build_has_amx,
     load_llama_cpp,
     pin_to_cores,
+    release_compute_threads,
 )
 from edgellm.runtime.rpc import attach_workers, decode_watch, keep_alive_worker_sockets
 from edgellm.runtime.types import Event, GenerationInterrupted, GenerationStats, Prompt, SamplingParams, TextEvent
@@ -346,6 +347,10 @@ class Engine:
         except GeneratorExit:
             drain()  # the consumer stopped reading: free the sequence
             raise
+        finally:
+            # This thread stops decoding: its compute threads go, so that a decode on another
+            # thread (serve's, after the warm-up here) is not slowed by them.
+            release_compute_threads()
 
     @functools.cached_property
     def scheduler(self) -> Any:
