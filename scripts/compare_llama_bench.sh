@@ -121,3 +121,4 @@ for test in ours:
           + " ".join(f"{r:.3f}" for r in per_round))
 print(f"({rounds} alternating rounds; ratio = edgellm / llama-bench, 1.000 = identical)")
 EOF
+"$PYTHON" "$(dirname "$0")/hostinfo.py"

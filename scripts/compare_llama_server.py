@@ -39,6 +39,9 @@ from pathlib import Path
 
 import openai
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostinfo import host_line  # noqa: E402  (scripts/ is not a package)
+
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # llama.cpp issue 20824: AMX kernels crash on batches
 
 
@@ -232,7 +235,8 @@ def main() -> None:
         for server in servers:
             server.stop()
 
-    print(f"\n{model.name}, {args.parallel} slots, context {plan['n_ctx']}, {threads} threads, {args.tokens} tokens per client, "
+    print(f"\n{host_line()}")
+    print(f"{model.name}, {args.parallel} slots, context {plan['n_ctx']}, {threads} threads, {args.tokens} tokens per client, "
           f"median of {args.rounds} rounds, servers alternated on every measurement")
     print("| clients | edgellm tok/s | llama-server tok/s | ratio | edgellm TTFT | llama-server TTFT | TTFT ratio |")
     print("|---|---|---|---|---|---|---|")

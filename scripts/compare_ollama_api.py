@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -33,18 +32,9 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_llama_server import Server, free_port  # noqa: E402  (the same start-up and health wait)
+from hostinfo import host_line  # noqa: E402
 
 WORDS = ["river", "stone", "lamp", "garden", "window", "signal", "copper", "meadow", "harbor", "engine"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def forced(tokens: int) -> str:
@@ -144,7 +134,7 @@ def main() -> None:
                 prompt = prompt_for(which, index)
                 rows[which].append(via_ollama(api, "bench", prompt, args.tokens) if which == "ollama"
                                    else via_openai(v1, "bench", prompt, args.tokens))
-        print(f"host: {cpu_model()}, {os.cpu_count()} cores; model {model_path.name}; {args.rounds} rounds of {args.tokens} tokens, alternating")
+        print(f"{host_line()}; model {model_path.name}; {args.rounds} rounds of {args.tokens} tokens, alternating")
         for which in ("ollama", "openai"):
             ttft = statistics.median(r[0] for r in rows[which])
             tps = statistics.median(r[1] for r in rows[which])

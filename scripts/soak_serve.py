@@ -27,7 +27,6 @@ Example (issue 30's soak: 20 minutes, 4 clients):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -56,6 +55,9 @@ import openai
 import psutil
 
 from edgellm.serve.access_log import KNOWN_PATHS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostinfo import host_line  # noqa: E402  (scripts/ is not a package)
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -926,14 +928,6 @@ def metrics_problems(server: Counter[tuple[str, int]], counters: Counters) -> li
 # --- the report ----------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def median(values: list[float]) -> str:
     return f"{statistics.median(values):.3f}s (n={len(values)})" if values else "n/a (no samples)"
 
@@ -944,7 +938,7 @@ def report(soak: Soak, args: argparse.Namespace, model: str, exit_code: int | No
     failures = []
     print()
     print("=== edgellm serve soak ===")
-    print(f"host: {cpu_model()}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+    print(f"{host_line()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"Python {platform.python_version()}")
     print(f"server: {soak.server.root}, model {soak.model_id} ({model}), {len(soak.end_state['slots'])} slots, seed {args.seed}")
     print(f"ran {soak.elapsed / 60:.1f} min with {args.clients} clients: {c.sent} requests "
