@@ -246,3 +246,45 @@ def test_the_generation_thread_lets_its_compute_threads_go_each_time_it_goes_idl
     assert backend.idle_releases == 3
     engine.scheduler.stop()
     thread.join(10)
+
+
+def test_a_batch_starting_from_idle_waits_briefly_for_requests_still_being_prepared() -> None:
+    """Two clients at once: the second request is still being tokenized when the first arrives.
+    Its prompt joins the first batch instead of waiting for the other's prompt decode."""
+    import threading
+    import time
+
+    engine = FakeEngine("Hi.", slots=2)
+    preparing = [1]
+    engine.scheduler.coming = lambda: preparing[0]
+    thread = threading.Thread(target=engine.scheduler.run, daemon=True)
+    thread.start()
+    first, first_events = submit(engine, "one")
+    time.sleep(0.02)  # the second one's preparation, under the gather window
+    preparing[0] = 0
+    second, second_events = submit(engine, "two")
+    deadline = time.monotonic() + 10
+    while not all(any(isinstance(e, Finished) for e in events) for events in (first_events, second_events)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    engine.scheduler.stop()
+    thread.join(10)
+    assert {seq_id for seq_id, _ in engine.backend.batches[0]} == {0, 1}  # both prompts in the first decode
+
+
+def test_a_preparation_that_never_ends_does_not_hold_the_batch() -> None:
+    import threading
+    import time
+
+    engine = FakeEngine("Hi.", slots=2)
+    engine.scheduler.coming = lambda: 1  # a preparation that never ends (a huge schema, a client gone)
+    thread = threading.Thread(target=engine.scheduler.run, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    _, events = submit(engine, "one")
+    while not any(isinstance(e, Finished) for e in events):
+        assert time.monotonic() - started < 10
+        time.sleep(0.005)
+    engine.scheduler.stop()
+    thread.join(10)
+    assert engine.backend.decodes >= 1  # it waited out the gather window, then generated

@@ -35,6 +35,9 @@ from edgellm.runtime.types import GenerationStats, Prompt, SamplingParams
 
 # The idle generation loop wakes this often to show it is alive (serve's systemd watchdog).
 HEARTBEAT_SECONDS = 1.0
+# How long a batch starting from idle waits for requests still being prepared (tokenizing a
+# prompt takes milliseconds; a prompt decode, a second or more on a board).
+GATHER_SECONDS = 0.05
 
 
 @dataclass
@@ -84,6 +87,13 @@ class _Inbox:
     def count(self) -> int:
         with self._wake:
             return sum(1 for r in self._requests if not r.cancelled.is_set())
+
+    def gather(self, coming: Callable[[], int], seconds: float) -> None:
+        """Wait up to `seconds` while `coming()` requests are still on their way here."""
+        deadline = time.monotonic() + seconds
+        with self._wake:
+            while not self._stopping and coming() > 0 and (left := deadline - time.monotonic()) > 0:
+                self._wake.wait(left)  # put() wakes it
 
     def wait(self, busy: Callable[[], bool]) -> bool:
         """Sleep while there is nothing to do (no request, `busy()` false); False once stopped."""
@@ -188,6 +198,8 @@ class Scheduler:
         self._inbox = _Inbox()
         self.backend.clear()
         self.steps = 0
+        # Requests the front end accepted but is still preparing (serve's host counts them); run has none.
+        self.coming: Callable[[], int] = lambda: 0
 
     # -- from any thread --
 
@@ -238,6 +250,11 @@ class Scheduler:
                     self.backend.release_threads()  # idle: only a thread that is decoding keeps compute threads
                 if not self._inbox.wait(busy):
                     break
+                if not busy():
+                    # A batch that starts from idle takes the requests that arrived with this one and
+                    # are still being prepared: started a step later, each would wait for the
+                    # other's prompt (two clients at once: twice the time to the first token).
+                    self._inbox.gather(self.coming, GATHER_SECONDS)
                 self.step()
         finally:
             for slot in self.slots:  # an idle one has nothing to end

@@ -88,6 +88,9 @@ class EngineHost:
         self._load_lock = asyncio.Lock()
 
     def _generator_thread(self) -> threading.Thread:
+        # Requests inside in_use() without a job yet are being prepared: a batch starting from
+        # idle waits a moment for them (edgellm.runtime.batch.GATHER_SECONDS).
+        self.scheduler.coming = lambda: max(self.users - len(self.active_jobs), 0)
         return threading.Thread(target=self.scheduler.run, name="edgellm-generate", daemon=True)
 
     # -- what it holds --
