@@ -31,6 +31,7 @@ from edgellm.errors import (
 from edgellm.paths import llama_build_cache_file
 from edgellm.plan.planner import Plan, auto_parallel, largest_context, make_plan, refusal_hint
 from edgellm.plan.resolve import resolve as resolve_spec
+from edgellm.store import measured as measurements
 from edgellm.store.gguf import ModelInfo
 
 if TYPE_CHECKING:
@@ -105,6 +106,11 @@ def resolve_model(
                           say=notices.info, confirm=notices.confirm, progress_factory=notices.progress)
 
 
+def measured_here(device: Device) -> measurements.Measured | None:
+    """What `edgellm bench` measured on this device (the planner predicts speed from it)."""
+    return measurements.load(device.identity)
+
+
 def prepare(spec: str | None, options: PlanOptions, *, download: bool = True, loading: bool = False, yes: bool = False) -> Prepared:
     """Detect, select the profile, resolve the model (no spec: the profile's default model) and
     plan. `loading`: the caller loads the model next, so asking llama.cpp for its build facts
@@ -131,11 +137,12 @@ def prepare(spec: str | None, options: PlanOptions, *, download: bool = True, lo
                 hint=hint,
             ) from None
     repacks = _build_repacks(options.sysroot, loading)
+    measured = measured_here(device)  # what edgellm bench measured on this device, if anything
 
     def plan_for(parallel: int) -> Plan:
         return make_plan(model, device, profile, ctx=options.ctx, mem_budget=options.mem_budget, threads=options.threads,
                          threads_batch=options.threads_batch, build_repacks=repacks, parallel=parallel, workers=workers,
-                         think_budget=options.think_budget)
+                         think_budget=options.think_budget, measured=measured)
 
     plan = plan_for(options.parallel if options.parallel is not None else auto_parallel(plan_for))
     if download and not plan.fits:
@@ -308,7 +315,8 @@ def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, roo
     def plan_at(n_ctx: int) -> Plan:
         return make_plan(model, prepared.device, prepared.profile, ctx=n_ctx, mem_budget=options.mem_budget,
                          threads=options.threads, threads_batch=options.threads_batch, build_repacks=repacks,
-                         workers=prepared.workers, think_budget=options.think_budget)
+                         workers=prepared.workers, think_budget=options.think_budget,
+                         measured=measured_here(prepared.device))
 
     larger = plan_at(wanted)
     holds = larger.n_ctx if larger.fits else 0

@@ -48,6 +48,7 @@ from edgellm.runtime import engine as runtime
 from edgellm.runtime import native
 from edgellm.runtime.response import Response
 from edgellm.runtime.types import SamplingParams
+from edgellm.store import measured as measurements
 from edgellm.store.synthetic import synthetic_model_path
 
 DEFAULT_PROMPT = 512
@@ -618,6 +619,8 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
         else:
             bench_ctx = runtime.BenchContext(engine)
             results = _run_tests(bench_ctx, config, plan, probe, pinned, progress, say)
+            if config.cores is None and not plan.rpc:  # the plan's own cores, this board alone: what plan predicts
+                _record(prepared, plan, results, say)
         ttft_s = _time_to_first_token(engine, bench_ctx, config.prompts[0] if config.prompts[0] > 0 else 32)
         info = native.system_info()
         return BenchReport(
@@ -657,6 +660,30 @@ def run(config: BenchConfig, progress: ProgressFn | None = None, say: Callable[[
         )
     finally:
         engine.close()
+
+
+def _record(prepared: Any, plan: Any, results: list[TestResult], say: Callable[[str], None]) -> None:
+    """Keep what generation and prompt speed this device reached (edgellm.store.measured), so
+    that `plan` predicts from the measurement instead of the profile's estimate."""
+    model = prepared.model
+    tg = [r for r in results if r.spec.n_gen and not r.spec.n_prompt and not r.spec.depth and r.spec.threads == plan.threads]
+    pp = [r for r in results if r.spec.n_prompt and not r.spec.n_gen and not r.spec.depth and r.spec.threads == plan.threads_batch]
+    if not tg or not model.bytes_per_token:
+        return
+    tg_tps = statistics.fmean(tps for r in tg for tps in r.samples_tps)
+    bandwidth = float(f"{tg_tps * model.bytes_per_token / 1e9:.4g}")  # GB/s; 4 digits keep a tiny model's too
+    shape = measurements.shape_of(model.arch, model.n_params, model.quant)
+    pp_tps = {shape: round(statistics.fmean(tps for r in pp for tps in r.samples_tps), 2)} if pp else {}
+    record = measurements.Measured(bandwidth, round(tg_tps, 2), model.name or shape, plan.threads,
+                                   time.strftime("%Y-%m-%dT%H:%M:%S%z"), pp_tps)
+    try:
+        measurements.save(prepared.device.identity, record)
+    except OSError as exc:
+        say(f"could not keep the measurement for plan: {exc.strerror or exc}")
+        return
+    say(f"kept for plan: {bandwidth:.3g} GB/s effective bandwidth on this device (plan predicted "
+        f"{plan.predicted_tg_tps if plan.predicted_tg_tps is not None else 'no'} tok/s for this model, bench measured "
+        f"{tg_tps:.1f}); edgellm bench --forget drops it")
 
 
 def _run_tests(bench_ctx: Any, config: BenchConfig, plan: Any, probe: heat.HeatProbe, pinned: list[int],

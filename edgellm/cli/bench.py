@@ -42,6 +42,7 @@ def bench(
     json_output: JsonOpt = False,
     csv_output: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table on stdout (for pasting into issues).")] = False,
+    forget: Annotated[bool, typer.Option("--forget", help="Drop what bench measured on this device: plan predicts speed from the profile's estimate again.")] = False,
 ) -> None:
     """Measure prompt (pp) and generation (tg) tokens/s, load time, first-token latency, memory and heat.
 
@@ -52,8 +53,13 @@ def bench(
     Example: edgellm bench --synthetic deepseek-r1-1.5b -t 1,2,4 --markdown
 
     Example: edgellm bench --synthetic deepseek-r1-1.5b --parallel 1,2,4 -p 512 -n 32
+
+    A run on the plan's threads and cores is kept for this device: `edgellm plan` then predicts generation speed from the bandwidth it measured (effective bandwidth from tg, prompt speed by model shape) and says so. edgellm bench --forget drops it.
     """
     if ctx.invoked_subcommand is not None:
+        return
+    if forget:
+        _forget(profile)
         return
     from edgellm.bench import runner as benchmark
     from edgellm.units import parse_duration
@@ -97,6 +103,18 @@ def bench(
     data = report.to_json()  # every view reads the JSON, as `bench report` reads files
     output.emit(data, lambda: ui.render_bench_report(data), csv=lambda: ui.bench_csv(data),
                 markdown=lambda: ui.bench_markdown(data))
+
+
+def _forget(profile: str | None) -> None:
+    from edgellm.device.profiles import this_device
+    from edgellm.store import measured
+
+    device, _, _ = this_device("/", profile)
+    dropped = measured.forget(device.identity)
+    if dropped is None:
+        ui.info("nothing measured on this device to forget")
+    else:
+        ui.info(f"forgot {dropped.describe().split(' (', 1)[0]}: plan predicts from the profile's estimate again")
 
 
 @bench_app.command("report")

@@ -68,6 +68,11 @@ class Device:
         data["core_of_cpu"] = {str(cpu): core for cpu, core in self.core_of_cpu.items()}
         return data
 
+    @property
+    def identity(self) -> str:
+        """This machine among others of its profile (what a measurement made here is filed under)."""
+        return f"{self.board} | {self.soc} | {self.cpu_model} | {self.cpu_count} cores"
+
     def physical_core_count(self, cpus: Iterable[int]) -> int:
         """How many physical cores the CPU ids cover (SMT siblings count once)."""
         ids = list(cpus)

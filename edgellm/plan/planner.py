@@ -21,6 +21,7 @@ from edgellm.device.sysfs import format_cpu_list
 from edgellm.device.types import Device
 from edgellm.device.workers import WorkerInfo
 from edgellm.store.gguf import ModelInfo
+from edgellm.store.measured import Measured
 from edgellm.units import format_size
 
 MIN_CTX = 512
@@ -397,13 +398,19 @@ def mmap_choice(profile: Profile, build_repacks: bool) -> tuple[bool, str]:
     return profile.mmap and not build_repacks, f"profile sets mmap={'on' if profile.mmap else 'off'}"
 
 
-def predicted_speed(model: ModelInfo, profile: Profile, workers: Sequence[WorkerInfo]) -> tuple[float | None, str | None]:
-    """Tokens per second generated, and how that was worked out; (None, None): the profile has no bandwidth."""
-    if not profile.mem_bandwidth_gbps:
+def predicted_speed(model: ModelInfo, profile: Profile, workers: Sequence[WorkerInfo],
+                    measured: Measured | None = None) -> tuple[float | None, str | None]:
+    """Tokens per second generated, and how that was worked out; (None, None): no bandwidth known.
+    `measured`: what `edgellm bench` measured on this device, used instead of the profile's estimate."""
+    bandwidth = measured.bandwidth_gbps if measured is not None else profile.mem_bandwidth_gbps
+    if not bandwidth:
         return None, None
     # At depth 0 the KV cache adds nothing to the bytes read per token.
-    unrounded = profile.mem_bandwidth_gbps * 1e9 / max(model.bytes_per_token, 1)
-    reason = f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
+    unrounded = bandwidth * 1e9 / max(model.bytes_per_token, 1)
+    if measured is not None:
+        reason = f"{measured.describe()} / {format_size(model.bytes_per_token)} read per token"
+    else:
+        reason = f"{profile.mem_bandwidth_gbps} GB/s effective bandwidth / {format_size(model.bytes_per_token)} read per token"
     if not workers:
         return round(unrounded, 1), reason
     # The devices take their turns on each token, so the weights' time adds up as on one
@@ -482,6 +489,7 @@ def make_plan(
     parallel: int = 1,
     workers: list[WorkerInfo] | None = None,
     think_budget: int | None = None,
+    measured: Measured | None = None,
 ) -> Plan:
     """Choose context, KV type, cores, threads and batch so the model fits the memory budget.
 
@@ -489,6 +497,7 @@ def make_plan(
     `parallel`: sequences served at once; each gets the context chosen here in its own KV stream
     (the KV cache holds all of them: n_ctx is the total), and attends over its own stream only.
     `workers`: RPC workers (probed) to split the layers across, after this board's, in order.
+    `measured`: what `edgellm bench` measured on this device (edgellm.store.measured), if anything.
     """
     parallel = max(parallel, 1)
     reasons: dict[str, str] = {}  # in the order `edgellm plan` shows them
@@ -516,7 +525,7 @@ def make_plan(
     n_ctx_per_slot, n_ctx = n_ctx, n_ctx * parallel
     n_batch = min(profile.n_batch, n_ctx)
     use_mmap, reasons["mmap"] = mmap_choice(profile, build_repacks)
-    predicted, speed_reason = predicted_speed(model, profile, fit.workers)
+    predicted, speed_reason = predicted_speed(model, profile, fit.workers, measured)
     if speed_reason:
         reasons["predicted_tg_tps"] = speed_reason
     think_budget, worst_answer_s, think_reason = thinking_time(model, profile, predicted, think_budget)
