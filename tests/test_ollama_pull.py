@@ -93,7 +93,7 @@ def test_a_pull_streams_progress_then_serves_the_model_under_its_ollama_name(
     reply = client.chat(model="smollm2:360m", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3})
     assert reply.done and reply.eval_count and reply.eval_count >= 1
     assert [model.model for model in client.ps().models] == [new]
-    assert re.search(r"pulled smollm2-360m:\S+ \(.*\) in [\d.]+s for a client", server.stderr)
+    server.wait_for_line(r"pulled smollm2-360m:\S+ \(.*\) in [\d.]+s for a client")
     # A second pull of what is now served answers at once, without the hub.
     before = len(hub.requests)
     assert [line.status for line in client.pull("smollm2:360m", stream=True)] == ["pulling manifest", "success"]
@@ -129,12 +129,18 @@ def test_a_pull_that_cannot_be_done_is_a_clear_error(server: ServerProcess, clie
 def test_a_client_that_leaves_mid_pull_stops_the_download_and_the_next_pull_resumes_it(
         server: ServerProcess, client: ollama.Client, hub: FakeHub, hf: Path, tiny_q4ks: Path) -> None:
     name, filename = f"{SMOLLM}:Q8_0", "SmolLM2-360M-Instruct-Q8_0.gguf"
-    hub.chunk_delay_s = 0.3  # ~4 s for the file
+    hub.chunk_delay_s = 1.0  # ~14 s for the file
     try:
         with httpx.stream("POST", server.root + "/api/pull", json={"model": name}, timeout=60) as response:
-            for line in response.iter_lines():
+            lines = response.iter_lines()  # held: breaking out of the loop must not close the connection yet
+            for line in lines:
                 if '"completed"' in line and '"completed":0' not in line:
-                    break  # some bytes arrived: leave
+                    break  # some bytes arrived
+            time.sleep(2.5)  # past the listing's look at the disk (every 2 s)
+            # Clients poll the list while a pull runs (Home Assistant every 30 s): it answers at once,
+            # not when the download is done.
+            assert httpx.get(server.root + "/api/tags", timeout=5).status_code == 200
+            lines.close()  # leaving: the download stops
         server.wait_for_line(rf"pull of {re.escape(name)} stopped: its client went away")
     finally:
         hub.chunk_delay_s = 0.0
@@ -178,7 +184,8 @@ def test_models_pulled_or_removed_outside_serve_appear_and_go(server: ServerProc
     while wanted not in names(client):
         assert time.monotonic() < deadline, names(client)
         time.sleep(0.5)
-    assert "serving someone/later-GGUF:Q4_K_S too: it appeared in the Hugging Face cache" in server.stderr
+    # The log is read from the server's stderr by a thread of the test: wait for the line, not assume it.
+    server.wait_for_line(re.escape("serving someone/later-GGUF:Q4_K_S too: it appeared in the Hugging Face cache"))
     assert client.generate(model=wanted, prompt="hi", options={"num_predict": 1}, keep_alive=0).done
     while wanted in [model.model for model in client.ps().models]:  # keep_alive 0: unloaded once answered
         assert time.monotonic() < deadline
@@ -190,7 +197,7 @@ def test_models_pulled_or_removed_outside_serve_appear_and_go(server: ServerProc
     while wanted in names(client):
         assert time.monotonic() < deadline, names(client)
         time.sleep(0.5)
-    assert "someone/later-GGUF:Q4_K_S is gone from the disk: no longer served" in server.stderr
+    server.wait_for_line(re.escape("someone/later-GGUF:Q4_K_S is gone from the disk: no longer served"))
     with pytest.raises(ollama.ResponseError) as gone:
         client.generate(model=wanted, prompt="hi")
     assert gone.value.status_code == 404
@@ -216,7 +223,7 @@ def test_delete_unloads_the_model_and_removes_its_file(server: ServerProcess, cl
     with pytest.raises(ollama.ResponseError) as again:
         client.delete(f"{OTHER}:Q4_K_M")
     assert again.value.status_code == 404
-    assert "deleted someone/tiny-GGUF:Q4_K_M for a client" in server.stderr
+    server.wait_for_line(re.escape("deleted someone/tiny-GGUF:Q4_K_M for a client"))
     alive(server)
 
 

@@ -223,6 +223,8 @@ class Pulls:
         library = self.library
         if library is None or time.monotonic() - self._synced_at < RESCAN_EVERY_S:
             return
+        if self._one_at_a_time.locked():
+            return  # a pull is under way (minutes, on a board): the listing must not wait for it
         async with self._one_at_a_time:
             self._synced_at = time.monotonic()
             loop = asyncio.get_running_loop()
