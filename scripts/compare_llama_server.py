@@ -86,6 +86,17 @@ def build_llama_server() -> Path:
     return build_llama_tool("llama-server", "LLAMA_SERVER_CACHE")
 
 
+def model_of(args: argparse.Namespace) -> Path:
+    """The model the `model` argument or `--synthetic NAME` names (a synthetic one is built once, cached)."""
+    if args.synthetic:
+        from edgellm.store.synthetic import synthetic_model_path  # noqa: PLC0415  (only for --synthetic)
+
+        return Path(synthetic_model_path(args.synthetic))
+    if args.model:
+        return Path(args.model)
+    raise SystemExit("give MODEL.gguf or --synthetic NAME")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,14 +193,7 @@ def main() -> None:
     say(f"llama-server: {binary}")
     if args.build_only:
         return
-    if args.synthetic:
-        from edgellm.store.synthetic import synthetic_model_path  # noqa: PLC0415
-
-        model = Path(synthetic_model_path(args.synthetic))
-    elif args.model:
-        model = Path(args.model)
-    else:
-        raise SystemExit("give MODEL.gguf or --synthetic NAME")
+    model = model_of(args)
 
     per_slot = args.ctx // args.parallel  # edgellm's --ctx is per slot; llama-server's -c is the total
     plan = json.loads(subprocess.run([sys.executable, "-m", "edgellm", "plan", str(model), "--ctx", str(per_slot),

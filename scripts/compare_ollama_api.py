@@ -31,7 +31,7 @@ import ollama
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_llama_server import Server, free_port  # noqa: E402  (the same start-up and health wait)
+from compare_llama_server import Server, free_port, model_of  # noqa: E402  (the same start-up and health wait)
 from hostinfo import host_line  # noqa: E402
 
 WORDS = ["river", "stone", "lamp", "garden", "window", "signal", "copper", "meadow", "harbor", "engine"]
@@ -111,14 +111,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--ctx", type=int, default=16384)
     args = parser.parse_args()
-    if args.synthetic:
-        from edgellm.store.synthetic import synthetic_model_path  # noqa: PLC0415  (only for --synthetic)
-
-        model_path = synthetic_model_path(args.synthetic)
-    elif args.model:
-        model_path = Path(args.model)
-    else:
-        raise SystemExit("give MODEL.gguf or --synthetic NAME")
+    model_path = model_of(args)
     port = free_port()
     server = Server("edgellm serve", [sys.executable, "-m", "edgellm", "serve", "-m", str(model_path), "--port", str(port),
                                       "--ctx", str(args.ctx), "--parallel", "1", "--alias", "bench"], port)

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_llama_server import Server, free_port  # noqa: E402  (the same start-up and health wait)
+from compare_llama_server import Server, free_port, model_of  # noqa: E402  (the same start-up and health wait)
 from hostinfo import host_line  # noqa: E402
 
 PROMPT = "Write a long story about the sea, the wind and a lighthouse keeper."
@@ -51,14 +51,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if args.synthetic:
-        from edgellm.store.synthetic import synthetic_model_path  # noqa: PLC0415
-
-        model = Path(synthetic_model_path(args.synthetic))
-    elif args.model:
-        model = Path(args.model)
-    else:
-        raise SystemExit("give MODEL.gguf or --synthetic NAME")
+    model = model_of(args)
     port = free_port()
     server = Server("edgellm serve", [sys.executable, "-m", "edgellm", "serve", "-m", str(model), "--port", str(port),
                                       "--ctx", str(args.ctx), "--parallel", "1", "--alias", "m"], port)
