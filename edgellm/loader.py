@@ -312,11 +312,12 @@ def fit_prompt(prepared: Prepared, options: PlanOptions, prompt_tokens: int, roo
     wanted = min(prompt_tokens + room, trained)
     repacks = _build_repacks(options.sysroot, True)
 
+    measured = measured_here(prepared.device)  # read once: plan_at runs for each size tried
+
     def plan_at(n_ctx: int) -> Plan:
         return make_plan(model, prepared.device, prepared.profile, ctx=n_ctx, mem_budget=options.mem_budget,
                          threads=options.threads, threads_batch=options.threads_batch, build_repacks=repacks,
-                         workers=prepared.workers, think_budget=options.think_budget,
-                         measured=measured_here(prepared.device))
+                         workers=prepared.workers, think_budget=options.think_budget, measured=measured)
 
     larger = plan_at(wanted)
     holds = larger.n_ctx if larger.fits else 0

@@ -72,9 +72,8 @@ def _write(data: dict[str, Any]) -> None:
         raise
 
 
-def load(device: str) -> Measured | None:
-    """A device's measurements (`device`: its identity), or None (none, or not readable as one)."""
-    record = _read().get(device)
+def _parsed(record: object) -> Measured | None:
+    """A record as a Measured, or None when it does not read as one."""
     if not isinstance(record, dict):
         return None
     try:
@@ -90,10 +89,15 @@ def load(device: str) -> Measured | None:
     return measured
 
 
+def load(device: str) -> Measured | None:
+    """A device's measurements (`device`: its identity), or None (none, or not readable as one)."""
+    return _parsed(_read().get(device))
+
+
 def save(device: str, measured: Measured) -> None:
     """Keep `measured` for this device; prompt speeds of other shapes measured before stay."""
     data = _read()
-    earlier = load(device)
+    earlier = _parsed(data.get(device))
     if earlier is not None:
         measured.pp_tps = {**earlier.pp_tps, **measured.pp_tps}
     data[device] = asdict(measured)
@@ -102,8 +106,8 @@ def save(device: str, measured: Measured) -> None:
 
 def forget(device: str) -> Measured | None:
     """Remove this device's measurements; returns what was removed."""
-    earlier = load(device)
     data = _read()
-    if data.pop(device, None) is not None:
+    record = data.pop(device, None)
+    if record is not None:
         _write(data)
-    return earlier
+    return _parsed(record)
